@@ -1,0 +1,382 @@
+//! Bringing the live mount table in line with the apps directory.
+
+use crate::drain::retire;
+use arc_swap::ArcSwap;
+use meshd_apps::{scan, AppFiles, Manifest};
+use meshd_routes::Prefix;
+use meshd_server::Mounts;
+use meshd_tenant::{load_version, AppVersion, Runtime};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Mutex, Semaphore};
+
+/// Settings of the reload machinery.
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    /// The apps directory.
+    pub apps_dir: PathBuf,
+    /// How long a replaced or removed version may take to finish its
+    /// in-flight requests before they are cancelled.
+    pub drain_timeout: Duration,
+    /// How many apps are compiled at once.
+    pub load_parallelism: usize,
+}
+
+/// What one [`Deployer::reconcile`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Apps serving after the pass.
+    pub serving: usize,
+    /// New versions that went live (new apps and updates).
+    pub deployed: usize,
+    /// Apps whose new files were refused (the previous version, if any, kept
+    /// serving).
+    pub failed: usize,
+    /// Apps unmounted because their `.wasm` is gone.
+    pub removed: usize,
+}
+
+/// The live deployment of one app.
+#[derive(Clone)]
+struct Deployed {
+    files: AppFiles,
+    stamp: Stamp,
+    content: Content,
+    prefix: Prefix,
+    version: Arc<AppVersion>,
+}
+
+/// Cheap change detection: size, mtime and inode of each file. Only when it
+/// changes are the files read and hashed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    wasm: FileStamp,
+    manifest: Option<FileStamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+/// What the files say: the hash of the wasm and the parsed manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Content {
+    wasm: blake3::Hash,
+    manifest: Manifest,
+}
+
+/// A candidate new deployment, or why it was refused.
+type Candidate = Result<Deployed, String>;
+
+/// Owns the mapping from files to live versions.
+pub struct Deployer {
+    runtime: Arc<Runtime>,
+    config: ReloadConfig,
+    mounts: Arc<ArcSwap<Mounts>>,
+    /// Serialises reconcile passes; holds what is deployed.
+    deployed: Mutex<BTreeMap<String, Deployed>>,
+}
+
+impl Deployer {
+    /// A deployer with nothing mounted yet.
+    pub fn new(runtime: Arc<Runtime>, config: ReloadConfig) -> Self {
+        Deployer {
+            runtime,
+            config,
+            mounts: Arc::new(ArcSwap::from_pointee(Mounts::new())),
+            deployed: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The live mount table, for the HTTP front door.
+    pub fn mounts(&self) -> Arc<ArcSwap<Mounts>> {
+        self.mounts.clone()
+    }
+
+    /// The settings this deployer runs with.
+    pub fn config(&self) -> &ReloadConfig {
+        &self.config
+    }
+
+    /// Scans the apps directory and makes the mount table match it: loads new
+    /// and changed apps (before they take traffic), keeps the previous version
+    /// of any app whose new files are broken, unmounts removed apps, then
+    /// switches the table in one atomic step and drains what it replaced.
+    pub async fn reconcile(&self) -> Summary {
+        let mut deployed = self.deployed.lock().await;
+        let found = match scan(&self.config.apps_dir) {
+            Ok((found, errors)) => {
+                for e in errors {
+                    tracing::error!("{e}");
+                }
+                found
+            }
+            Err(e) => {
+                tracing::error!("{e}; keeping the apps that are serving");
+                return Summary {
+                    serving: deployed.len(),
+                    ..Summary::default()
+                };
+            }
+        };
+
+        let candidates = self.load_changed(&deployed, &found).await;
+        let mut summary = Summary::default();
+        let mut next: BTreeMap<String, Deployed> = BTreeMap::new();
+        let mut retired: Vec<(Arc<AppVersion>, &'static str)> = Vec::new();
+
+        for (name, old) in deployed.iter() {
+            if !found.contains_key(name) {
+                tracing::info!(app = %name, version = %old.version.id(), "app removed; unmounting it after its requests drain");
+                retired.push((old.version.clone(), "removed"));
+                summary.removed += 1;
+            }
+        }
+        for name in found.keys() {
+            let old = deployed.get(name);
+            match candidates.get(name) {
+                None => {
+                    if let Some(old) = old {
+                        next.insert(name.clone(), old.clone());
+                    }
+                }
+                Some(Ok(new)) => {
+                    next.insert(name.clone(), new.clone());
+                }
+                Some(Err(cause)) => {
+                    summary.failed += 1;
+                    match old {
+                        Some(old) => {
+                            tracing::error!(app = %name, "new version refused: {cause}; version {} keeps serving", old.version.id());
+                            next.insert(name.clone(), old.clone());
+                        }
+                        None => tracing::error!(app = %name, "app not loaded: {cause}"),
+                    }
+                }
+            }
+        }
+
+        let table = build_table(&deployed, &mut next);
+        for (name, new) in &next {
+            match deployed.get(name) {
+                Some(old) if Arc::ptr_eq(&old.version, &new.version) => {
+                    if old.prefix != new.prefix {
+                        tracing::info!(app = %name, from = %old.prefix, to = %new.prefix, "app moved");
+                    }
+                }
+                Some(old) => {
+                    summary.deployed += 1;
+                    tracing::info!(
+                        app = %name, version = %new.version.id(), previous = %old.version.id(),
+                        route = %new.prefix, cache = new.version.cache_outcome().as_str(),
+                        compile_ms = new.version.compile_time().as_millis() as u64,
+                        "app updated"
+                    );
+                    retired.push((old.version.clone(), "replaced"));
+                }
+                None => {
+                    summary.deployed += 1;
+                    tracing::info!(
+                        app = %name, version = %new.version.id(), route = %new.prefix,
+                        cache = new.version.cache_outcome().as_str(),
+                        compile_ms = new.version.compile_time().as_millis() as u64,
+                        "app deployed"
+                    );
+                }
+            }
+        }
+        // An app that lost its route to a conflict is not serving.
+        for (name, old) in deployed.iter() {
+            if found.contains_key(name) && !next.contains_key(name) {
+                retired.push((old.version.clone(), "unmounted"));
+            }
+        }
+
+        self.mounts.store(Arc::new(table));
+        summary.serving = next.len();
+        *deployed = next;
+        drop(deployed);
+
+        for (version, why) in retired {
+            retire(version, self.config.drain_timeout, why);
+        }
+        summary
+    }
+
+    /// Loads every app whose files changed since it was deployed (or that is
+    /// new), at most `load_parallelism` at a time, off the async workers.
+    async fn load_changed(
+        &self,
+        deployed: &BTreeMap<String, Deployed>,
+        found: &BTreeMap<String, AppFiles>,
+    ) -> BTreeMap<String, Candidate> {
+        let permits = Arc::new(Semaphore::new(self.config.load_parallelism.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (name, files) in found {
+            let old = deployed.get(name).cloned();
+            let stamp = match stamp(files) {
+                Ok(stamp) => stamp,
+                Err(e) => {
+                    // Vanished between scan and stat: the next pass sees it.
+                    tracing::debug!(app = %name, error = %e, "cannot stat app files");
+                    continue;
+                }
+            };
+            if old.as_ref().is_some_and(|o| o.stamp == stamp && o.files == *files) {
+                continue;
+            }
+            let runtime = self.runtime.clone();
+            let files = files.clone();
+            let permits = permits.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let name = files.name.clone();
+                let candidate =
+                    tokio::task::spawn_blocking(move || load_candidate(&runtime, files, stamp, old))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+                (name, candidate)
+            });
+        }
+        let mut candidates = BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((name, candidate)) => {
+                    candidates.insert(name, candidate);
+                }
+                Err(e) => tracing::error!("app loading task failed: {e}"),
+            }
+        }
+        candidates
+    }
+}
+
+/// Reads, checks and (unless only the timestamps changed) compiles one app.
+fn load_candidate(
+    runtime: &Arc<Runtime>,
+    files: AppFiles,
+    stamp: Stamp,
+    old: Option<Deployed>,
+) -> Candidate {
+    let manifest = match &files.manifest {
+        Some(path) => Manifest::load(path).map_err(|e| e.to_string())?,
+        None => Manifest::default(),
+    };
+    let prefix = manifest.prefix(&files.name).map_err(|e| match &files.manifest {
+        Some(path) => format!("invalid manifest {}: key `route`: {e}", path.display()),
+        None => format!("app name cannot be a route: {e}"),
+    })?;
+    let wasm = std::fs::read(&files.wasm).map_err(|e| describe(&files.wasm, e))?;
+    let content = Content {
+        wasm: blake3::hash(&wasm),
+        manifest,
+    };
+    if let Some(old) = old.filter(|old| old.content.wasm == content.wasm) {
+        // Same code: keep the running version (no recompile, no drain) and
+        // pick up the new manifest and timestamps.
+        return Ok(Deployed {
+            files,
+            stamp,
+            content,
+            prefix,
+            version: old.version,
+        });
+    }
+    let version = load_version(runtime, &files.name, &wasm)
+        .map_err(|e| format!("{}: {e}", files.wasm.display()))?;
+    Ok(Deployed {
+        files,
+        stamp,
+        content,
+        prefix,
+        version: Arc::new(version),
+    })
+}
+
+fn describe(path: &Path, e: std::io::Error) -> String {
+    format!("cannot read {}: {e}", path.display())
+}
+
+fn stamp(files: &AppFiles) -> std::io::Result<Stamp> {
+    Ok(Stamp {
+        wasm: file_stamp(&files.wasm)?,
+        manifest: files.manifest.as_deref().map(file_stamp).transpose()?,
+    })
+}
+
+fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
+    let meta = std::fs::metadata(path)?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok(FileStamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
+}
+
+/// Builds the mount table for `next`. Where two apps claim one route, the app
+/// that already held it keeps it (at start-up: the first by name), and the
+/// other is refused and removed from `next`, with an error naming both files.
+fn build_table(
+    previous: &BTreeMap<String, Deployed>,
+    next: &mut BTreeMap<String, Deployed>,
+) -> Mounts {
+    let holds_route = |name: &String, d: &Deployed| {
+        previous
+            .get(name)
+            .is_some_and(|p| p.prefix == d.prefix && Arc::ptr_eq(&p.version, &d.version))
+    };
+    let mut order: Vec<&String> = next.keys().collect();
+    // Incumbents first, then the rest by name (BTreeMap order, stable sort).
+    order.sort_by_key(|name| !holds_route(name, &next[*name]));
+
+    let mut table = Mounts::new();
+    let mut owners: BTreeMap<Prefix, String> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for name in order {
+        let d = &next[name];
+        match table.insert(d.prefix.clone(), d.version.clone()) {
+            Ok(()) => {
+                owners.insert(d.prefix.clone(), name.clone());
+            }
+            Err(conflict) => {
+                let owner = &next[&owners[&conflict.prefix]];
+                tracing::error!(
+                    app = %name,
+                    "route {} of {} is already taken by {}; app not mounted",
+                    conflict.prefix,
+                    d.files.describe(),
+                    owner.files.describe(),
+                );
+                refused.push(name.clone());
+            }
+        }
+    }
+    for name in refused {
+        next.remove(&name);
+    }
+    table
+}
+
+trait Describe {
+    fn describe(&self) -> String;
+}
+
+impl Describe for AppFiles {
+    /// The file that sets the app's route: its manifest if it has one.
+    fn describe(&self) -> String {
+        self.manifest
+            .as_ref()
+            .unwrap_or(&self.wasm)
+            .display()
+            .to_string()
+    }
+}

@@ -1,0 +1,17 @@
+//! The reload machinery of meshd.
+//!
+//! A [`Deployer`] owns the mapping from the files in the apps directory to the
+//! versions that serve traffic. [`Deployer::reconcile`] brings the live mount
+//! table in line with the directory, one app at a time and make-before-break:
+//! a changed app's new version is compiled and pre-instantiated before the
+//! table is switched, a broken new version never replaces a working one, and a
+//! replaced or removed version drains its in-flight requests before it is
+//! retired. [`watch`] runs `reconcile` whenever the directory changes.
+#![deny(missing_docs)]
+
+mod deployer;
+mod drain;
+mod watch;
+
+pub use deployer::{Deployer, ReloadConfig, Summary};
+pub use watch::watch;

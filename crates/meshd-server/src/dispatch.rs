@@ -1,0 +1,122 @@
+//! From a request to the app that serves it: route by prefix, strip the
+//! prefix, and turn every failure into a short plain-text response.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use meshd_routes::RouteTable;
+use meshd_tenant::{AppVersion, ServeError};
+use std::sync::Arc;
+
+/// The live mount table: which version of which app serves each prefix.
+pub type Mounts = RouteTable<Arc<AppVersion>>;
+
+/// The header that tells an app where it is mounted (absent for `/`).
+pub const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
+
+/// Every response meshd sends: a guest's streamed body or a short message of
+/// meshd's own.
+pub type ResponseBody = Either<meshd_tenant::ResponseBody, Full<Bytes>>;
+
+/// Routes `req` through the current mounts and serves it. Never fails: every
+/// error becomes a response.
+pub async fn dispatch<B>(mounts: &ArcSwap<Mounts>, mut req: Request<B>) -> Response<ResponseBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<meshd_tenant::BodyError>,
+{
+    let (version, prefix_header) = {
+        let mounts = mounts.load();
+        let Some(route) = mounts.route(req.uri().path()) else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("no app is mounted at {}\n", req.uri().path()),
+            );
+        };
+        let prefix_header = if route.prefix.is_root() {
+            None
+        } else {
+            HeaderValue::from_str(route.prefix.as_str()).ok()
+        };
+        let uri = match rewrite_uri(req.uri(), route.app_path) {
+            Ok(uri) => uri,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("bad request URI: {e}\n")),
+        };
+        let version = route.value.clone();
+        *req.uri_mut() = uri;
+        (version, prefix_header)
+    };
+
+    // The prefix header is ours to set: a client must not spoof it.
+    let headers = req.headers_mut();
+    headers.remove(FORWARDED_PREFIX);
+    if let Some(prefix) = prefix_header {
+        headers.insert(FORWARDED_PREFIX, prefix);
+    }
+
+    match version.handle(req).await {
+        Ok(resp) => resp.map(Either::Left),
+        Err(e) => error_response(&version, e),
+    }
+}
+
+/// The same URI with its path replaced by what the app sees.
+fn rewrite_uri(uri: &Uri, app_path: &str) -> Result<Uri, http::Error> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{app_path}?{query}"),
+        None => app_path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse()?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+fn error_response(version: &AppVersion, error: ServeError) -> Response<ResponseBody> {
+    let status = match &error {
+        ServeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ServeError::Guest(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        ServeError::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    tracing::debug!(app = version.app(), version = version.id(), %status, error = %error, "request failed");
+    // Guest failure details stay in meshd's log; the client gets the kind.
+    let message = match &error {
+        ServeError::BadRequest(detail) => format!("bad request: {detail}\n"),
+        ServeError::Guest(_) => format!("app {} failed to handle the request\n", version.app()),
+        ServeError::Timeout(limit) => format!(
+            "app {} did not answer within {} ms\n",
+            version.app(),
+            limit.as_millis()
+        ),
+        ServeError::Cancelled => format!("app {} is being redeployed; retry\n", version.app()),
+    };
+    plain(status, message)
+}
+
+fn plain(status: StatusCode, message: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(message))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_keeps_query_scheme_and_authority() {
+        let uri: Uri = "http://example.com/hello/x?q=1".parse().unwrap();
+        assert_eq!(
+            rewrite_uri(&uri, "/x").unwrap().to_string(),
+            "http://example.com/x?q=1"
+        );
+        let uri: Uri = "/hello?q=1".parse().unwrap();
+        assert_eq!(rewrite_uri(&uri, "/").unwrap().to_string(), "/?q=1");
+    }
+}

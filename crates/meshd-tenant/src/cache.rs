@@ -1,0 +1,138 @@
+//! The on-disk cache of compiled components.
+//!
+//! An entry is keyed by the BLAKE3 hash of the `.wasm` and a hash of the
+//! engine's compilation settings, so a changed app or a changed engine is a
+//! miss, never a wrong hit. Each entry carries the BLAKE3 hash of the artifact
+//! itself: loading native code from disk must never trust the bytes blindly,
+//! so a truncated, corrupt or foreign entry is detected, recompiled and
+//! replaced.
+
+use anyhow::{Context as _, Result};
+use std::hash::{Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+const DIGEST_LEN: usize = blake3::OUT_LEN;
+
+/// Where a compiled component came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Deserialized from a verified cache entry.
+    Hit,
+    /// Not cached yet: compiled and stored.
+    Miss,
+    /// An entry existed but was unusable (the reason is given): compiled and
+    /// replaced.
+    Replaced(String),
+}
+
+impl CacheOutcome {
+    /// A short word for logs: `hit`, `miss` or `replaced`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Replaced(_) => "replaced",
+        }
+    }
+}
+
+/// A directory of compiled artifacts for one engine configuration.
+pub struct ArtifactCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl ArtifactCache {
+    /// Opens (creating if needed) the cache in `dir`.
+    pub fn open(dir: &Path, engine: &Engine) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+        let mut hasher = Blake3Hasher(blake3::Hasher::new());
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = hasher.0.finalize().to_hex()[..16].to_owned();
+        Ok(ArtifactCache {
+            dir: dir.to_owned(),
+            engine_key,
+        })
+    }
+
+    fn entry_path(&self, wasm_digest: &blake3::Hash) -> PathBuf {
+        self.dir
+            .join(format!("{}-{}.cwasm", wasm_digest.to_hex(), self.engine_key))
+    }
+
+    /// Returns the compiled form of `wasm`, from the cache when a valid entry
+    /// exists, otherwise compiling it and storing the result. Blocking: call
+    /// it off the async worker threads.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        wasm_digest: &blake3::Hash,
+    ) -> Result<(Component, CacheOutcome)> {
+        let path = self.entry_path(wasm_digest);
+        let outcome = match std::fs::read(&path) {
+            Ok(entry) => match self.load_entry(engine, &entry) {
+                Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                Err(reason) => CacheOutcome::Replaced(reason),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CacheOutcome::Miss,
+            Err(e) => CacheOutcome::Replaced(format!("unreadable: {e}")),
+        };
+        let component = Component::from_binary(engine, wasm).map_err(anyhow::Error::from)?;
+        if let Err(e) = self.store_entry(&path, &component) {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot write compiled artifact to the cache");
+        }
+        Ok((component, outcome))
+    }
+
+    fn load_entry(&self, engine: &Engine, entry: &[u8]) -> Result<Component, String> {
+        if entry.len() < DIGEST_LEN {
+            return Err("truncated entry".into());
+        }
+        let (digest, artifact) = entry.split_at(DIGEST_LEN);
+        if blake3::hash(artifact).as_bytes() != digest {
+            return Err("checksum mismatch (corrupt or truncated entry)".into());
+        }
+        // SAFETY: the artifact was produced by `Component::serialize` in this
+        // cache (its checksum matches what we wrote), and wasmtime itself
+        // checks that it was compiled by this version with a compatible
+        // configuration. The cache directory belongs to meshd, not to tenants.
+        unsafe { Component::deserialize(engine, artifact) }
+            .map_err(|e| format!("incompatible entry: {e}"))
+    }
+
+    fn store_entry(&self, path: &Path, component: &Component) -> Result<()> {
+        let artifact = component.serialize().map_err(anyhow::Error::from)?;
+        // Write to a temporary file and rename it into place, so a reader never
+        // sees a half-written entry.
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
+            .with_context(|| format!("cannot create a file in {}", self.dir.display()))?;
+        tmp.write_all(blake3::hash(&artifact).as_bytes())?;
+        tmp.write_all(&artifact)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path)
+            .with_context(|| format!("cannot rename into {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Feeds `Hash` impls into BLAKE3, which is stable across Rust versions
+/// (unlike `DefaultHasher`).
+struct Blake3Hasher(blake3::Hasher);
+
+impl Hasher for Blake3Hasher {
+    fn finish(&self) -> u64 {
+        let bytes = self.0.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&bytes.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}

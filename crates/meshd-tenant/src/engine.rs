@@ -1,0 +1,159 @@
+//! The one wasmtime `Engine` every tenant shares, its `Linker`, and the epoch
+//! ticker that lets meshd interrupt guests.
+
+use crate::cache::ArtifactCache;
+use crate::host::Host;
+use anyhow::{Context as _, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the engine's epoch advances. A running guest yields to the async
+/// runtime at every tick, so this bounds how long one guest can hold a worker
+/// thread before another request gets it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Daemon-wide settings of the tenant runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled artifacts are cached.
+    pub cache_dir: PathBuf,
+    /// Most instances alive at once, across all tenants (pool size).
+    pub max_instances: u32,
+    /// Largest linear memory of one instance, in bytes.
+    pub max_memory: usize,
+    /// Wall-clock deadline of one request.
+    pub request_timeout: Duration,
+}
+
+/// The shared engine, linker and compiled-artifact cache.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<Host>,
+    pub(crate) cache: ArtifactCache,
+    pub(crate) config: RuntimeConfig,
+    pooling: bool,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator when the address space allows it,
+    /// on-demand allocation otherwise), the linker and the cache.
+    pub fn new(config: RuntimeConfig) -> Result<Arc<Self>> {
+        let (engine, pooling) = match Engine::new(&engine_config(&config, true)) {
+            Ok(engine) => (engine, true),
+            Err(e) => {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "pooling allocator unavailable (address space too small?); using on-demand allocation"
+                );
+                let engine = Engine::new(&engine_config(&config, false))
+                    .map_err(anyhow::Error::from)
+                    .context("cannot create the wasmtime engine")?;
+                (engine, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        // Rust std guests import wasi:cli (environment, exit, terminal-*) on
+        // top of the proxy world, so the full WASI p2 linker is needed. It
+        // stays capability-safe: each Store's WasiCtx grants no files, no
+        // environment and no sockets unless the app's manifest asks.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add WASI to the linker")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add wasi:http to the linker")?;
+        let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
+        let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cache,
+            config,
+            pooling,
+            _ticker: ticker,
+        }))
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// The daemon-wide settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+}
+
+fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances;
+        pool.total_component_instances(n)
+            // A component is several core instances (the app, plus shims
+            // that wire up its imports) but usually one memory.
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n)
+            .max_memory_size(config.max_memory)
+            // Keep the first pages of a freed slot resident and zero them
+            // with memset instead of returning them to the kernel: returning
+            // them costs a TLB shootdown on every core per request.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(256 << 10);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+/// A dedicated OS thread that advances the engine's epoch every
+/// [`EPOCH_TICK`]. It must not be a tokio task: with every worker busy running
+/// wasm, a task would never get to tick.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("meshd-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        match weak.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })?
+        };
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

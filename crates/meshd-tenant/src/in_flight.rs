@@ -1,0 +1,81 @@
+//! Counting the requests a version is serving, so it can be drained.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// The in-flight requests of one app version. A request counts from the
+/// moment it is admitted until its guest task has ended *and* its response
+/// body has been fully sent (or dropped).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Proof that one request is in flight; dropping it ends the request.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    /// Admits one more request.
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    /// Requests in flight right now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no request is in flight.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a drop between the check and the
+            // await cannot be missed.
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn drained_waits_for_the_last_guard() {
+        let in_flight = Arc::new(InFlight::default());
+        let a = in_flight.enter();
+        let b = in_flight.enter();
+        assert_eq!(in_flight.count(), 2);
+        let waiter = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move { in_flight.drained().await }
+        });
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("drained resolves after the last guard")
+            .unwrap();
+        assert_eq!(in_flight.count(), 0);
+    }
+}

@@ -1,0 +1,26 @@
+//! The tenant runtime of meshd.
+//!
+//! One [`Runtime`] holds the wasmtime `Engine` that every tenant shares, the
+//! `Linker` with the host interfaces, the compiled-artifact cache and the
+//! epoch ticker. [`load_version`] turns the bytes of an app's `.wasm` into an
+//! [`AppVersion`]: compiled once and pre-instantiated. [`AppVersion::handle`]
+//! serves one request in a fresh `Store` of that tenant, with its own memory,
+//! limits and capabilities, so one tenant never sees or starves another.
+#![deny(missing_docs)]
+
+mod cache;
+mod engine;
+mod guest_log;
+mod host;
+mod in_flight;
+mod load;
+mod version;
+
+pub use cache::CacheOutcome;
+pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
+pub use in_flight::{InFlight, InFlightGuard};
+pub use load::{load_version, LoadError};
+pub use version::{AppVersion, ResponseBody, ServeError};
+
+/// The error type of request and response bodies handed to and from guests.
+pub use wasmtime_wasi_http::Error as BodyError;

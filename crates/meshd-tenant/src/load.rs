@@ -1,0 +1,83 @@
+//! Turning the bytes of `NAME.wasm` into a version ready to serve: check what
+//! the file is, compile it (or take it from the cache) and pre-instantiate it
+//! against meshd's linker, so a missing import fails here and not on the first
+//! request.
+
+use crate::cache::CacheOutcome;
+use crate::engine::Runtime;
+use crate::in_flight::InFlight;
+use crate::version::AppVersion;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// Why a file cannot become a running app. The message names the cause; the
+/// caller adds the app and file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Zero bytes.
+    #[error("the file is empty")]
+    Empty,
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly file (it does not start with the \\0asm magic bytes)")]
+    NotWasm,
+    /// A core module, such as `wasm32-wasip1` or `wasm32-unknown-unknown`
+    /// output.
+    #[error(
+        "this is a core WebAssembly module, not a component; build for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// The component binary does not validate or compile (e.g. truncated).
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// An import the host does not provide, or of the wrong type.
+    #[error("cannot link: {0}")]
+    Link(String),
+    /// The component does not export `wasi:http/incoming-handler`.
+    #[error("not a wasi:http/proxy component: {0}")]
+    NotHttp(String),
+}
+
+/// Checks, compiles and pre-instantiates one version of `app`. Blocking and
+/// CPU-heavy: run it with `spawn_blocking`.
+pub fn load_version(
+    runtime: &Arc<Runtime>,
+    app: &str,
+    wasm: &[u8],
+) -> Result<AppVersion, LoadError> {
+    if wasm.is_empty() {
+        return Err(LoadError::Empty);
+    }
+    if !wasm.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm);
+    }
+    if wasmparser::Parser::is_core_wasm(wasm) {
+        return Err(LoadError::CoreModule);
+    }
+    let digest = blake3::hash(wasm);
+    let started = Instant::now();
+    let (component, cache) = runtime
+        .cache
+        .load_or_compile(&runtime.engine, wasm, &digest)
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+    let compile_time = started.elapsed();
+    let instance_pre = runtime
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp(format!("{e:#}")))?;
+    let id = digest.to_hex()[..12].to_owned();
+    if let CacheOutcome::Replaced(reason) = &cache {
+        tracing::warn!(app, version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
+    }
+    Ok(AppVersion {
+        app: Arc::from(app),
+        id,
+        runtime: runtime.clone(),
+        pre,
+        in_flight: Arc::new(InFlight::default()),
+        cancel: Default::default(),
+        cache,
+        compile_time,
+    })
+}

@@ -1,0 +1,130 @@
+//! Command-line flags. Every flag has an environment variable and a default
+//! that works out of the box.
+
+use bytesize::ByteSize;
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// meshd hosts many tenants' WebAssembly HTTP apps in one process.
+///
+/// Every NAME.wasm in the apps directory (a component for the wasi:http/proxy
+/// world) is served at http://LISTEN/NAME/... An optional NAME.toml beside it
+/// may set `route = "/other/prefix"`. Each request runs in a fresh, isolated
+/// instance of its app. Changing a file in the directory redeploys that app
+/// without dropping requests; SIGHUP forces a rescan; SIGINT or SIGTERM shut
+/// down gracefully.
+#[derive(Debug, Parser)]
+#[command(name = "meshd", version, about, long_about, max_term_width = 100)]
+pub struct Args {
+    /// Directory of apps: NAME.wasm, with an optional NAME.toml manifest.
+    #[arg(long, env = "MESHD_APPS", default_value = "./apps", value_name = "DIR")]
+    pub apps: PathBuf,
+
+    /// Address to serve HTTP/1.1 and h2c (prior knowledge) on. Port 0 picks a
+    /// free port; the chosen address is logged.
+    #[arg(
+        long,
+        env = "MESHD_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Where compiled apps are cached, so a restart does not recompile them.
+    /// [default: $XDG_CACHE_HOME/meshd, else ~/.cache/meshd]
+    #[arg(long, env = "MESHD_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
+    /// before meshd exits anyway.
+    #[arg(long, env = "MESHD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+
+    /// On redeploy or removal of an app, how long the old version may take to
+    /// finish its in-flight requests before they are cancelled.
+    #[arg(long, env = "MESHD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
+    /// Wall-clock deadline of one request; a guest still running then is torn
+    /// down and the client gets 504.
+    #[arg(long, env = "MESHD_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+
+    /// Largest linear memory of one instance. A guest growing past it traps
+    /// (500 for that request only).
+    #[arg(
+        long,
+        env = "MESHD_MAX_MEMORY",
+        default_value = "128MiB",
+        value_name = "SIZE"
+    )]
+    pub max_memory: ByteSize,
+
+    /// Most instances alive at once across all apps (the size of the
+    /// instance pool).
+    #[arg(
+        long,
+        env = "MESHD_MAX_INSTANCES",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
+    pub max_instances: u32,
+
+    /// How long a changed app file must be quiet before it is loaded, so a
+    /// burst of writes is loaded once, with the last content.
+    #[arg(long, env = "MESHD_SETTLE", default_value = "250ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub settle: Duration,
+
+    /// Do not watch the apps directory (SIGHUP still rescans).
+    #[arg(long, env = "MESHD_NO_WATCH")]
+    pub no_watch: bool,
+
+    /// Log format.
+    #[arg(long, env = "MESHD_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Args {
+    /// The cache directory, with the default resolved.
+    pub fn cache_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.cache_dir {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("meshd")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let args = Args::try_parse_from(["meshd"]).unwrap();
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.max_memory.as_u64(), 128 << 20);
+        assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
+    }
+}

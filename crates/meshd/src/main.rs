@@ -1,0 +1,96 @@
+//! `meshd`: parse the flags, load the apps, serve until told to stop.
+
+mod cli;
+mod logging;
+mod signals;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use meshd_reload::{Deployer, ReloadConfig};
+use meshd_tenant::{Runtime, RuntimeConfig};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    logging::init(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: cli::Args) -> Result<()> {
+    // Check everything we can before binding, so a bad flag fails fast.
+    if !args.apps.is_dir() {
+        bail!(
+            "apps directory {} does not exist or is not a directory",
+            args.apps.display()
+        );
+    }
+    let max_memory = usize::try_from(args.max_memory.as_u64())
+        .context("--max-memory does not fit this machine's address space")?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: args.cache_dir(),
+        max_instances: args.max_instances,
+        max_memory,
+        request_timeout: args.request_timeout,
+    })?;
+    tracing::info!(
+        cache_dir = %runtime.config().cache_dir.display(),
+        pooling = runtime.pooling(),
+        max_instances = args.max_instances,
+        max_memory = %args.max_memory,
+        "tenant runtime ready"
+    );
+
+    let deployer = Arc::new(Deployer::new(
+        runtime,
+        ReloadConfig {
+            apps_dir: args.apps.clone(),
+            drain_timeout: args.drain_timeout,
+            load_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        },
+    ));
+    let summary = deployer.reconcile().await;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        apps = summary.serving,
+        failed = summary.failed,
+        "meshd listening on http://{addr}"
+    );
+
+    let signals = signals::Signals::install()?;
+    let shutdown = signals.shutdown.clone();
+    let watcher = tokio::spawn(meshd_reload::watch(
+        deployer.clone(),
+        (!args.no_watch).then_some(args.settle),
+        signals.rescan,
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    let all_closed = meshd_server::serve(
+        listener,
+        deployer.mounts(),
+        shutdown.cancelled_owned(),
+        args.shutdown_timeout,
+    )
+    .await;
+    watcher.abort();
+    tracing::info!(all_closed, "meshd stopped");
+    Ok(())
+}
