@@ -1,1 +1,11 @@
+//! End-to-end tests: every test starts a real `meshd` process on a loopback
+//! port, serves real components built from `apps-example/`, and talks to it
+//! with real HTTP clients.
 
+mod support;
+
+mod bad_apps;
+mod bodies;
+mod cache;
+mod routing;
+mod shutdown;

@@ -173,7 +173,7 @@ impl Deployer {
                     summary.deployed += 1;
                     tracing::info!(
                         app = %name, version = %new.version.id(), previous = %old.version.id(),
-                        route = %new.prefix, cache = new.version.cache_outcome().as_str(),
+                        route = %new.prefix, cache = %new.version.cache_outcome().as_str(),
                         compile_ms = new.version.compile_time().as_millis() as u64,
                         "app updated"
                     );
@@ -183,7 +183,7 @@ impl Deployer {
                     summary.deployed += 1;
                     tracing::info!(
                         app = %name, version = %new.version.id(), route = %new.prefix,
-                        cache = new.version.cache_outcome().as_str(),
+                        cache = %new.version.cache_outcome().as_str(),
                         compile_ms = new.version.compile_time().as_millis() as u64,
                         "app deployed"
                     );
@@ -227,7 +227,10 @@ impl Deployer {
                     continue;
                 }
             };
-            if old.as_ref().is_some_and(|o| o.stamp == stamp && o.files == *files) {
+            if old
+                .as_ref()
+                .is_some_and(|o| o.stamp == stamp && o.files == *files)
+            {
                 continue;
             }
             let runtime = self.runtime.clone();
@@ -236,10 +239,11 @@ impl Deployer {
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let name = files.name.clone();
-                let candidate =
-                    tokio::task::spawn_blocking(move || load_candidate(&runtime, files, stamp, old))
-                        .await
-                        .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+                let candidate = tokio::task::spawn_blocking(move || {
+                    load_candidate(&runtime, files, stamp, old)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
                 (name, candidate)
             });
         }
@@ -267,10 +271,12 @@ fn load_candidate(
         Some(path) => Manifest::load(path).map_err(|e| e.to_string())?,
         None => Manifest::default(),
     };
-    let prefix = manifest.prefix(&files.name).map_err(|e| match &files.manifest {
-        Some(path) => format!("invalid manifest {}: key `route`: {e}", path.display()),
-        None => format!("app name cannot be a route: {e}"),
-    })?;
+    let prefix = manifest
+        .prefix(&files.name)
+        .map_err(|e| match &files.manifest {
+            Some(path) => format!("invalid manifest {}: key `route`: {e}", path.display()),
+            None => format!("app name cannot be a route: {e}"),
+        })?;
     let wasm = std::fs::read(&files.wasm).map_err(|e| describe(&files.wasm, e))?;
     let content = Content {
         wasm: blake3::hash(&wasm),

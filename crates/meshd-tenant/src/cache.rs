@@ -60,8 +60,11 @@ impl ArtifactCache {
     }
 
     fn entry_path(&self, wasm_digest: &blake3::Hash) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}.cwasm", wasm_digest.to_hex(), self.engine_key))
+        self.dir.join(format!(
+            "{}-{}.cwasm",
+            wasm_digest.to_hex(),
+            self.engine_key
+        ))
     }
 
     /// Returns the compiled form of `wasm`, from the cache when a valid entry

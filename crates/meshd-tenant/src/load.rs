@@ -68,7 +68,7 @@ pub fn load_version(
     let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp(format!("{e:#}")))?;
     let id = digest.to_hex()[..12].to_owned();
     if let CacheOutcome::Replaced(reason) = &cache {
-        tracing::warn!(app, version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
+        tracing::warn!(app = %app, version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
     }
     Ok(AppVersion {
         app: Arc::from(app),

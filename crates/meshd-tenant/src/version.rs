@@ -96,7 +96,10 @@ impl AppVersion {
     {
         let guard = Arc::new(self.in_flight.enter());
         let config = &self.runtime.config;
-        let mut store = Store::new(&self.runtime.engine, Host::new(&self.app, config.max_memory));
+        let mut store = Store::new(
+            &self.runtime.engine,
+            Host::new(&self.app, config.max_memory),
+        );
         store.limiter(|host| &mut host.limits);
         // Yield to the async runtime at every epoch tick: a spinning guest
         // then shares its worker thread, and the timeout below can fire.
@@ -142,13 +145,18 @@ impl AppVersion {
         });
 
         match receiver.await {
-            Ok(Ok(resp)) => Ok(resp.map(|body| ResponseBody { body, _guard: guard })),
+            Ok(Ok(resp)) => Ok(resp.map(|body| ResponseBody {
+                body,
+                _guard: guard,
+            })),
             Ok(Err(code)) => Err(ServeError::Guest(format!(
                 "the app answered with error code {code:?}"
             ))),
             // The guest dropped its response-outparam: find out why.
             Err(_) => Err(match task.await {
-                Ok(Ok(())) => ServeError::Guest("the app returned without sending a response".into()),
+                Ok(Ok(())) => {
+                    ServeError::Guest("the app returned without sending a response".into())
+                }
                 Ok(Err(GuestFailure::Trap(message))) => ServeError::Guest(message),
                 Ok(Err(GuestFailure::Timeout)) => ServeError::Timeout(timeout),
                 Ok(Err(GuestFailure::Cancelled)) => ServeError::Cancelled,

@@ -1,1 +1,120 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `run [MESHD ARGS...]`: set up (the wasm32-wasip2 target, the example
+//!   apps), then build and run meshd on the example apps.
+//! - `test [CARGO TEST ARGS...]`: set up, then run every test in the
+//!   workspace (the end-to-end tests build the guests they need once).
+//! - `apps`: only build the example apps into `target/apps-example/`.
+
+use anyhow::{bail, Context as _, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The apps `cargo xtask run` serves (the rest of apps-example/ are test
+/// fixtures).
+const EXAMPLE_APPS: &[&str] = &["hello", "echo"];
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "run" => run(&rest),
+        "test" => test(&rest),
+        "apps" => build_apps().map(|dir| println!("example apps in {}", dir.display())),
+        _ => bail!("usage: cargo xtask <run|test|apps> [ARGS...]"),
+    }
+}
+
+fn root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn status(mut cmd: Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs the wasm32-wasip2 standard library if rustup manages this
+/// toolchain and it is missing.
+fn ensure_wasm_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l == WASM_TARGET) =>
+        {
+            Ok(())
+        }
+        Ok(_) => {
+            eprintln!("xtask: installing the {WASM_TARGET} target");
+            let mut cmd = Command::new("rustup");
+            cmd.args(["target", "add", WASM_TARGET]);
+            status(cmd)
+        }
+        // No rustup: assume the toolchain was installed with the target.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Builds every guest in apps-example/ and copies the example apps into
+/// target/apps-example/, the directory `run` serves.
+fn build_apps() -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let root = root();
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "--manifest-path",
+    ])
+    .arg(root.join("apps-example/Cargo.toml"))
+    .arg("--target-dir")
+    .arg(root.join("target/guests"));
+    status(cmd)?;
+    let built = root.join("target/guests").join(WASM_TARGET).join("release");
+    let apps = root.join("target/apps-example");
+    std::fs::create_dir_all(&apps).with_context(|| format!("cannot create {}", apps.display()))?;
+    for app in EXAMPLE_APPS {
+        let from = built.join(format!("{app}.wasm"));
+        let to = apps.join(format!("{app}.wasm"));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+    Ok(apps)
+}
+
+fn run(meshd_args: &[String]) -> Result<()> {
+    let apps = build_apps()?;
+    let mut cmd = cargo();
+    cmd.args(["run", "--package", "meshd", "--", "--apps"])
+        .arg(&apps)
+        .args(meshd_args);
+    status(cmd)
+}
+
+fn test(cargo_test_args: &[String]) -> Result<()> {
+    ensure_wasm_target()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(cargo_test_args);
+    status(cmd)
+}

@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Requests per second and p50/p99 latency of the `hello` example app served by
+# meshd, next to a native hyper hello server and `wasmtime serve` on the same
+# hello component, in one run, with the ratios.
+#
+#   bash bench/rps.sh
+#
+# Environment (all optional):
+#   DURATION     how long wrk measures each server        (default 10s)
+#   WARMUP       how long wrk warms each server up first  (default 2s)
+#   CONNECTIONS  open connections wrk keeps               (default 32)
+#   THREADS      wrk threads                              (default 1)
+#   BENCH_PORT   first loopback port to try               (default 18080)
+#   BENCH_OUT    also write the result table (markdown) to this file
+#
+# It installs what it lacks: wrk and curl with apt-get, and the wasmtime CLI at
+# the workspace's wasmtime version with `cargo install`, into
+# target/bench/wasmtime-cli (kept between runs; the first install takes ~20
+# minutes on 2 cores). Every server listens on 127.0.0.1 only, and all load is
+# sent there, for a bounded time.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH_TARGET="$REPO/target/bench"
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+CONNECTIONS="${CONNECTIONS:-32}"
+THREADS="${THREADS:-1}"
+NEXT_PORT="${BENCH_PORT:-18080}"
+HOST=127.0.0.1
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+# --- cleanup -----------------------------------------------------------------
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/steelmesh-bench.XXXXXX")"
+SERVER_PID=""
+
+stop_server() {
+    if [[ -n "$SERVER_PID" ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        # Give it a moment to exit gracefully, then insist.
+        for _ in $(seq 50); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+        SERVER_PID=""
+    fi
+}
+
+cleanup() {
+    stop_server
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- tools -------------------------------------------------------------------
+
+apt_install() {
+    local pkg="$1"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    log "installing $pkg with apt-get"
+    "${sudo[@]}" apt-get install -y "$pkg" >"$WORK/apt.log" 2>&1 || {
+        "${sudo[@]}" apt-get update >>"$WORK/apt.log" 2>&1 &&
+            "${sudo[@]}" apt-get install -y "$pkg" >>"$WORK/apt.log" 2>&1
+    } || { cat "$WORK/apt.log" >&2; die "could not install $pkg"; }
+}
+
+command -v wrk >/dev/null || apt_install wrk
+command -v curl >/dev/null || apt_install curl
+
+# The wasmtime version meshd embeds, from the workspace manifest.
+WASMTIME_VERSION="$(sed -n 's/^wasmtime *= *"=\{0,1\}\([0-9][0-9.]*\)".*/\1/p' "$REPO/Cargo.toml" | head -n1)"
+[[ -n "$WASMTIME_VERSION" ]] || die "cannot read the wasmtime version from Cargo.toml"
+WASMTIME_ROOT="$BENCH_TARGET/wasmtime-cli"
+WASMTIME="$WASMTIME_ROOT/bin/wasmtime"
+if [[ -x "$WASMTIME" ]] && "$WASMTIME" --version | grep -q "^wasmtime $WASMTIME_VERSION\b"; then
+    log "wasmtime $WASMTIME_VERSION already installed in $WASMTIME_ROOT"
+else
+    log "installing wasmtime-cli $WASMTIME_VERSION into $WASMTIME_ROOT (slow the first time)"
+    nice -n 10 cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked --force \
+        --root "$WASMTIME_ROOT" --target-dir "$BENCH_TARGET/wasmtime-cli-build"
+fi
+
+# --- builds ------------------------------------------------------------------
+
+cd "$REPO"
+log "building meshd (release)"
+nice -n 10 cargo build --release -p meshd
+MESHD="$REPO/target/release/meshd"
+
+log "building the example guests"
+nice -n 10 cargo build --release --target wasm32-wasip2 \
+    --manifest-path apps-example/Cargo.toml --target-dir target/guests
+HELLO_WASM="$REPO/target/guests/wasm32-wasip2/release/hello.wasm"
+[[ -f "$HELLO_WASM" ]] || die "no $HELLO_WASM after the guest build"
+
+log "building native-hello (release)"
+nice -n 10 cargo build --release --manifest-path bench/native-hello/Cargo.toml \
+    --target-dir "$BENCH_TARGET"
+NATIVE="$BENCH_TARGET/release/native-hello"
+
+# --- running one server ------------------------------------------------------
+
+# A loopback port nobody is listening on.
+free_port() {
+    local port="$NEXT_PORT"
+    while (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
+        port=$((port + 1))
+    done
+    NEXT_PORT=$((port + 1))
+    echo "$port"
+}
+
+wait_ready() {
+    local url="$1" log_file="$2"
+    for _ in $(seq 600); do
+        if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log_file" >&2; die "server exited before answering $url"; }
+        sleep 0.1
+    done
+    cat "$log_file" >&2
+    die "no answer from $url after 60 s"
+}
+
+# Latency as wrk prints it (e.g. 512.00us, 1.20ms, 1.01s) -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.3f", n
+    }'
+}
+
+declare -A RPS P50 P99 NON2XX SOCKERR
+
+# bench NAME URL COMMAND...: start COMMAND, wait until URL answers, warm up,
+# measure with wrk, stop the server.
+bench() {
+    local name="$1" url="$2"
+    shift 2
+    local log_file="$WORK/$name.log" out="$WORK/$name.wrk"
+    log "$name: starting (${*})"
+    "$@" >"$log_file" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "$url" "$log_file"
+    local body
+    body="$(curl -fsS --max-time 2 "$url")"
+    [[ "$body" == "Hello from Steelmesh!" ]] || die "$name answered '$body', not the hello greeting"
+
+    log "$name: warming up for $WARMUP"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+    log "$name: measuring for $DURATION"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out"
+    stop_server
+
+    RPS[$name]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")"
+    P50[$name]="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
+    P99[$name]="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
+    # Non-2xx/3xx answers and socket errors: a fast error is not a fast hello.
+    NON2XX[$name]="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } END { print n + 0 }' "$out")"
+    SOCKERR[$name]="$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+                           END { print n + 0 }' "$out")"
+    [[ -n "${RPS[$name]}" ]] || { cat "$out" >&2; die "cannot parse wrk's output for $name"; }
+    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms," \
+        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}"
+}
+
+# --- the three servers -------------------------------------------------------
+
+port="$(free_port)"
+bench native "http://$HOST:$port/hello/" "$NATIVE" "$HOST:$port"
+
+port="$(free_port)"
+bench wasmtime-serve "http://$HOST:$port/hello/" \
+    "$WASMTIME" serve -Scli --addr "$HOST:$port" "$HELLO_WASM"
+
+mkdir -p "$WORK/apps" "$WORK/meshd-cache"
+cp "$HELLO_WASM" "$WORK/apps/hello.wasm"
+port="$(free_port)"
+bench meshd "http://$HOST:$port/hello/" \
+    "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache"
+
+# --- report ------------------------------------------------------------------
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
+CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+MEM_TOTAL="$(free -h | awk '/^Mem:/ { print $2 }')"
+MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    MESHD_REV="$MESHD_REV (with uncommitted changes)"
+fi
+
+report() {
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $MEM_TOTAL memory, $(uname -sr)"
+    echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), on the same machine"
+    echo "versions: $("$WASMTIME" --version), meshd at $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
+    echo
+    echo "| server | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    local name label
+    for name in native wasmtime-serve meshd; do
+        case "$name" in
+            native) label="native hyper hello" ;;
+            wasmtime-serve) label="\`wasmtime serve -Scli\` (defaults)" ;;
+            meshd) label="meshd (\`/hello/\`)" ;;
+        esac
+        echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${NON2XX[$name]} | ${SOCKERR[$name]} |"
+    done
+    echo
+    echo "| ratio (req/s) | |"
+    echo "|---|---:|"
+    echo "| meshd / wasmtime serve | $(ratio "${RPS[meshd]}" "${RPS[wasmtime-serve]}") |"
+    echo "| meshd / native | $(ratio "${RPS[meshd]}" "${RPS[native]}") |"
+}
+
+echo
+report | tee "${BENCH_OUT:-/dev/null}"
+
+for name in native wasmtime-serve meshd; do
+    if ((SOCKERR[$name] > 0)); then
+        log "warning: wrk saw socket errors against $name (see the table)"
+    fi
+    if ((NON2XX[$name] > 0)); then
+        log "error: $name gave non-2xx answers; its figures do not measure the hello app"
+        failed=1
+    fi
+done
+exit "${failed:-0}"

@@ -1,0 +1,85 @@
+//! Broken files at start-up are skipped with an error naming the file and
+//! the cause; every other app serves.
+
+use crate::support::{guest, AppsDir, Client, Meshd};
+
+/// Starts meshd with `hello` plus one bad app `bad.wasm` of the given bytes,
+/// and returns the error logged for it.
+async fn start_with_bad_app(bytes: &[u8]) -> String {
+    let apps = AppsDir::with(&["hello"]);
+    apps.write("bad.wasm", bytes);
+    let meshd = Meshd::start(apps.path());
+    let line = meshd.wait_for_log(&["app not loaded", "bad.wasm"]);
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/bad")).await.status, 404);
+    assert_eq!(
+        client.get(&meshd.url("/hello")).await.text(),
+        "Hello from Steelmesh!\n"
+    );
+    line
+}
+
+#[tokio::test]
+async fn empty_file() {
+    let line = start_with_bad_app(b"").await;
+    assert!(line.contains("the file is empty"), "{line}");
+}
+
+#[tokio::test]
+async fn garbage_bytes() {
+    let line = start_with_bad_app(b"this is not wasm at all, just text").await;
+    assert!(line.contains("not a WebAssembly file"), "{line}");
+}
+
+#[tokio::test]
+async fn truncated_component() {
+    let whole = std::fs::read(guest("hello")).unwrap();
+    let line = start_with_bad_app(&whole[..whole.len() / 2]).await;
+    assert!(line.contains("invalid component"), "{line}");
+}
+
+#[tokio::test]
+async fn core_module_instead_of_component() {
+    let module = wat::parse_str("(module (func (export \"f\")))").unwrap();
+    let line = start_with_bad_app(&module).await;
+    assert!(
+        line.contains("core WebAssembly module, not a component"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn component_for_another_world() {
+    // A valid component that exports nothing: not a wasi:http/proxy app.
+    let component = wat::parse_str("(component)").unwrap();
+    let line = start_with_bad_app(&component).await;
+    assert!(line.contains("not a wasi:http/proxy component"), "{line}");
+}
+
+#[tokio::test]
+async fn component_importing_what_the_host_does_not_provide() {
+    let component = wat::parse_str(
+        r#"(component (import "example:missing/thing@1.0.0" (instance (export "f" (func)))))"#,
+    )
+    .unwrap();
+    let line = start_with_bad_app(&component).await;
+    assert!(line.contains("cannot link"), "{line}");
+    assert!(line.contains("example:missing/thing@1.0.0"), "{line}");
+}
+
+#[tokio::test]
+async fn all_bad_kinds_at_once_leave_the_good_apps_serving() {
+    let apps = AppsDir::with(&["hello", "echo"]);
+    let whole = std::fs::read(guest("hello")).unwrap();
+    apps.write("empty.wasm", b"");
+    apps.write("garbage.wasm", b"\x7fELF garbage");
+    apps.write("truncated.wasm", &whole[..1000]);
+    let meshd = Meshd::start(apps.path());
+    for name in ["empty.wasm", "garbage.wasm", "truncated.wasm"] {
+        meshd.wait_for_log(&["app not loaded", name]);
+    }
+    meshd.wait_for_log(&["meshd listening", "apps=2", "failed=3"]);
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/hello")).await.status, 200);
+    assert_eq!(client.get(&meshd.url("/echo")).await.status, 200);
+}

@@ -1,0 +1,56 @@
+//! The compiled-code cache: reused across restarts; a corrupt entry is
+//! detected, recompiled and replaced.
+
+use crate::support::{AppsDir, Client, Meshd};
+use std::path::{Path, PathBuf};
+
+fn cache_entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
+}
+
+async fn start_and_check(apps: &AppsDir, cache: &Path, outcome: &str) -> Meshd {
+    let meshd = Meshd::builder(apps.path()).cache_dir(cache).start();
+    meshd.wait_for_log(&["app deployed", "app=hello", &format!("cache={outcome}")]);
+    let reply = Client::http1().get(&meshd.url("/hello")).await;
+    assert_eq!(reply.text(), "Hello from Steelmesh!\n");
+    meshd
+}
+
+#[tokio::test]
+async fn restart_reuses_the_compiled_artifact() {
+    let apps = AppsDir::with(&["hello"]);
+    let cache = tempfile::tempdir().unwrap();
+    drop(start_and_check(&apps, cache.path(), "miss").await);
+    assert_eq!(cache_entries(cache.path()).len(), 1);
+    drop(start_and_check(&apps, cache.path(), "hit").await);
+}
+
+#[tokio::test]
+async fn corrupt_truncated_or_foreign_entries_are_recompiled_and_replaced() {
+    let apps = AppsDir::with(&["hello"]);
+    let cache = tempfile::tempdir().unwrap();
+    drop(start_and_check(&apps, cache.path(), "miss").await);
+    let entry = cache_entries(cache.path()).pop().unwrap();
+    let good = std::fs::read(&entry).unwrap();
+
+    // A flipped bit in the code, a truncated file, a foreign file.
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    let truncated = good[..good.len() / 3].to_vec();
+    let foreign = b"not an artifact".to_vec();
+
+    for bad in [flipped, truncated, foreign] {
+        std::fs::write(&entry, &bad).unwrap();
+        let meshd = start_and_check(&apps, cache.path(), "replaced").await;
+        meshd.wait_for_log(&["discarded an unusable cache entry", "app=hello"]);
+        drop(meshd);
+        // The entry was rewritten and is trusted again.
+        assert_eq!(std::fs::read(&entry).unwrap(), good);
+        drop(start_and_check(&apps, cache.path(), "hit").await);
+    }
+}

@@ -1,0 +1,205 @@
+//! A real `meshd` process for one test.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for meshd to start or for a log line.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Configures a meshd process before it starts.
+pub struct MeshdBuilder {
+    apps: PathBuf,
+    cache_dir: Option<PathBuf>,
+    args: Vec<String>,
+}
+
+/// A running meshd, killed when dropped. Its stderr is collected so tests can
+/// wait for and assert on log lines; it is printed if the test fails.
+pub struct Meshd {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    _cache: Option<tempfile::TempDir>,
+}
+
+impl Meshd {
+    /// A builder for a meshd serving `apps`.
+    pub fn builder(apps: &Path) -> MeshdBuilder {
+        MeshdBuilder {
+            apps: apps.to_owned(),
+            cache_dir: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Starts meshd on `apps` with defaults and waits until it listens.
+    pub fn start(apps: &Path) -> Meshd {
+        Self::builder(apps).start()
+    }
+
+    /// The address meshd listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// All log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Number of log lines containing every one of `needles`.
+    pub fn count_log(&self, needles: &[&str]) -> usize {
+        self.log()
+            .iter()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .count()
+    }
+
+    /// Waits until a log line contains every one of `needles` and returns it.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        self.wait_for_log_count(needles, 1)
+    }
+
+    /// Waits until `count` log lines contain every one of `needles`; returns
+    /// the last of them.
+    pub fn wait_for_log_count(&self, needles: &[&str], count: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        let (lines, changed) = &*self.log;
+        let mut lines = lines.lock().unwrap();
+        loop {
+            let matching: Vec<&String> = lines
+                .iter()
+                .filter(|line| needles.iter().all(|n| line.contains(n)))
+                .collect();
+            if matching.len() >= count {
+                return matching[count - 1].clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let log = lines.join("\n");
+                drop(lines);
+                panic!("no log line containing {needles:?} (wanted {count}) within {WAIT:?}; log:\n{log}");
+            }
+            lines = changed.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `HUP`, ...) to meshd.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for meshd to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshd did not exit within {timeout:?}; log:\n{}",
+                self.log().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl MeshdBuilder {
+    /// Uses `dir` as the compile cache (default: a fresh temporary one).
+    pub fn cache_dir(mut self, dir: &Path) -> Self {
+        self.cache_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Adds command-line arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Starts meshd and waits until it listens (or panics with its log).
+    pub fn start(self) -> Meshd {
+        let (cache, cache_dir) = match self.cache_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let tmp = tempfile::tempdir().expect("temp dir");
+                let path = tmp.path().to_owned();
+                (Some(tmp), path)
+            }
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .arg("--apps")
+            .arg(&self.apps)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--cache-dir")
+            .arg(&cache_dir)
+            .args(&self.args)
+            .env("MESHD_LOG", "info")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meshd starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new((Mutex::new(Vec::<String>::new()), Condvar::new()));
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let (lines, changed) = &*log;
+                    lines.lock().unwrap().push(line);
+                    changed.notify_all();
+                }
+            });
+        }
+        let mut meshd = Meshd {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            _cache: cache,
+        };
+        let line = meshd.wait_for_log(&["meshd listening on http://"]);
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse the listen address from {line:?}"));
+        meshd.addr = addr;
+        meshd
+    }
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- meshd log ---\n{}\n--- end ---", self.log().join("\n"));
+        }
+    }
+}
