@@ -9,3 +9,4 @@ mod bodies;
 mod cache;
 mod routing;
 mod shutdown;
+mod swap;

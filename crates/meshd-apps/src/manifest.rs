@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct Manifest {
     /// Where the app is mounted; defaults to `/NAME`.
     pub route: Option<String>,
+    /// A path (as the app sees it, e.g. `/healthz`) that a new version must
+    /// answer with 2xx to a GET before it takes traffic.
+    pub health: Option<String>,
 }
 
 /// A manifest that could not be used. The message names the file and, where
@@ -65,6 +68,15 @@ impl Manifest {
         if let Some(route) = &manifest.route {
             Prefix::parse(route).map_err(|e| invalid(path, "route", e))?;
         }
+        if let Some(health) = &manifest.health {
+            if !health.starts_with('/') || health.parse::<http::uri::PathAndQuery>().is_err() {
+                return Err(invalid(
+                    path,
+                    "health",
+                    format!("{health:?} must be a path starting with '/'"),
+                ));
+            }
+        }
         Ok(manifest)
     }
 
@@ -116,6 +128,19 @@ mod tests {
     fn malformed_toml_names_the_file() {
         let err = parse("route = ").unwrap_err().to_string();
         assert!(err.contains("apps/x.toml"), "{err}");
+    }
+
+    #[test]
+    fn health_must_be_a_path() {
+        assert_eq!(
+            parse("health = \"/healthz?deep=1\"")
+                .unwrap()
+                .health
+                .as_deref(),
+            Some("/healthz?deep=1")
+        );
+        let err = parse("health = \"healthz\"").unwrap_err().to_string();
+        assert!(err.contains("`health`"), "{err}");
     }
 
     #[test]

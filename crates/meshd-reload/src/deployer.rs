@@ -22,6 +22,9 @@ pub struct ReloadConfig {
     pub drain_timeout: Duration,
     /// How many apps are compiled at once.
     pub load_parallelism: usize,
+    /// How long a new version's health check (manifest key `health`) may
+    /// take.
+    pub health_timeout: Duration,
 }
 
 /// What one [`Deployer::reconcile`] did.
@@ -125,7 +128,8 @@ impl Deployer {
             }
         };
 
-        let candidates = self.load_changed(&deployed, &found).await;
+        let mut candidates = self.load_changed(&deployed, &found).await;
+        self.check_health(&deployed, &mut candidates).await;
         let mut summary = Summary::default();
         let mut next: BTreeMap<String, Deployed> = BTreeMap::new();
         let mut retired: Vec<(Arc<AppVersion>, &'static str)> = Vec::new();
@@ -206,6 +210,52 @@ impl Deployer {
             retire(version, self.config.drain_timeout, why);
         }
         summary
+    }
+
+    /// Runs the health check of every new version that has one, all at once;
+    /// a failing version becomes a refused candidate.
+    async fn check_health(
+        &self,
+        deployed: &BTreeMap<String, Deployed>,
+        candidates: &mut BTreeMap<String, Candidate>,
+    ) {
+        let mut checks = tokio::task::JoinSet::new();
+        for (name, candidate) in candidates.iter() {
+            let Ok(new) = candidate else { continue };
+            let Some(path) = new.content.manifest.health.clone() else {
+                continue;
+            };
+            let unchanged = deployed
+                .get(name)
+                .is_some_and(|old| Arc::ptr_eq(&old.version, &new.version));
+            if unchanged {
+                continue;
+            }
+            let (name, version, prefix) = (name.clone(), new.version.clone(), new.prefix.clone());
+            let timeout = self.config.health_timeout;
+            checks.spawn(async move {
+                let result = crate::health::check(&version, &prefix, &path, timeout).await;
+                (name, version, result)
+            });
+        }
+        while let Some(joined) = checks.join_next().await {
+            let Ok((name, version, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(app = %name, version = %version.id(), "health check passed")
+                }
+                Err(cause) => {
+                    let file = candidates
+                        .get(&name)
+                        .and_then(|c| c.as_ref().ok())
+                        .map(|d| d.files.wasm.display().to_string())
+                        .unwrap_or_default();
+                    candidates.insert(name, Err(format!("{file}: {cause}")));
+                }
+            }
+        }
     }
 
     /// Loads every app whose files changed since it was deployed (or that is

@@ -16,7 +16,7 @@ pub fn retire(version: Arc<AppVersion>, timeout: Duration, why: &'static str) {
             .is_ok();
         if drained {
             tracing::info!(
-                app = %version.app(), version = %version.id(), why, in_flight,
+                app = %version.app(), version = %version.id(), %why, in_flight,
                 drain_ms = started.elapsed().as_millis() as u64,
                 "old version drained and retired"
             );
@@ -24,7 +24,7 @@ pub fn retire(version: Arc<AppVersion>, timeout: Duration, why: &'static str) {
             let cancelled = version.in_flight().count();
             version.cancel_in_flight();
             tracing::warn!(
-                app = %version.app(), version = %version.id(), why, cancelled,
+                app = %version.app(), version = %version.id(), %why, cancelled,
                 timeout = ?timeout,
                 "drain timeout reached; cancelled the requests still running on the old version"
             );

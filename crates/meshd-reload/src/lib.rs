@@ -6,12 +6,13 @@
 //! a changed app's new version is compiled and pre-instantiated before the
 //! table is switched, a broken new version never replaces a working one, and a
 //! replaced or removed version drains its in-flight requests before it is
-//! retired. [`watch`] runs `reconcile` whenever the directory changes.
+//! retired. [`DirWatch`] runs `reconcile` whenever the directory changes.
 #![deny(missing_docs)]
 
 mod deployer;
 mod drain;
+mod health;
 mod watch;
 
 pub use deployer::{Deployer, ReloadConfig, Summary};
-pub use watch::watch;
+pub use watch::DirWatch;

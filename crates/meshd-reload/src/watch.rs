@@ -21,57 +21,79 @@ use tokio::time::Instant;
 /// last write (its writer may have died without closing it).
 const MAX_OPEN_WAIT: Duration = Duration::from_secs(10);
 
-/// Watches the deployer's apps directory and calls [`Deployer::reconcile`]
-/// once changes settle (`settle`; `None` turns file watching off), and at once
-/// whenever `rescan` yields (SIGHUP). Returns when `shutdown` resolves.
-pub async fn watch(
-    deployer: Arc<Deployer>,
-    settle: Option<Duration>,
-    mut rescan: mpsc::Receiver<()>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let dir = deployer.config().apps_dir.clone();
-    let (tx, mut events) = mpsc::unbounded_channel();
-    // Keep the watcher alive for as long as we loop.
-    let _watcher = match settle {
-        Some(_) => match start_watcher(&dir, tx) {
-            Ok(watcher) => {
-                tracing::info!(dir = %dir.display(), "watching the apps directory for changes");
-                Some(watcher)
-            }
-            Err(e) => {
-                tracing::error!(dir = %dir.display(), "cannot watch the apps directory: {e}; changes need SIGHUP or a restart");
-                None
-            }
-        },
-        None => None,
-    };
-    let settle = settle.unwrap_or_default();
+/// A registered watch on the apps directory. Create it *before* the initial
+/// [`Deployer::reconcile`], so no change between that scan and
+/// [`DirWatch::run`] is missed.
+pub struct DirWatch {
+    dir: PathBuf,
+    events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    // Dropping the watcher stops the events.
+    _watcher: Option<notify::RecommendedWatcher>,
+}
 
-    let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
-    tokio::pin!(shutdown);
-    loop {
-        let wake = next_wake(&pending, settle);
-        tokio::select! {
-            () = &mut shutdown => return,
-            Some(()) = rescan.recv() => {
-                tracing::info!("rescan requested");
-                pending.clear();
-                deployer.reconcile().await;
-            }
-            Some(event) = events.recv() => match event {
-                Ok(event) => note(&mut pending, event),
-                Err(e) => {
-                    // The kernel's queue overflowed or similar: a full rescan
-                    // is the safe answer.
-                    tracing::warn!(error = %e, "file watch error; rescanning");
-                    pending.insert(dir.clone(), Pending { last: Instant::now(), writing: false });
+impl DirWatch {
+    /// Starts watching `dir`; with `enabled` false (or if the platform
+    /// refuses), only rescans on request will happen.
+    pub fn start(dir: &std::path::Path, enabled: bool) -> Self {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher = if enabled {
+            match start_watcher(dir, tx) {
+                Ok(watcher) => {
+                    tracing::info!(dir = %dir.display(), "watching the apps directory for changes");
+                    Some(watcher)
                 }
-            },
-            () = sleep_until(wake) => {
-                if ready(&pending, settle) {
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), "cannot watch the apps directory: {e}; changes need SIGHUP or a restart");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        DirWatch {
+            dir: dir.to_owned(),
+            events,
+            _watcher: watcher,
+        }
+    }
+
+    /// Calls [`Deployer::reconcile`] once changes have settled for `settle`,
+    /// and at once whenever `rescan` yields (SIGHUP). Returns when `shutdown`
+    /// resolves.
+    pub async fn run(
+        mut self,
+        deployer: Arc<Deployer>,
+        settle: Duration,
+        mut rescan: mpsc::Receiver<()>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let dir = self.dir.clone();
+        let events = &mut self.events;
+        let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+        tokio::pin!(shutdown);
+        loop {
+            let wake = next_wake(&pending, settle);
+            tokio::select! {
+                () = &mut shutdown => return,
+                Some(()) = rescan.recv() => {
+                    tracing::info!("rescan requested");
                     pending.clear();
                     deployer.reconcile().await;
+                }
+                Some(event) = events.recv() => match event {
+                    Ok(event) => note(&mut pending, event),
+                    Err(e) => {
+                        // The kernel's queue overflowed or similar: a full rescan
+                        // is the safe answer.
+                        tracing::warn!(error = %e, "file watch error; rescanning");
+                        pending.insert(dir.clone(), Pending { last: Instant::now(), writing: false });
+                    }
+                },
+                () = sleep_until(wake) => {
+                    if ready(&pending, settle) {
+                        pending.clear();
+                        deployer.reconcile().await;
+                    }
                 }
             }
         }

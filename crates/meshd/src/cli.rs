@@ -47,6 +47,11 @@ pub struct Args {
     #[arg(long, env = "MESHD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
 
+    /// How long a new version's health check (`health = "/path"` in its
+    /// manifest) may take before the version is refused.
+    #[arg(long, env = "MESHD_HEALTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub health_timeout: Duration,
+
     /// Wall-clock deadline of one request; a guest still running then is torn
     /// down and the client gets 504.
     #[arg(long, env = "MESHD_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]

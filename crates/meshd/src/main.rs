@@ -60,8 +60,12 @@ async fn run(args: cli::Args) -> Result<()> {
             apps_dir: args.apps.clone(),
             drain_timeout: args.drain_timeout,
             load_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            health_timeout: args.health_timeout,
         },
     ));
+    // Watch before the first scan, so nothing that changes in between is
+    // missed.
+    let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
     let summary = deployer.reconcile().await;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -76,9 +80,9 @@ async fn run(args: cli::Args) -> Result<()> {
 
     let signals = signals::Signals::install()?;
     let shutdown = signals.shutdown.clone();
-    let watcher = tokio::spawn(meshd_reload::watch(
+    let watcher = tokio::spawn(dir_watch.run(
         deployer.clone(),
-        (!args.no_watch).then_some(args.settle),
+        args.settle,
         signals.rescan,
         shutdown.clone().cancelled_owned(),
     ));

@@ -112,9 +112,44 @@ fn run(meshd_args: &[String]) -> Result<()> {
     status(cmd)
 }
 
+/// Runs `cargo test --workspace`, echoing its output, and ends with one
+/// summary line over every test binary (`tests: N passed, N failed`).
 fn test(cargo_test_args: &[String]) -> Result<()> {
+    use std::io::BufRead as _;
     ensure_wasm_target()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]).args(cargo_test_args);
-    status(cmd)
+    cmd.args(["test", "--workspace"])
+        .args(cargo_test_args)
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("cannot run cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(counts) = line.strip_prefix("test result: ") {
+            passed += count(counts, "passed");
+            failed += count(counts, "failed");
+            ignored += count(counts, "ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}
+
+/// The number before `word` in a line like `ok. 3 passed; 0 failed; ...`.
+fn count(counts: &str, word: &str) -> u64 {
+    let tokens: Vec<&str> = counts
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|t| !t.is_empty())
+        .collect();
+    tokens
+        .windows(2)
+        .find(|pair| pair[1] == word)
+        .and_then(|pair| pair[0].parse().ok())
+        .unwrap_or(0)
 }

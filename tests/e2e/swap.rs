@@ -1,0 +1,324 @@
+//! Zero-downtime hot swap: make before break, one app at a time.
+
+use crate::support::{empty, guest, request, AppsDir, Client, Meshd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SWAP_WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `url` until it answers 200 with `body`, returning how long it took.
+async fn wait_for_body(client: &Client, url: &str, body: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(reply) = client.fetch(request("GET", url, empty())).await {
+            if reply.status == 200 && reply.text() == body {
+                return started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < SWAP_WAIT,
+            "{url} did not answer {body:?} within {SWAP_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `url` until it answers with `status`.
+async fn wait_for_status(client: &Client, url: &str, status: u16) {
+    let started = Instant::now();
+    loop {
+        if let Ok(reply) = client.fetch(request("GET", url, empty())).await {
+            if reply.status == status {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < SWAP_WAIT,
+            "{url} did not answer {status} within {SWAP_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_swaps_under_load_drop_no_request() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "50ms"])
+        .start();
+    let url = meshd.url("/app/");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (stop, served, failures, url) =
+            (stop.clone(), served.clone(), failures.clone(), url.clone());
+        load.spawn(async move {
+            // One keep-alive connection per client.
+            let client = Client::http1();
+            while !stop.load(Ordering::Relaxed) {
+                match client.fetch(request("GET", &url, empty())).await {
+                    Ok(reply)
+                        if reply.status == 200
+                            && matches!(reply.text().as_str(), "stream" | "stream-v2") =>
+                    {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(reply) => failures.lock().unwrap().push(format!(
+                        "{} {:?}",
+                        reply.status,
+                        reply.text()
+                    )),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        });
+    }
+
+    let client = Client::http1();
+    for swap in 0..50 {
+        let tag = if swap % 2 == 0 { "stream-v2" } else { "stream" };
+        apps.deploy("app", tag);
+        wait_for_body(&client, &url, tag).await;
+        // Once the swap has settled, every new request gets the new version.
+        for _ in 0..5 {
+            assert_eq!(client.get(&url).await.text(), tag, "after swap {swap}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let served = served.load(Ordering::Relaxed);
+    assert!(
+        served > 500,
+        "only {served} requests served during the swaps"
+    );
+    assert_eq!(meshd.count_log(&["app updated", "app=app"]), 50);
+}
+
+#[tokio::test]
+async fn slow_stream_from_the_old_version_completes_after_the_swap() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "50ms"])
+        .start();
+    let client = Client::http1();
+    let resp = client
+        .send(request(
+            "GET",
+            &meshd.url("/app/drip?chunks=8&ms=250"),
+            empty(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    apps.deploy("app", "stream-v2");
+    wait_for_body(&Client::http1(), &meshd.url("/app/"), "stream-v2").await;
+
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("the old version's body completes")
+        .to_bytes();
+    let expected: String = (0..8).map(|i| format!("stream chunk {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&body), expected);
+    meshd.wait_for_log(&["old version drained and retired", "app=app", "why=replaced"]);
+}
+
+#[tokio::test]
+async fn broken_new_versions_never_replace_a_working_one() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "50ms", "--health-timeout", "3s"])
+        .start();
+    let client = Client::http1();
+    let url = meshd.url("/app/");
+
+    let whole = std::fs::read(guest("stream-v2")).unwrap();
+    let bad_versions: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "garbage",
+            b"garbage, not wasm".to_vec(),
+            "not a WebAssembly file",
+        ),
+        (
+            "truncated",
+            whole[..whole.len() / 2].to_vec(),
+            "invalid component",
+        ),
+        ("empty", Vec::new(), "the file is empty"),
+    ];
+    for (n, (what, bytes, cause)) in bad_versions.into_iter().enumerate() {
+        apps.write_atomically("app.wasm", &bytes);
+        let line = meshd.wait_for_log_count(&["new version refused", "app=app"], n + 1);
+        assert!(line.contains(cause), "{what}: {line}");
+        assert!(line.contains("app.wasm"), "{what}: {line}");
+        assert!(line.contains("keeps serving"), "{what}: {line}");
+        assert_eq!(client.get(&url).await.text(), "stream", "{what}");
+    }
+
+    // A new version that fails its health check is refused too.
+    apps.write("app.toml", "health = \"/status?code=503\"\n");
+    apps.deploy("app", "stream-v2");
+    let line = meshd.wait_for_log_count(&["new version refused", "app=app"], 4);
+    assert!(
+        line.contains("health check GET /status?code=503 failed"),
+        "{line}"
+    );
+    assert!(line.contains("503"), "{line}");
+    assert_eq!(client.get(&url).await.text(), "stream");
+
+    // Fixing the files loads the fix.
+    apps.write("app.toml", "health = \"/status?code=204\"\n");
+    wait_for_body(&client, &url, "stream-v2").await;
+    meshd.wait_for_log(&["health check passed", "app=app"]);
+}
+
+#[tokio::test]
+async fn apps_can_be_added_removed_renamed_and_moved_while_serving() {
+    let apps = AppsDir::with(&["hello"]);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "50ms"])
+        .start();
+    let client = Client::http1();
+
+    // Add.
+    apps.deploy("echo", "echo");
+    wait_for_status(&client, &meshd.url("/echo"), 200).await;
+
+    // Move: the route changes in one step.
+    apps.write("echo.toml", "route = \"/api\"\n");
+    wait_for_status(&client, &meshd.url("/api"), 200).await;
+    assert_eq!(client.get(&meshd.url("/echo")).await.status, 404);
+    assert_eq!(client.get(&meshd.url("/api/x")).await.json()["path"], "/x");
+    meshd.wait_for_log(&["app moved", "from=/echo", "to=/api"]);
+
+    // Rename: the app is served under its new name.
+    std::fs::rename(
+        apps.path().join("hello.wasm"),
+        apps.path().join("greeter.wasm"),
+    )
+    .unwrap();
+    wait_for_status(&client, &meshd.url("/greeter"), 200).await;
+    assert_eq!(client.get(&meshd.url("/hello")).await.status, 404);
+
+    // Remove, with a request in flight: it completes, then the app is gone.
+    apps.deploy("slow", "stream");
+    wait_for_status(&client, &meshd.url("/slow"), 200).await;
+    let in_flight = client
+        .send(request(
+            "GET",
+            &meshd.url("/slow/drip?chunks=4&ms=250"),
+            empty(),
+        ))
+        .await
+        .unwrap();
+    apps.remove("slow.wasm");
+    wait_for_status(&client, &meshd.url("/slow"), 404).await;
+    let body = http_body_util::BodyExt::collect(in_flight.into_body())
+        .await
+        .expect("the in-flight body completes")
+        .to_bytes();
+    assert_eq!(String::from_utf8_lossy(&body).lines().count(), 4);
+    meshd.wait_for_log(&["old version drained and retired", "app=slow", "why=removed"]);
+
+    // The others never stopped serving.
+    assert_eq!(client.get(&meshd.url("/api")).await.status, 200);
+}
+
+#[tokio::test]
+async fn drain_timeout_cancels_what_is_left_and_counts_it() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "50ms", "--drain-timeout", "1s"])
+        .start();
+    let stuck = tokio::spawn({
+        let url = meshd.url("/app/slow?ms=60000");
+        async move { Client::http1().fetch(request("GET", &url, empty())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    apps.deploy("app", "stream-v2");
+    let line = meshd.wait_for_log(&["drain timeout reached", "app=app"]);
+    assert!(line.contains("cancelled=1"), "{line}");
+    let reply = stuck.await.unwrap().expect("the client gets an answer");
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        Client::http1().get(&meshd.url("/app/")).await.text(),
+        "stream-v2"
+    );
+}
+
+#[tokio::test]
+async fn file_written_slowly_onto_the_live_name_is_loaded_only_when_complete() {
+    use std::io::Write as _;
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "100ms"])
+        .start();
+    let client = Client::http1();
+    let url = meshd.url("/app/");
+
+    let bytes = std::fs::read(guest("stream-v2")).unwrap();
+    let mut file = std::fs::File::create(apps.path().join("app.wasm")).unwrap();
+    for chunk in bytes.chunks(bytes.len() / 20 + 1) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        // Pauses longer than the settle time: only the open file handle says
+        // the write is not finished.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(client.get(&url).await.text(), "stream");
+    }
+    drop(file);
+
+    wait_for_body(&client, &url, "stream-v2").await;
+    assert_eq!(meshd.count_log(&["new version refused"]), 0);
+    assert_eq!(meshd.count_log(&["app updated", "app=app"]), 1);
+}
+
+#[tokio::test]
+async fn a_burst_of_writes_is_loaded_once_with_the_last_content() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "300ms"])
+        .start();
+    for guest_name in ["stream-v2", "stream", "stream-v2", "stream", "stream-v2"] {
+        apps.deploy("app", guest_name);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_body(&Client::http1(), &meshd.url("/app/"), "stream-v2").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(meshd.count_log(&["app updated", "app=app"]), 1);
+}
+
+#[tokio::test]
+async fn sighup_rescans_the_directory() {
+    let apps = AppsDir::with(&["hello"]);
+    let meshd = Meshd::builder(apps.path()).args(&["--no-watch"]).start();
+    let client = Client::http1();
+    apps.deploy("echo", "echo");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        client.get(&meshd.url("/echo")).await.status,
+        404,
+        "not watched"
+    );
+    meshd.signal("HUP");
+    wait_for_status(&client, &meshd.url("/echo"), 200).await;
+    meshd.wait_for_log(&["rescan requested"]);
+}
