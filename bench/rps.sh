@@ -12,6 +12,8 @@
 #   THREADS      wrk threads                              (default 1)
 #   BENCH_PORT   first loopback port to try               (default 18080)
 #   BENCH_OUT    also write the result table (markdown) to this file
+#   MESHD        a meshd binary to measure instead of building the work tree's
+#                (e.g. one built from a given commit)
 #
 # It installs what it lacks: wrk and curl with apt-get, and the wasmtime CLI at
 # the workspace's wasmtime version with `cargo install`, into
@@ -91,9 +93,19 @@ fi
 # --- builds ------------------------------------------------------------------
 
 cd "$REPO"
-log "building meshd (release)"
-nice -n 10 cargo build --release -p meshd
-MESHD="$REPO/target/release/meshd"
+if [[ -n "${MESHD:-}" ]]; then
+    [[ -x "$MESHD" ]] || die "MESHD=$MESHD is not an executable"
+    log "measuring the given meshd: $MESHD"
+    MESHD_REV="given binary $MESHD"
+else
+    log "building meshd (release)"
+    nice -n 10 cargo build --release -p meshd
+    MESHD="$REPO/target/release/meshd"
+    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+        MESHD_REV="$MESHD_REV with uncommitted changes"
+    fi
+fi
 
 log "building the example guests"
 nice -n 10 cargo build --release --target wasm32-wasip2 \
@@ -176,6 +188,24 @@ bench() {
 
 # --- the three servers -------------------------------------------------------
 
+# Client and servers share this machine's cores, so anything else running
+# (a build, say) skews the figures. Say how busy the machine was beforehand.
+cpu_busy_percent() {
+    local a b
+    read -r -a a < <(grep '^cpu ' /proc/stat)
+    sleep 1
+    read -r -a b < <(grep '^cpu ' /proc/stat)
+    awk -v a="${a[*]}" -v b="${b[*]}" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 2; i <= n; i++) { d = y[i] - x[i]; total += d; if (i == 5 || i == 6) idle += d }
+        printf "%.0f", (total > 0 ? 100 * (total - idle) / total : 0)
+    }'
+}
+BUSY_BEFORE="$(cpu_busy_percent)"
+if ((BUSY_BEFORE > 15)); then
+    log "warning: the machine is already ${BUSY_BEFORE}% busy; the figures will be low and noisy"
+fi
+
 port="$(free_port)"
 bench native "http://$HOST:$port/hello/" "$NATIVE" "$HOST:$port"
 
@@ -196,16 +226,13 @@ thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
 CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 MEM_TOTAL="$(free -h | awk '/^Mem:/ { print $2 }')"
-MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    MESHD_REV="$MESHD_REV (with uncommitted changes)"
-fi
 
 report() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $MEM_TOTAL memory, $(uname -sr)"
     echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), on the same machine"
-    echo "versions: $("$WASMTIME" --version), meshd at $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
+    echo "versions: $("$WASMTIME" --version), meshd $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
+    echo "other CPU load just before the runs: ${BUSY_BEFORE}% busy"
     echo
     echo "| server | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors |"
     echo "|---|---:|---:|---:|---:|---:|"

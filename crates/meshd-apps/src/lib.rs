@@ -2,12 +2,17 @@
 //!
 //! An apps directory holds one `NAME.wasm` per app and, optionally, a
 //! `NAME.toml` manifest beside it. This crate finds those files ([`scan`]) and
-//! parses manifests ([`Manifest::load`]); it knows nothing about wasmtime or
+//! parses manifests ([`Manifest::load`]), including limits and the outbound
+//! allowlist; it knows nothing about wasmtime or
 //! HTTP connections.
 #![deny(missing_docs)]
 
+mod limits;
 mod manifest;
+mod outbound;
 mod scan;
 
-pub use manifest::{Manifest, ManifestError};
+pub use limits::Limits;
+pub use manifest::{Files, Manifest, ManifestError, Outbound};
+pub use outbound::OutboundRule;
 pub use scan::{is_app_file, scan, AppFiles, ScanError};

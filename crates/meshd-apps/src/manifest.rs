@@ -1,7 +1,10 @@
 //! `NAME.toml`: the optional, declarative settings of one app.
 
+use crate::limits::Limits;
+use crate::outbound::OutboundRule;
 use meshd_routes::{Prefix, PrefixError};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The parsed contents of `NAME.toml`. Every key is optional; an unknown key
@@ -14,6 +17,72 @@ pub struct Manifest {
     /// A path (as the app sees it, e.g. `/healthz`) that a new version must
     /// answer with 2xx to a GET before it takes traffic.
     pub health: Option<String>,
+    /// Resource limits; unset keys take the daemon's defaults.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The environment variables the app sees; nothing else is visible.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A directory the app may read (and, if writable, write), seen as `/`.
+    pub files: Option<Files>,
+    /// Where the app may send HTTP requests; nowhere by default.
+    #[serde(default)]
+    pub outbound: Outbound,
+}
+
+/// `[files]`: a directory of the apps directory, preopened as `/`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Files {
+    /// Relative to the apps directory, and must stay inside it.
+    pub dir: String,
+    /// Whether the app may create, change and delete files there.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+/// `[outbound]`: the allowlist of destinations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Rules such as `"https://*.example.com"` or `"http://127.0.0.1:9000"`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+impl Outbound {
+    /// The parsed rules. Valid once the manifest has loaded.
+    pub fn rules(&self) -> Vec<OutboundRule> {
+        self.allow
+            .iter()
+            .filter_map(|rule| OutboundRule::parse(rule).ok())
+            .collect()
+    }
+}
+
+impl Files {
+    /// The directory on the host, resolved against `apps_dir`; it must exist
+    /// and, with symlinks followed, stay inside `apps_dir`.
+    pub fn resolve(&self, apps_dir: &Path) -> Result<PathBuf, String> {
+        let apps = apps_dir
+            .canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", apps_dir.display()))?;
+        let dir = apps
+            .join(&self.dir)
+            .canonicalize()
+            .map_err(|e| format!("[files] dir {:?}: {e}", self.dir))?;
+        if !dir.starts_with(&apps) || dir == apps {
+            return Err(format!(
+                "[files] dir {:?} resolves to {}, outside the apps directory (symlinks leading out are refused)",
+                self.dir,
+                dir.display()
+            ));
+        }
+        if !dir.is_dir() {
+            return Err(format!("[files] dir {:?} is not a directory", self.dir));
+        }
+        Ok(dir)
+    }
 }
 
 /// A manifest that could not be used. The message names the file and, where
@@ -67,6 +136,25 @@ impl Manifest {
         })?;
         if let Some(route) = &manifest.route {
             Prefix::parse(route).map_err(|e| invalid(path, "route", e))?;
+        }
+        for rule in &manifest.outbound.allow {
+            OutboundRule::parse(rule).map_err(|e| invalid(path, "outbound.allow", e))?;
+        }
+        if let Some(files) = &manifest.files {
+            if Path::new(&files.dir).is_absolute() {
+                return Err(invalid(
+                    path,
+                    "files.dir",
+                    "must be relative to the apps directory",
+                ));
+            }
+        }
+        if manifest.limits.max_concurrency == Some(0) {
+            return Err(invalid(
+                path,
+                "limits.max_concurrency",
+                "must be at least 1",
+            ));
         }
         if let Some(health) = &manifest.health {
             if !health.starts_with('/') || health.parse::<http::uri::PathAndQuery>().is_err() {
@@ -128,6 +216,73 @@ mod tests {
     fn malformed_toml_names_the_file() {
         let err = parse("route = ").unwrap_err().to_string();
         assert!(err.contains("apps/x.toml"), "{err}");
+    }
+
+    #[test]
+    fn full_manifest_parses() {
+        let m = parse(
+            r#"
+            route = "/api"
+            [limits]
+            memory = "32MiB"
+            timeout = "2s"
+            max_concurrency = 4
+            max_body = "1KiB"
+            [env]
+            GREETING = "hi"
+            [files]
+            dir = "api-data"
+            writable = true
+            [outbound]
+            allow = ["http://127.0.0.1:9000", "https://*.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.limits.memory, Some(32 << 20));
+        assert_eq!(m.limits.max_body, Some(1024));
+        assert_eq!(m.env["GREETING"], "hi");
+        assert!(m.files.as_ref().unwrap().writable);
+        assert_eq!(m.outbound.rules().len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_in_tables_are_errors() {
+        let err = parse(
+            "[limits]
+memroy = \"1MiB\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn bad_outbound_rule_names_the_key() {
+        let err = parse(
+            "[outbound]
+allow = [\"example.com\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`outbound.allow`"), "{err}");
+    }
+
+    #[test]
+    fn files_must_stay_inside_the_apps_dir() {
+        let apps = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(apps.path().join("a-data")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), apps.path().join("escape")).unwrap();
+        let files = |dir: &str| Files {
+            dir: dir.into(),
+            writable: false,
+        };
+        assert!(files("a-data").resolve(apps.path()).is_ok());
+        let err = files("escape").resolve(apps.path()).unwrap_err();
+        assert!(err.contains("outside the apps directory"), "{err}");
+        assert!(files("../").resolve(apps.path()).is_err());
+        assert!(files(".").resolve(apps.path()).is_err());
+        assert!(files("missing").resolve(apps.path()).is_err());
     }
 
     #[test]

@@ -2,10 +2,10 @@
 
 use crate::drain::retire;
 use arc_swap::ArcSwap;
-use meshd_apps::{scan, AppFiles, Manifest};
+use meshd_apps::{scan, AppFiles, Limits, Manifest};
 use meshd_routes::Prefix;
 use meshd_server::Mounts;
-use meshd_tenant::{load_version, AppVersion, Runtime};
+use meshd_tenant::{load_version, AppVersion, Preopen, Runtime, TenantSettings};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +25,9 @@ pub struct ReloadConfig {
     /// How long a new version's health check (manifest key `health`) may
     /// take.
     pub health_timeout: Duration,
+    /// Daemon-wide default limits; a manifest's `[limits]` override them,
+    /// and [`Limits::BUILT_IN`] fills what neither sets.
+    pub default_limits: Limits,
 }
 
 /// What one [`Deployer::reconcile`] did.
@@ -286,11 +289,13 @@ impl Deployer {
             let runtime = self.runtime.clone();
             let files = files.clone();
             let permits = permits.clone();
+            let defaults = self.config.default_limits;
+            let apps_dir = self.config.apps_dir.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let name = files.name.clone();
                 let candidate = tokio::task::spawn_blocking(move || {
-                    load_candidate(&runtime, files, stamp, old)
+                    load_candidate(&runtime, &apps_dir, defaults, files, stamp, old)
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
@@ -310,9 +315,12 @@ impl Deployer {
     }
 }
 
-/// Reads, checks and (unless only the timestamps changed) compiles one app.
+/// Reads, checks and (unless only the manifest or timestamps changed)
+/// compiles one app.
 fn load_candidate(
     runtime: &Arc<Runtime>,
+    apps_dir: &Path,
+    defaults: Limits,
     files: AppFiles,
     stamp: Stamp,
     old: Option<Deployed>,
@@ -327,23 +335,34 @@ fn load_candidate(
             Some(path) => format!("invalid manifest {}: key `route`: {e}", path.display()),
             None => format!("app name cannot be a route: {e}"),
         })?;
+    let manifest_name = files.manifest.as_deref().map_or_else(
+        || files.wasm.display().to_string(),
+        |p| p.display().to_string(),
+    );
+    let settings = tenant_settings(&manifest, defaults, apps_dir)
+        .map_err(|e| format!("{manifest_name}: {e}"))?;
     let wasm = std::fs::read(&files.wasm).map_err(|e| describe(&files.wasm, e))?;
     let content = Content {
         wasm: blake3::hash(&wasm),
         manifest,
     };
     if let Some(old) = old.filter(|old| old.content.wasm == content.wasm) {
-        // Same code: keep the running version (no recompile, no drain) and
-        // pick up the new manifest and timestamps.
+        // Same code: no recompile. Same settings too: keep the running
+        // version (no drain); otherwise a new version of the same code.
+        let version = if old.version.settings() == &settings {
+            old.version
+        } else {
+            Arc::new(old.version.with_settings(settings))
+        };
         return Ok(Deployed {
             files,
             stamp,
             content,
             prefix,
-            version: old.version,
+            version,
         });
     }
-    let version = load_version(runtime, &files.name, &wasm)
+    let version = load_version(runtime, &files.name, &wasm, settings)
         .map_err(|e| format!("{}: {e}", files.wasm.display()))?;
     Ok(Deployed {
         files,
@@ -351,6 +370,37 @@ fn load_candidate(
         content,
         prefix,
         version: Arc::new(version),
+    })
+}
+
+/// Resolves an app's limits and capabilities.
+fn tenant_settings(
+    manifest: &Manifest,
+    defaults: Limits,
+    apps_dir: &Path,
+) -> Result<TenantSettings, String> {
+    let limits = manifest.limits.or(defaults).or(Limits::BUILT_IN);
+    let built_in = Limits::BUILT_IN;
+    let memory = limits.memory.or(built_in.memory).unwrap_or_default();
+    let files = manifest
+        .files
+        .as_ref()
+        .map(|f| {
+            f.resolve(apps_dir).map(|host_dir| Preopen {
+                host_dir,
+                writable: f.writable,
+            })
+        })
+        .transpose()?;
+    Ok(TenantSettings {
+        memory: usize::try_from(memory)
+            .map_err(|_| format!("limits.memory {memory} is too large"))?,
+        timeout: limits.timeout.unwrap_or_default(),
+        max_concurrency: limits.max_concurrency.unwrap_or(1),
+        max_body: limits.max_body.unwrap_or_default(),
+        env: manifest.env.clone().into_iter().collect(),
+        files,
+        outbound: manifest.outbound.rules(),
     })
 }
 
@@ -396,12 +446,37 @@ fn build_table(
 
     let mut table = Mounts::new();
     let mut owners: BTreeMap<Prefix, String> = BTreeMap::new();
+    let mut dirs: Vec<(PathBuf, String)> = Vec::new();
     let mut refused = Vec::new();
     for name in order {
         let d = &next[name];
+        let dir = d
+            .version
+            .settings()
+            .files
+            .as_ref()
+            .map(|f| f.host_dir.clone());
+        let shared = dir.as_ref().and_then(|dir| {
+            dirs.iter()
+                .find(|(other, _)| other.starts_with(dir) || dir.starts_with(other))
+        });
+        if let Some((other_dir, owner)) = shared {
+            tracing::error!(
+                app = %name,
+                "[files] dir of {} overlaps {}, the directory of {}; app not mounted",
+                d.files.describe(),
+                other_dir.display(),
+                next[owner].files.describe(),
+            );
+            refused.push(name.clone());
+            continue;
+        }
         match table.insert(d.prefix.clone(), d.version.clone()) {
             Ok(()) => {
                 owners.insert(d.prefix.clone(), name.clone());
+                if let Some(dir) = dir {
+                    dirs.push((dir, name.clone()));
+                }
             }
             Err(conflict) => {
                 let owner = &next[&owners[&conflict.prefix]];

@@ -7,7 +7,7 @@
 
 use crate::Deployer;
 use meshd_apps::is_app_file;
-use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use std::collections::HashMap;
 use std::future::Future;
@@ -120,22 +120,25 @@ struct Pending {
 }
 
 fn note(pending: &mut HashMap<PathBuf, Pending>, event: notify::Event) {
+    let writing = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        // Opens and reads change nothing, and meshd's own reads of a file
+        // must not schedule another pass.
+        EventKind::Access(_) => return,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => true,
+        _ => false,
+    };
     for path in event.paths {
         if !is_app_file(&path) {
             continue;
         }
-        let entry = pending.entry(path).or_insert(Pending {
-            last: Instant::now(),
-            writing: false,
-        });
-        entry.last = Instant::now();
-        match event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => entry.writing = false,
-            EventKind::Access(AccessKind::Open(AccessMode::Write))
-            | EventKind::Create(_)
-            | EventKind::Modify(notify::event::ModifyKind::Data(_)) => entry.writing = true,
-            _ => {}
-        }
+        pending.insert(
+            path,
+            Pending {
+                last: Instant::now(),
+                writing,
+            },
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use meshd_routes::RouteTable;
@@ -74,25 +74,40 @@ fn rewrite_uri(uri: &Uri, app_path: &str) -> Result<Uri, http::Error> {
 }
 
 fn error_response(version: &AppVersion, error: ServeError) -> Response<ResponseBody> {
-    let status = match &error {
-        ServeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        ServeError::Guest(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        ServeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        ServeError::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    tracing::debug!(app = version.app(), version = version.id(), %status, error = %error, "request failed");
-    // Guest failure details stay in meshd's log; the client gets the kind.
-    let message = match &error {
-        ServeError::BadRequest(detail) => format!("bad request: {detail}\n"),
-        ServeError::Guest(_) => format!("app {} failed to handle the request\n", version.app()),
-        ServeError::Timeout(limit) => format!(
-            "app {} did not answer within {} ms\n",
-            version.app(),
-            limit.as_millis()
+    let app = version.app();
+    let (status, message) = match &error {
+        ServeError::BadRequest(detail) => {
+            (StatusCode::BAD_REQUEST, format!("bad request: {detail}\n"))
+        }
+        ServeError::BodyTooLarge(limit) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than app {app}'s limit of {limit} bytes\n"),
         ),
-        ServeError::Cancelled => format!("app {} is being redeployed; retry\n", version.app()),
+        ServeError::Overloaded(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app {app} is overloaded ({why}); retry\n"),
+        ),
+        // Guest failure details stay in meshd's log; the client gets the kind.
+        ServeError::Guest(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("app {app} failed to handle the request\n"),
+        ),
+        ServeError::Timeout(limit) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("app {app} did not answer within {} ms\n", limit.as_millis()),
+        ),
+        ServeError::Cancelled => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app {app} is being redeployed; retry\n"),
+        ),
     };
-    plain(status, message)
+    tracing::debug!(app, version = version.id(), %status, error = %error, "request failed");
+    let mut resp = plain(status, message);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 fn plain(status: StatusCode, message: String) -> Response<ResponseBody> {

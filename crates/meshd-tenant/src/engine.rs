@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -22,12 +23,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct RuntimeConfig {
     /// Where compiled artifacts are cached.
     pub cache_dir: PathBuf,
-    /// Most instances alive at once, across all tenants (pool size).
+    /// Most instances alive at once, across all tenants (pool size). A
+    /// request arriving when all are busy gets 503.
     pub max_instances: u32,
-    /// Largest linear memory of one instance, in bytes.
-    pub max_memory: usize,
-    /// Wall-clock deadline of one request.
-    pub request_timeout: Duration,
 }
 
 /// The shared engine, linker and compiled-artifact cache.
@@ -36,6 +34,8 @@ pub struct Runtime {
     pub(crate) linker: Linker<Host>,
     pub(crate) cache: ArtifactCache,
     pub(crate) config: RuntimeConfig,
+    /// One permit per live instance: the daemon-wide cap.
+    pub(crate) instance_permits: Arc<Semaphore>,
     pooling: bool,
     _ticker: EpochTicker,
 }
@@ -60,8 +60,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         // Rust std guests import wasi:cli (environment, exit, terminal-*) on
         // top of the proxy world, so the full WASI p2 linker is needed. It
-        // stays capability-safe: each Store's WasiCtx grants no files, no
-        // environment and no sockets unless the app's manifest asks.
+        // stays capability-safe: each Store's WasiCtx grants no sockets, and
+        // files and environment only as the app's manifest says.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot add WASI to the linker")?;
@@ -70,10 +70,12 @@ impl Runtime {
             .context("cannot add wasi:http to the linker")?;
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
+        let instance_permits = Arc::new(Semaphore::new(config.max_instances as usize));
         Ok(Arc::new(Runtime {
             engine,
             linker,
             cache,
+            instance_permits,
             config,
             pooling,
             _ticker: ticker,
@@ -104,7 +106,6 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .total_memories(n)
             .total_tables(n.saturating_mul(4))
             .total_stacks(n)
-            .max_memory_size(config.max_memory)
             // Keep the first pages of a freed slot resident and zero them
             // with memset instead of returning them to the kernel: returning
             // them costs a TLB shootdown on every core per request.

@@ -1,11 +1,16 @@
 //! The per-request host state that lives inside a tenant's `Store`.
 
 use crate::guest_log::{GuestLog, Stream};
+use crate::limiter::TenantLimiter;
+use crate::outbound::OutboundPolicy;
+use crate::settings::TenantSettings;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Most WASI resources (streams, fields, pollables, ...) one request may hold.
+const MAX_RESOURCES: usize = 10_000;
 
 /// Everything one request of one tenant can reach. A new `Host` is built for
 /// every request, so nothing leaks between requests or tenants.
@@ -14,28 +19,40 @@ pub struct Host {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: OutboundPolicy,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limiter: TenantLimiter,
 }
 
 impl Host {
-    /// A host for one request of `app`: no files, no environment, no network,
-    /// no outbound HTTP; stdout and stderr go to meshd's log.
-    pub fn new(app: &Arc<str>, memory_limit: usize) -> Self {
-        let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(app.clone(), Stream::Stdout))
+    /// A host for one request of `app`, granting exactly what `settings`
+    /// allow: the manifest's environment and directory, outbound HTTP to the
+    /// allowed destinations, no sockets. Stdout and stderr go to meshd's log.
+    pub fn new(
+        app: &Arc<str>,
+        settings: &TenantSettings,
+        outbound: &Arc<[meshd_apps::OutboundRule]>,
+    ) -> anyhow::Result<Self> {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestLog::new(app.clone(), Stream::Stdout))
             .stderr(GuestLog::new(app.clone(), Stream::Stderr))
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
-        Host {
-            table: ResourceTable::new(),
-            wasi,
-            http: WasiHttpCtx::new(),
-            hooks: OutboundPolicy,
-            limits,
+            .envs(&settings.env);
+        if let Some(files) = &settings.files {
+            let perms = if files.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&files.host_dir, "/", perms)
+                .map_err(anyhow::Error::from)?;
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        Ok(Host {
+            table,
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            hooks: OutboundPolicy::new(app.clone(), outbound.clone(), settings.timeout),
+            limiter: TenantLimiter::new(settings.memory),
+        })
     }
 }
 
@@ -55,26 +72,5 @@ impl WasiHttpView for Host {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outbound HTTP is denied: a guest's `outgoing-handler.handle` fails with
-/// `HTTP-request-denied` and the host never opens a connection.
-struct OutboundPolicy;
-
-type SendResult = wasmtime_wasi_http::Result<(
-    http::Response<wasmtime_wasi_http::WasiBody>,
-    Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-)>;
-
-impl WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
-        tracing::debug!(uri = %request.uri(), "outbound request denied");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }

@@ -24,6 +24,17 @@ impl InFlight {
         InFlightGuard(self.clone())
     }
 
+    /// Admits one more request unless `limit` are already in flight.
+    pub fn try_enter(self: &Arc<Self>, limit: u32) -> Option<InFlightGuard> {
+        let limit = limit as usize;
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlightGuard(self.clone()))
+    }
+
     /// Requests in flight right now.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
@@ -57,6 +68,16 @@ impl Drop for InFlightGuard {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn try_enter_respects_the_limit() {
+        let in_flight = Arc::new(InFlight::default());
+        let a = in_flight.try_enter(2).unwrap();
+        let _b = in_flight.try_enter(2).unwrap();
+        assert!(in_flight.try_enter(2).is_none());
+        drop(a);
+        assert!(in_flight.try_enter(2).is_some());
+    }
 
     #[tokio::test]
     async fn drained_waits_for_the_last_guard() {

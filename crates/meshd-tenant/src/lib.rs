@@ -8,19 +8,25 @@
 //! limits and capabilities, so one tenant never sees or starves another.
 #![deny(missing_docs)]
 
+mod body;
 mod cache;
 mod engine;
 mod guest_log;
 mod host;
 mod in_flight;
+mod limiter;
 mod load;
+mod outbound;
+mod settings;
 mod version;
 
+pub use body::ResponseBody;
 pub use cache::CacheOutcome;
 pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
 pub use in_flight::{InFlight, InFlightGuard};
 pub use load::{load_version, LoadError};
-pub use version::{AppVersion, ResponseBody, ServeError};
+pub use settings::{Preopen, TenantSettings};
+pub use version::{AppVersion, ServeError};
 
 /// The error type of request and response bodies handed to and from guests.
 pub use wasmtime_wasi_http::Error as BodyError;

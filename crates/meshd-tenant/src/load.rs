@@ -5,7 +5,7 @@
 
 use crate::cache::CacheOutcome;
 use crate::engine::Runtime;
-use crate::in_flight::InFlight;
+use crate::settings::TenantSettings;
 use crate::version::AppVersion;
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +44,7 @@ pub fn load_version(
     runtime: &Arc<Runtime>,
     app: &str,
     wasm: &[u8],
+    settings: TenantSettings,
 ) -> Result<AppVersion, LoadError> {
     if wasm.is_empty() {
         return Err(LoadError::Empty);
@@ -70,14 +71,13 @@ pub fn load_version(
     if let CacheOutcome::Replaced(reason) = &cache {
         tracing::warn!(app = %app, version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
     }
-    Ok(AppVersion {
-        app: Arc::from(app),
+    Ok(AppVersion::new(
+        Arc::from(app),
         id,
-        runtime: runtime.clone(),
+        runtime.clone(),
         pre,
-        in_flight: Arc::new(InFlight::default()),
-        cancel: Default::default(),
+        settings,
         cache,
         compile_time,
-    })
+    ))
 }

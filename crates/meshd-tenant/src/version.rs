@@ -1,35 +1,40 @@
-//! One loaded version of an app, and how it serves a request: a fresh `Store`
-//! and instance per request, run in its own task so the guest can keep
-//! streaming the body after it has sent the response head.
+//! One loaded version of an app, and how it serves a request: admission
+//! (concurrency, instance pool, body size), then a fresh `Store` and instance
+//! per request, run in its own task so the guest can keep streaming the body
+//! after it has sent the response head.
 
+use crate::body::{LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
 use crate::engine::Runtime;
 use crate::host::Host;
-use crate::in_flight::{InFlight, InFlightGuard};
+use crate::in_flight::InFlight;
+use crate::settings::TenantSettings;
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use std::pin::Pin;
+use http_body::Body;
+use meshd_apps::OutboundRule;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
-/// A compiled, pre-instantiated version of one app. Immutable; requests hold
-/// an `Arc` to the version they started on for their whole life.
+/// A compiled, pre-instantiated version of one app with its settings.
+/// Immutable; requests hold an `Arc` to the version they started on for
+/// their whole life.
 pub struct AppVersion {
-    pub(crate) app: Arc<str>,
-    pub(crate) id: String,
-    pub(crate) runtime: Arc<Runtime>,
-    pub(crate) pre: ProxyPre<Host>,
-    pub(crate) in_flight: Arc<InFlight>,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) cache: CacheOutcome,
-    pub(crate) compile_time: Duration,
+    app: Arc<str>,
+    id: String,
+    runtime: Arc<Runtime>,
+    pre: ProxyPre<Host>,
+    settings: TenantSettings,
+    outbound: Arc<[OutboundRule]>,
+    in_flight: Arc<InFlight>,
+    cancel: CancellationToken,
+    cache: CacheOutcome,
+    compile_time: Duration,
 }
 
 /// Why a request got no response from the guest. Each maps to one status.
@@ -38,19 +43,69 @@ pub enum ServeError {
     /// The request cannot be handed to a guest (e.g. no authority).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request body is larger than the app's `max_body`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    /// The app is at its concurrency limit, or every instance slot of the
+    /// daemon is busy.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
     /// The guest trapped, panicked, returned an error code or never answered.
     #[error("app failed: {0}")]
     Guest(String),
     /// The guest did not answer within the request timeout.
     #[error("app did not answer within {0:?}")]
     Timeout(Duration),
-    /// The version was retired (drain deadline or shutdown) before the guest
+    /// The version was retired (drain deadline passed) before the guest
     /// answered.
     #[error("the app version was retired before it answered")]
     Cancelled,
 }
 
+enum GuestFailure {
+    Trap(String),
+    Timeout,
+    Cancelled,
+}
+
 impl AppVersion {
+    pub(crate) fn new(
+        app: Arc<str>,
+        id: String,
+        runtime: Arc<Runtime>,
+        pre: ProxyPre<Host>,
+        settings: TenantSettings,
+        cache: CacheOutcome,
+        compile_time: Duration,
+    ) -> Self {
+        AppVersion {
+            app,
+            id,
+            runtime,
+            pre,
+            outbound: settings.outbound.clone().into(),
+            settings,
+            in_flight: Arc::new(InFlight::default()),
+            cancel: CancellationToken::new(),
+            cache,
+            compile_time,
+        }
+    }
+
+    /// The same code with other settings (a manifest-only change): no
+    /// recompile, but a new version with its own in-flight count.
+    pub fn with_settings(&self, settings: TenantSettings) -> AppVersion {
+        AppVersion::new(
+            self.app.clone(),
+            self.id.clone(),
+            self.runtime.clone(),
+            self.pre.clone(),
+            settings,
+            CacheOutcome::Hit,
+            Duration::ZERO,
+        )
+    }
+
     /// The app's name.
     pub fn app(&self) -> &str {
         &self.app
@@ -60,6 +115,11 @@ impl AppVersion {
     /// its `.wasm`.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The settings this version runs with.
+    pub fn settings(&self) -> &TenantSettings {
+        &self.settings
     }
 
     /// Whether the compiled code came from the cache.
@@ -94,35 +154,56 @@ impl AppVersion {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let guard = Arc::new(self.in_flight.enter());
-        let config = &self.runtime.config;
-        let mut store = Store::new(
-            &self.runtime.engine,
-            Host::new(&self.app, config.max_memory),
-        );
-        store.limiter(|host| &mut host.limits);
+        let max_body = self.settings.max_body;
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max_body) {
+            return Err(ServeError::BodyTooLarge(max_body));
+        }
+        let guard = self
+            .in_flight
+            .try_enter(self.settings.max_concurrency)
+            .ok_or(ServeError::Overloaded("the app is at its max_concurrency"))?;
+        let guard = Arc::new(guard);
+        let instance_permit = self
+            .runtime
+            .instance_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServeError::Overloaded("every instance slot of meshd is busy"))?;
+
+        let host = Host::new(&self.app, &self.settings, &self.outbound)
+            .map_err(|e| ServeError::Guest(format!("cannot set up the instance: {e:#}")))?;
+        let mut store = Store::new(&self.runtime.engine, host);
+        store.limiter(|host| &mut host.limiter);
         // Yield to the async runtime at every epoch tick: a spinning guest
         // then shares its worker thread, and the timeout below can fire.
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 
+        let (parts, body) = req.into_parts();
+        let (body, body_exceeded) = LimitedBody::new(body, max_body);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let view = &mut store.data_mut().http();
         let wasi_req = view
-            .new_incoming_request(Scheme::Http, req)
+            .new_incoming_request(Scheme::Http, http::Request::from_parts(parts, body))
             .map_err(|e| ServeError::BadRequest(format!("{e:#}")))?;
         let out = view
             .new_response_outparam(sender)
             .map_err(|e| ServeError::Guest(format!("{e:#}")))?;
 
-        let timeout = config.request_timeout;
-        let pre = self.pre.clone();
+        let timeout = self.settings.timeout;
+        let guest_failed = Arc::new(AtomicBool::new(false));
+        let task_failed = guest_failed.clone();
         let task_guard = guard.clone();
         let version = self.clone();
         let task = tokio::spawn(async move {
             let _in_flight = task_guard;
+            let _instance = instance_permit;
             let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = version.pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, wasi_req, out)
@@ -139,16 +220,14 @@ impl AppVersion {
                 () = version.cancel.cancelled() => Err(GuestFailure::Cancelled),
             };
             if let Err(failure) = &result {
+                task_failed.store(true, Ordering::Release);
                 version.log_failure(failure);
             }
             result
         });
 
-        match receiver.await {
-            Ok(Ok(resp)) => Ok(resp.map(|body| ResponseBody {
-                body,
-                _guard: guard,
-            })),
+        let result = match receiver.await {
+            Ok(Ok(resp)) => Ok(resp.map(|body| ResponseBody::new(body, guest_failed, guard))),
             Ok(Err(code)) => Err(ServeError::Guest(format!(
                 "the app answered with error code {code:?}"
             ))),
@@ -162,17 +241,23 @@ impl AppVersion {
                 Ok(Err(GuestFailure::Cancelled)) => ServeError::Cancelled,
                 Err(join) => ServeError::Guest(format!("the guest task failed: {join}")),
             }),
+        };
+        // A body that went over the limit while streaming in gets 413,
+        // whatever the guest made of the cut-off stream.
+        if body_exceeded.load(Ordering::Acquire) {
+            return Err(ServeError::BodyTooLarge(max_body));
         }
+        result
     }
 
     fn log_failure(&self, failure: &GuestFailure) {
         match failure {
             GuestFailure::Trap(message) => tracing::warn!(
-                app = %self.app, version = %self.id, error = %message, "request failed: guest trapped"
+                app = %self.app, version = %self.id, error = %message,
+                "request failed: guest trapped"
             ),
             GuestFailure::Timeout => tracing::warn!(
-                app = %self.app, version = %self.id,
-                timeout = ?self.runtime.config.request_timeout,
+                app = %self.app, version = %self.id, timeout = ?self.settings.timeout,
                 "request timed out; guest instance torn down"
             ),
             GuestFailure::Cancelled => tracing::warn!(
@@ -180,38 +265,5 @@ impl AppVersion {
                 "request cancelled: its version was retired before it finished"
             ),
         }
-    }
-}
-
-enum GuestFailure {
-    Trap(String),
-    Timeout,
-    Cancelled,
-}
-
-/// A guest's response body. While it exists the request counts as in flight
-/// for its version, so a version is only retired once its bodies are sent.
-pub struct ResponseBody {
-    body: HyperOutgoingBody,
-    _guard: Arc<InFlightGuard>,
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

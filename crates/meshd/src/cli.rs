@@ -52,23 +52,34 @@ pub struct Args {
     #[arg(long, env = "MESHD_HEALTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub health_timeout: Duration,
 
-    /// Wall-clock deadline of one request; a guest still running then is torn
-    /// down and the client gets 504.
-    #[arg(long, env = "MESHD_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub request_timeout: Duration,
+    /// Daemon settings file (TOML). Its `[limits]` table sets default limits
+    /// for every app; flags override it, app manifests override both.
+    #[arg(long, env = "MESHD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
-    /// Largest linear memory of one instance. A guest growing past it traps
-    /// (500 for that request only).
-    #[arg(
-        long,
-        env = "MESHD_MAX_MEMORY",
-        default_value = "128MiB",
-        value_name = "SIZE"
-    )]
-    pub max_memory: ByteSize,
+    /// Default wall-clock deadline of one request; a guest still running
+    /// then is torn down and the client gets 504. [default: 30s]
+    #[arg(long, env = "MESHD_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub request_timeout: Option<Duration>,
+
+    /// Default memory limit of one instance (all its linear memories). A
+    /// guest growing past it traps: 500 for that request only. [default:
+    /// 128MiB]
+    #[arg(long, env = "MESHD_MAX_MEMORY", value_name = "SIZE")]
+    pub max_memory: Option<ByteSize>,
+
+    /// Default number of requests one app may have in flight; more get 503
+    /// with Retry-After. [default: 100]
+    #[arg(long, env = "MESHD_MAX_CONCURRENCY", value_name = "N")]
+    pub max_concurrency: Option<u32>,
+
+    /// Default largest request body; larger ones get 413 without being read.
+    /// [default: 128MiB]
+    #[arg(long, env = "MESHD_MAX_BODY", value_name = "SIZE")]
+    pub max_body: Option<ByteSize>,
 
     /// Most instances alive at once across all apps (the size of the
-    /// instance pool).
+    /// instance pool); a request arriving when all are busy gets 503.
     #[arg(
         long,
         env = "MESHD_MAX_INSTANCES",
@@ -101,6 +112,16 @@ pub enum LogFormat {
 }
 
 impl Args {
+    /// The limits set by flags (unset ones are `None`).
+    pub fn limits(&self) -> meshd_apps::Limits {
+        meshd_apps::Limits {
+            memory: self.max_memory.map(|size| size.as_u64()),
+            timeout: self.request_timeout,
+            max_concurrency: self.max_concurrency,
+            max_body: self.max_body.map(|size| size.as_u64()),
+        }
+    }
+
     /// The cache directory, with the default resolved.
     pub fn cache_dir(&self) -> PathBuf {
         if let Some(dir) = &self.cache_dir {
@@ -129,7 +150,7 @@ mod tests {
     fn defaults_parse() {
         let args = Args::try_parse_from(["meshd"]).unwrap();
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(args.max_memory.as_u64(), 128 << 20);
+        assert_eq!(args.max_memory, None);
         assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
     }
 }

@@ -1,6 +1,7 @@
 //! `meshd`: parse the flags, load the apps, serve until told to stop.
 
 mod cli;
+mod config;
 mod logging;
 mod signals;
 
@@ -38,19 +39,29 @@ async fn run(args: cli::Args) -> Result<()> {
             args.apps.display()
         );
     }
-    let max_memory = usize::try_from(args.max_memory.as_u64())
-        .context("--max-memory does not fit this machine's address space")?;
+    let daemon_config = match &args.config {
+        Some(path) => config::DaemonConfig::load(path)?,
+        None => config::DaemonConfig::default(),
+    };
+    let default_limits = args
+        .limits()
+        .or(daemon_config.limits)
+        .or(meshd_apps::Limits::BUILT_IN);
+    if default_limits.max_concurrency == Some(0) {
+        bail!("the default max_concurrency must be at least 1");
+    }
+    // Install the handlers before the (possibly long) first load, so an
+    // early SIGTERM is a graceful stop, not a kill.
+    let signals = signals::Signals::install()?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: args.cache_dir(),
         max_instances: args.max_instances,
-        max_memory,
-        request_timeout: args.request_timeout,
     })?;
     tracing::info!(
         cache_dir = %runtime.config().cache_dir.display(),
         pooling = runtime.pooling(),
         max_instances = args.max_instances,
-        max_memory = %args.max_memory,
+        limits = ?default_limits,
         "tenant runtime ready"
     );
 
@@ -61,6 +72,7 @@ async fn run(args: cli::Args) -> Result<()> {
             drain_timeout: args.drain_timeout,
             load_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             health_timeout: args.health_timeout,
+            default_limits,
         },
     ));
     // Watch before the first scan, so nothing that changes in between is
@@ -78,7 +90,6 @@ async fn run(args: cli::Args) -> Result<()> {
         "meshd listening on http://{addr}"
     );
 
-    let signals = signals::Signals::install()?;
     let shutdown = signals.shutdown.clone();
     let watcher = tokio::spawn(dir_watch.run(
         deployer.clone(),
