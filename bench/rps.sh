@@ -17,7 +17,7 @@
 #
 # It installs what it lacks: wrk and curl with apt-get, and the wasmtime CLI at
 # the workspace's wasmtime version with `cargo install`, into
-# target/bench/wasmtime-cli (kept between runs; the first install takes ~20
+# target/bench/wasmtime-cli (kept between runs; the first install takes 10-20
 # minutes on 2 cores). Every server listens on 127.0.0.1 only, and all load is
 # sent there, for a bounded time.
 set -euo pipefail
@@ -114,7 +114,7 @@ HELLO_WASM="$REPO/target/guests/wasm32-wasip2/release/hello.wasm"
 [[ -f "$HELLO_WASM" ]] || die "no $HELLO_WASM after the guest build"
 
 log "building native-hello (release)"
-nice -n 10 cargo build --release --manifest-path bench/native-hello/Cargo.toml \
+nice -n 10 cargo build --release --locked --manifest-path bench/native-hello/Cargo.toml \
     --target-dir "$BENCH_TARGET"
 NATIVE="$BENCH_TARGET/release/native-hello"
 
@@ -152,7 +152,13 @@ to_ms() {
     }'
 }
 
-declare -A RPS P50 P99 NON2XX SOCKERR
+declare -A RPS P50 P99 NON2XX SOCKERR OTHER
+
+CLK_TCK="$(getconf CLK_TCK)"
+# Busy time of all cores (user, nice, system, irq, softirq), in clock ticks.
+machine_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# User and system time of one process and all its threads, in clock ticks.
+process_jiffies() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
 # bench NAME URL COMMAND...: start COMMAND, wait until URL answers, warm up,
 # measure with wrk, stop the server.
@@ -171,8 +177,20 @@ bench() {
     log "$name: warming up for $WARMUP"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
     log "$name: measuring for $DURATION"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out"
+    # CPU time of the whole machine, of the server and of wrk over the run:
+    # what is left was spent by something else and skews the figures.
+    local busy0 server0 t0 busy1 server1 t1 wrk_s
+    busy0="$(machine_jiffies)" server0="$(process_jiffies "$SERVER_PID")" t0="$(date +%s.%N)"
+    local TIMEFORMAT='%U %S'
+    { time wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out"; } 2>"$WORK/$name.time"
+    busy1="$(machine_jiffies)" server1="$(process_jiffies "$SERVER_PID")" t1="$(date +%s.%N)"
     stop_server
+    wrk_s="$(awk 'END { print $1 + $2 }' "$WORK/$name.time")"
+    OTHER[$name]="$(awk -v b="$((busy1 - busy0))" -v s="$((server1 - server0))" -v w="$wrk_s" \
+        -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN {
+            o = (b - s) / hz - w; if (o < 0) o = 0
+            printf "%.0f", 100 * o / (t1 - t0)
+        }')"
 
     RPS[$name]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")"
     P50[$name]="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
@@ -183,7 +201,7 @@ bench() {
                            END { print n + 0 }' "$out")"
     [[ -n "${RPS[$name]}" ]] || { cat "$out" >&2; die "cannot parse wrk's output for $name"; }
     log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms," \
-        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}"
+        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%"
 }
 
 # --- the three servers -------------------------------------------------------
@@ -232,10 +250,10 @@ report() {
     echo "machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $MEM_TOTAL memory, $(uname -sr)"
     echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), on the same machine"
     echo "versions: $("$WASMTIME" --version), meshd $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
-    echo "other CPU load just before the runs: ${BUSY_BEFORE}% busy"
+    echo "CPU busy just before the runs: ${BUSY_BEFORE}%; other CPU load = CPU time spent by anything but the server and wrk during a run, in % of one core"
     echo
-    echo "| server | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| server | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors | other CPU load |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     local name label
     for name in native wasmtime-serve meshd; do
         case "$name" in
@@ -243,7 +261,7 @@ report() {
             wasmtime-serve) label="\`wasmtime serve -Scli\` (defaults)" ;;
             meshd) label="meshd (\`/hello/\`)" ;;
         esac
-        echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${NON2XX[$name]} | ${SOCKERR[$name]} |"
+        echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${NON2XX[$name]} | ${SOCKERR[$name]} | ${OTHER[$name]}% |"
     done
     echo
     echo "| ratio (req/s) | |"
@@ -256,6 +274,9 @@ echo
 report | tee "${BENCH_OUT:-/dev/null}"
 
 for name in native wasmtime-serve meshd; do
+    if ((OTHER[$name] > 15)); then
+        log "warning: something else used ${OTHER[$name]}% of a core while $name was measured; its figures are skewed"
+    fi
     if ((SOCKERR[$name] > 0)); then
         log "warning: wrk saw socket errors against $name (see the table)"
     fi

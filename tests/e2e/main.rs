@@ -7,6 +7,7 @@ mod support;
 mod bad_apps;
 mod bodies;
 mod cache;
+mod isolation;
 mod routing;
 mod shutdown;
 mod swap;

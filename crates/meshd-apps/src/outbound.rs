@@ -69,17 +69,14 @@ impl OutboundRule {
             }
     }
 
-    /// Whether the rule names an IP address or `localhost` explicitly: only
-    /// such rules may reach loopback and private addresses.
+    /// Whether the rule names an IP address: only such rules may reach
+    /// loopback and private addresses. A name, even `localhost`, never does.
     pub fn names_address_explicitly(&self) -> bool {
         match &self.host {
-            HostPattern::Exact(host) => {
-                host == "localhost"
-                    || host
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-            }
+            HostPattern::Exact(host) => host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok(),
             HostPattern::Subdomains(_) => false,
         }
     }

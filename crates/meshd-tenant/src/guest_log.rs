@@ -89,7 +89,7 @@ impl LineBuffer {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.pending);
         let line = text.trim_end_matches('\r');
-        tracing::info!(target: "guest", app = %self.app, stream = self.stream.as_str(), "{line}");
+        tracing::info!(target: "guest", app = %self.app, stream = %self.stream.as_str(), "{line}");
         self.pending.clear();
     }
 }

@@ -41,7 +41,7 @@ impl OutboundPolicy {
 }
 
 fn denied(app: &str, uri: &http::Uri, why: &str) -> Box<dyn Future<Output = SendResult> + Send> {
-    tracing::warn!(app, %uri, "outbound request denied: {why}");
+    tracing::warn!(%app, %uri, "outbound request denied: {why}");
     Box::new(async { Err(Error::HttpRequestDenied) })
 }
 

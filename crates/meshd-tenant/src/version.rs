@@ -62,6 +62,19 @@ pub enum ServeError {
     Cancelled,
 }
 
+/// One line saying why a guest failed: the trap (e.g. "wasm trap: wasm
+/// `unreachable` instruction executed") or the error meshd raised (e.g. the
+/// memory limit), without the multi-line wasm backtrace, which goes to the
+/// debug log.
+fn describe_trap(error: &wasmtime::Error) -> String {
+    tracing::debug!("guest failure in full: {error:?}");
+    let cause = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    cause.lines().collect::<Vec<_>>().join(" | ")
+}
+
 enum GuestFailure {
     Trap(String),
     Timeout,
@@ -214,7 +227,7 @@ impl AppVersion {
             let result = tokio::select! {
                 outcome = tokio::time::timeout(timeout, run) => match outcome {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(GuestFailure::Trap(format!("{e:#}"))),
+                    Ok(Err(e)) => Err(GuestFailure::Trap(describe_trap(&e))),
                     Err(_) => Err(GuestFailure::Timeout),
                 },
                 () = version.cancel.cancelled() => Err(GuestFailure::Cancelled),

@@ -15,6 +15,7 @@ pub struct MeshdBuilder {
     apps: PathBuf,
     cache_dir: Option<PathBuf>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// A running meshd, killed when dropped. Its stderr is collected so tests can
@@ -33,6 +34,7 @@ impl Meshd {
             apps: apps.to_owned(),
             cache_dir: None,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -138,6 +140,12 @@ impl MeshdBuilder {
         self
     }
 
+    /// Sets an environment variable of the meshd process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Starts meshd and waits until it listens (or panics with its log).
     pub fn start(self) -> Meshd {
         let (cache, cache_dir) = match self.cache_dir {
@@ -156,6 +164,7 @@ impl MeshdBuilder {
             .arg("--cache-dir")
             .arg(&cache_dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("MESHD_LOG", "info")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -1,0 +1,409 @@
+//! Tenant isolation and limits: one tenant can never read, slow down, crash
+//! or starve another.
+
+use crate::support::{empty, generated, request, AppsDir, Client, Meshd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Peak resident memory of a process, in bytes (Linux).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/PID/status")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guest_gets_504_at_its_deadline_while_others_are_served() {
+    let apps = AppsDir::with(&["hello"]);
+    apps.deploy("spin", "hostile");
+    apps.write("spin.toml", "[limits]\ntimeout = \"2s\"\n");
+    let meshd = Meshd::start(apps.path());
+
+    // Two spinning requests: as many as the machine has cores.
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let url = meshd.url("/spin/spin");
+            tokio::spawn(async move { Client::http1().fetch(request("GET", &url, empty())).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // While they spin, another tenant keeps answering.
+    let client = Client::http1();
+    let mut served_while_spinning = 0;
+    while spinners.iter().any(|s| !s.is_finished()) {
+        let reply = client.get(&meshd.url("/hello")).await;
+        assert_eq!(reply.status, 200);
+        served_while_spinning += 1;
+    }
+    assert!(
+        served_while_spinning >= 5,
+        "only {served_while_spinning} hello requests were served while two guests spun"
+    );
+    for spinner in spinners {
+        let reply = spinner.await.unwrap().unwrap();
+        assert_eq!(reply.status, 504);
+        assert!(
+            reply.text().contains("did not answer within 2000 ms"),
+            "{}",
+            reply.text()
+        );
+    }
+    meshd.wait_for_log(&["request timed out", "app=spin"]);
+    // The app's next request works.
+    assert_eq!(client.get(&meshd.url("/spin/ok")).await.text(), "ok");
+}
+
+#[tokio::test]
+async fn memory_bomb_traps_and_the_daemon_stays_bounded() {
+    let apps = AppsDir::with(&["hello"]);
+    apps.deploy("bomb", "hostile");
+    apps.write("bomb.toml", "[limits]\nmemory = \"32MiB\"\n");
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/bomb/ok")).await.status, 200);
+    let before = peak_rss(meshd.pid());
+    for _ in 0..5 {
+        let reply = client.get(&meshd.url("/bomb/alloc")).await;
+        assert_eq!(reply.status, 500);
+    }
+    let line = meshd.wait_for_log(&["request failed: guest trapped", "app=bomb"]);
+    assert!(line.contains("memory limit exceeded"), "{line}");
+    let after = peak_rss(meshd.pid());
+    assert!(
+        after < before + 64 * 1024 * 1024,
+        "peak RSS grew from {before} to {after} with a 32 MiB limit"
+    );
+    assert_eq!(client.get(&meshd.url("/bomb/ok")).await.text(), "ok");
+    assert_eq!(client.get(&meshd.url("/hello")).await.status, 200);
+}
+
+#[tokio::test]
+async fn traps_panics_and_stack_overflows_fail_only_that_request() {
+    let apps = AppsDir::with(&["hello", "hostile"]);
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+    for (path, cause) in [
+        ("/hostile/trap", "unreachable"),
+        ("/hostile/panic", "unreachable"),
+        // A Rust guest overflows its shadow stack in linear memory first.
+        ("/hostile/recurse", "wasm trap"),
+    ] {
+        let reply = client.get(&meshd.url(path)).await;
+        assert_eq!(reply.status, 500, "{path}");
+        assert_eq!(reply.text(), "app hostile failed to handle the request\n");
+        let line = meshd.wait_for_log(&["request failed: guest trapped", "app=hostile", cause]);
+        assert!(line.contains("app=hostile"), "{line}");
+        assert_eq!(
+            client.get(&meshd.url("/hostile/ok")).await.text(),
+            "ok",
+            "after {path}"
+        );
+    }
+    // The panic message reaches the log through the guest's stderr.
+    meshd.wait_for_log(&[
+        "app=hostile",
+        "stream=stderr",
+        "hostile guest panicked on purpose",
+    ]);
+    assert_eq!(client.get(&meshd.url("/hello")).await.status, 200);
+}
+
+#[tokio::test]
+async fn guests_see_only_their_own_environment() {
+    let apps = AppsDir::new();
+    apps.deploy("a", "hostile");
+    apps.write("a.toml", "[env]\nGREETING = \"hello a\"\n");
+    apps.deploy("b", "hostile");
+    let meshd = Meshd::builder(apps.path())
+        .env("MESHD_TEST_SECRET", "do-not-leak")
+        .start();
+    let client = Client::http1();
+    assert_eq!(
+        client.get(&meshd.url("/a/env")).await.text(),
+        "GREETING=hello a\n"
+    );
+    assert_eq!(client.get(&meshd.url("/b/env")).await.text(), "");
+}
+
+#[tokio::test]
+async fn files_are_confined_to_the_app_directory() {
+    let apps = AppsDir::new();
+    std::fs::create_dir(apps.path().join("a-data")).unwrap();
+    apps.write("a-data/note.txt", "a's note");
+    std::fs::create_dir(apps.path().join("b-data")).unwrap();
+    apps.write("b-data/secret.txt", "b's secret");
+    apps.deploy("a", "hostile");
+    apps.write("a.toml", "[files]\ndir = \"a-data\"\n");
+    apps.deploy("b", "hostile");
+    apps.write("b.toml", "[files]\ndir = \"b-data\"\nwritable = true\n");
+    apps.deploy("none", "hostile");
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = meshd.url(&path);
+        async move { client.get(&url).await.text() }
+    };
+
+    assert_eq!(get("/a/read?path=/note.txt".into()).await, "read: a's note");
+    assert_eq!(get("/a/list?path=/".into()).await, "note.txt\n");
+    // Read-only by default.
+    assert!(get("/a/write?path=/new.txt".into())
+        .await
+        .starts_with("error"));
+    assert!(!apps.path().join("a-data/new.txt").exists());
+    // Nothing outside its own directory: not the host, not a sibling.
+    for escape in [
+        "/etc/passwd",
+        "/../b-data/secret.txt",
+        "../b-data/secret.txt",
+        "/../../etc/passwd",
+    ] {
+        let text = get(format!("/a/read?path={escape}")).await;
+        assert!(text.starts_with("error"), "{escape}: {text}");
+    }
+    // Writable when the manifest says so.
+    assert_eq!(get("/b/write?path=/out.txt".into()).await, "wrote");
+    assert_eq!(
+        std::fs::read_to_string(apps.path().join("b-data/out.txt")).unwrap(),
+        "written by hostile"
+    );
+    // No [files]: no filesystem at all.
+    assert!(get("/none/list?path=/".into()).await.starts_with("error"));
+    assert!(get("/none/read?path=/etc/passwd".into())
+        .await
+        .starts_with("error"));
+}
+
+#[tokio::test]
+async fn files_dir_leading_out_or_shared_is_refused_at_load() {
+    let apps = AppsDir::with(&["hello"]);
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), apps.path().join("escape")).unwrap();
+    apps.deploy("sneaky", "hostile");
+    apps.write("sneaky.toml", "[files]\ndir = \"escape\"\n");
+    std::fs::create_dir(apps.path().join("shared")).unwrap();
+    apps.deploy("first", "hostile");
+    apps.write("first.toml", "[files]\ndir = \"shared\"\n");
+    apps.deploy("second", "hostile");
+    apps.write("second.toml", "[files]\ndir = \"shared/inner/..\"\n");
+    std::fs::create_dir(apps.path().join("shared/inner")).unwrap();
+    let meshd = Meshd::start(apps.path());
+
+    let line = meshd.wait_for_log(&["app not loaded", "sneaky.toml"]);
+    assert!(line.contains("outside the apps directory"), "{line}");
+    let line = meshd.wait_for_log(&["app=second", "overlaps"]);
+    assert!(line.contains("first.toml"), "{line}");
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/sneaky/ok")).await.status, 404);
+    assert_eq!(client.get(&meshd.url("/second/ok")).await.status, 404);
+    assert_eq!(client.get(&meshd.url("/first/ok")).await.status, 200);
+    assert_eq!(client.get(&meshd.url("/hello")).await.status, 200);
+}
+
+/// A loopback HTTP server that answers `hi` and counts its connections.
+async fn local_listener() -> (u16, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_http_is_denied_unless_allowed() {
+    let (port, connections) = local_listener().await;
+    let (other_port, other_connections) = local_listener().await;
+    let apps = AppsDir::new();
+    apps.deploy("closed", "hostile");
+    apps.deploy("open", "hostile");
+    apps.write(
+        "open.toml",
+        format!("[outbound]\nallow = [\"http://127.0.0.1:{port}\"]\n"),
+    );
+    apps.deploy("byname", "hostile");
+    apps.write(
+        "byname.toml",
+        format!("[outbound]\nallow = [\"http://localhost:{port}\"]\n"),
+    );
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+    let fetch = |app: &str, target: String| {
+        let url = meshd.url(&format!("/{app}/fetch?url={target}"));
+        let client = client.clone();
+        async move { client.get(&url).await.text() }
+    };
+
+    // Denied by default; the host never connects.
+    let text = fetch("closed", format!("http://127.0.0.1:{port}/")).await;
+    assert_eq!(text, "error ErrorCode::HttpRequestDenied");
+    // Allowed destination.
+    assert_eq!(
+        fetch("open", format!("http://127.0.0.1:{port}/")).await,
+        "status 200"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    // Same host, another port: denied.
+    let text = fetch("open", format!("http://127.0.0.1:{other_port}/")).await;
+    assert_eq!(text, "error ErrorCode::HttpRequestDenied");
+    assert_eq!(other_connections.load(Ordering::SeqCst), 0);
+    // An allowed name that resolves to loopback is refused: only rules that
+    // name an IP address reach internal addresses.
+    let text = fetch("byname", format!("http://localhost:{port}/")).await;
+    assert_eq!(text, "error ErrorCode::HttpRequestDenied");
+    meshd.wait_for_log(&["app=byname", "resolves to an internal address"]);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    meshd.wait_for_log(&["outbound request denied", "app=closed"]);
+}
+
+#[tokio::test]
+async fn concurrency_limit_answers_503_with_retry_after() {
+    let apps = AppsDir::new();
+    apps.deploy("busy", "stream");
+    apps.write("busy.toml", "[limits]\nmax_concurrency = 1\n");
+    let meshd = Meshd::start(apps.path());
+    let slow = tokio::spawn({
+        let url = meshd.url("/busy/slow?ms=1500");
+        async move { Client::http1().fetch(request("GET", &url, empty())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = Client::http1().get(&meshd.url("/busy/")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert!(reply.text().contains("max_concurrency"), "{}", reply.text());
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    assert_eq!(Client::http1().get(&meshd.url("/busy/")).await.status, 200);
+}
+
+#[tokio::test]
+async fn instance_cap_keeps_one_tenant_from_taking_every_slot() {
+    let apps = AppsDir::with(&["hello"]);
+    apps.deploy("greedy", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--max-instances", "2"])
+        .start();
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = meshd.url("/greedy/slow?ms=1500");
+            tokio::spawn(async move { Client::http1().fetch(request("GET", &url, empty())).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = Client::http1().get(&meshd.url("/hello")).await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.text().contains("instance slot"), "{}", reply.text());
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status, 200);
+    }
+    assert_eq!(Client::http1().get(&meshd.url("/hello")).await.status, 200);
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let apps = AppsDir::new();
+    apps.deploy("small", "stream");
+    apps.write("small.toml", "[limits]\nmax_body = \"1KiB\"\n");
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+
+    // Declared too large: refused before the body is read.
+    let reply = client
+        .post(&meshd.url("/small/count"), vec![b'x'; 4096])
+        .await;
+    assert_eq!(reply.status, 413);
+    assert!(reply.text().contains("1024 bytes"), "{}", reply.text());
+
+    // Streamed without a length (HTTP/2 data frames): cut off at the limit.
+    let reply = Client::http2()
+        .fetch(request(
+            "POST",
+            &meshd.url("/small/count"),
+            generated(1 << 20),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 413);
+
+    // Within the limit: fine.
+    let reply = client
+        .post(&meshd.url("/small/count"), vec![b'x'; 1000])
+        .await;
+    assert_eq!(reply.text(), "1000");
+}
+
+#[tokio::test]
+async fn daemon_defaults_come_from_flags_and_meshd_toml() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[limits]\nmax_body = \"100\"\ntimeout = \"1s\"\n",
+    )
+    .unwrap();
+    let meshd = Meshd::builder(apps.path())
+        .args(&[
+            "--config",
+            config.path().to_str().unwrap(),
+            "--request-timeout",
+            "3s",
+        ])
+        .start();
+    let client = Client::http1();
+    // From meshd.toml.
+    assert_eq!(
+        client
+            .post(&meshd.url("/app/count"), vec![b'x'; 101])
+            .await
+            .status,
+        413
+    );
+    // The flag beats the file: a 2 s request is within 3 s.
+    assert_eq!(
+        client.get(&meshd.url("/app/slow?ms=2000")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn bad_daemon_config_fails_before_binding() {
+    let apps = AppsDir::with(&["hello"]);
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[limits]\nmemroy = \"1MiB\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args([
+            "--apps",
+            apps.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--config", config.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid config file"), "{stderr}");
+    assert!(stderr.contains("memroy"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
