@@ -8,6 +8,8 @@ mod bad_apps;
 mod bodies;
 mod cache;
 mod isolation;
+mod platform;
+mod polyglot;
 mod routing;
 mod shutdown;
 mod swap;

@@ -28,6 +28,9 @@ pub struct Manifest {
     /// Where the app may send HTTP requests; nowhere by default.
     #[serde(default)]
     pub outbound: Outbound,
+    /// The values the app reads through wasi:config.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 /// `[files]`: a directory of the apps directory, preopened as `/`.
@@ -235,6 +238,8 @@ mod tests {
             writable = true
             [outbound]
             allow = ["http://127.0.0.1:9000", "https://*.example.com"]
+            [config]
+            name = "Steelmesh"
             "#,
         )
         .unwrap();
@@ -243,6 +248,7 @@ mod tests {
         assert_eq!(m.env["GREETING"], "hi");
         assert!(m.files.as_ref().unwrap().writable);
         assert_eq!(m.outbound.rules().len(), 2);
+        assert_eq!(m.config["name"], "Steelmesh");
     }
 
     #[test]

@@ -401,6 +401,7 @@ fn tenant_settings(
         env: manifest.env.clone().into_iter().collect(),
         files,
         outbound: manifest.outbound.rules(),
+        config: manifest.config.clone().into_iter().collect(),
     })
 }
 

@@ -4,6 +4,7 @@
 use crate::cache::ArtifactCache;
 use crate::host::Host;
 use anyhow::{Context as _, Result};
+use meshd_keyvalue::KvStore;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<Host>,
     pub(crate) cache: ArtifactCache,
+    pub(crate) kv: KvStore,
     pub(crate) config: RuntimeConfig,
     /// One permit per live instance: the daemon-wide cap.
     pub(crate) instance_permits: Arc<Semaphore>,
@@ -43,7 +45,7 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine (pooling allocator when the address space allows it,
     /// on-demand allocation otherwise), the linker and the cache.
-    pub fn new(config: RuntimeConfig) -> Result<Arc<Self>> {
+    pub fn new(config: RuntimeConfig, kv: KvStore) -> Result<Arc<Self>> {
         let (engine, pooling) = match Engine::new(&engine_config(&config, true)) {
             Ok(engine) => (engine, true),
             Err(e) => {
@@ -68,6 +70,13 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot add wasi:http to the linker")?;
+        // The platform services of wit/app.wit.
+        crate::platform::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add wasi:keyvalue and wasi:logging to the linker")?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, Host::config)
+            .map_err(anyhow::Error::from)
+            .context("cannot add wasi:config to the linker")?;
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
         let instance_permits = Arc::new(Semaphore::new(config.max_instances as usize));
@@ -75,6 +84,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            kv,
             instance_permits,
             config,
             pooling,

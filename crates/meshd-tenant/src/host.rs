@@ -4,9 +4,11 @@ use crate::guest_log::{GuestLog, Stream};
 use crate::limiter::TenantLimiter;
 use crate::outbound::OutboundPolicy;
 use crate::settings::TenantSettings;
+use meshd_keyvalue::KvStore;
 use std::sync::Arc;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Most WASI resources (streams, fields, pollables, ...) one request may hold.
@@ -15,7 +17,10 @@ const MAX_RESOURCES: usize = 10_000;
 /// Everything one request of one tenant can reach. A new `Host` is built for
 /// every request, so nothing leaks between requests or tenants.
 pub struct Host {
-    table: ResourceTable,
+    pub(crate) app: Arc<str>,
+    pub(crate) table: ResourceTable,
+    pub(crate) kv: KvStore,
+    config: Arc<WasiConfigVariables>,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: OutboundPolicy,
@@ -30,6 +35,8 @@ impl Host {
         app: &Arc<str>,
         settings: &TenantSettings,
         outbound: &Arc<[meshd_apps::OutboundRule]>,
+        config: &Arc<WasiConfigVariables>,
+        kv: &KvStore,
     ) -> anyhow::Result<Self> {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(GuestLog::new(app.clone(), Stream::Stdout))
@@ -47,12 +54,22 @@ impl Host {
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         Ok(Host {
+            app: app.clone(),
             table,
+            kv: kv.clone(),
+            config: config.clone(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             hooks: OutboundPolicy::new(app.clone(), outbound.clone(), settings.timeout),
             limiter: TenantLimiter::new(settings.memory),
         })
+    }
+}
+
+impl Host {
+    /// The app's `[config]` values, for wasi:config.
+    pub(crate) fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::from(&*self.config)
     }
 }
 

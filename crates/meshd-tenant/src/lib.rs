@@ -17,6 +17,7 @@ mod in_flight;
 mod limiter;
 mod load;
 mod outbound;
+mod platform;
 mod settings;
 mod version;
 

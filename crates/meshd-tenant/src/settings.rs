@@ -23,6 +23,8 @@ pub struct TenantSettings {
     pub files: Option<Preopen>,
     /// Where outbound HTTP may go; empty denies everything.
     pub outbound: Vec<OutboundRule>,
+    /// The values wasi:config returns.
+    pub config: Vec<(String, String)>,
 }
 
 /// A host directory the guest sees as `/`.
@@ -44,5 +46,6 @@ impl PartialEq for TenantSettings {
             && self.env == other.env
             && self.files == other.files
             && self.outbound == other.outbound
+            && self.config == other.config
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
+use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::WasiHttpView;
@@ -31,6 +32,7 @@ pub struct AppVersion {
     pre: ProxyPre<Host>,
     settings: TenantSettings,
     outbound: Arc<[OutboundRule]>,
+    config: Arc<WasiConfigVariables>,
     in_flight: Arc<InFlight>,
     cancel: CancellationToken,
     cache: CacheOutcome,
@@ -97,6 +99,7 @@ impl AppVersion {
             runtime,
             pre,
             outbound: settings.outbound.clone().into(),
+            config: Arc::new(settings.config.iter().cloned().collect()),
             settings,
             in_flight: Arc::new(InFlight::default()),
             cancel: CancellationToken::new(),
@@ -187,8 +190,14 @@ impl AppVersion {
             .try_acquire_owned()
             .map_err(|_| ServeError::Overloaded("every instance slot of meshd is busy"))?;
 
-        let host = Host::new(&self.app, &self.settings, &self.outbound)
-            .map_err(|e| ServeError::Guest(format!("cannot set up the instance: {e:#}")))?;
+        let host = Host::new(
+            &self.app,
+            &self.settings,
+            &self.outbound,
+            &self.config,
+            &self.runtime.kv,
+        )
+        .map_err(|e| ServeError::Guest(format!("cannot set up the instance: {e:#}")))?;
         let mut store = Store::new(&self.runtime.engine, host);
         store.limiter(|host| &mut host.limiter);
         // Yield to the async runtime at every epoch tick: a spinning guest

@@ -37,6 +37,12 @@ pub struct Args {
     #[arg(long, env = "MESHD_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Where app data lives (the wasi:keyvalue database, unless meshd.toml
+    /// selects Redis). [default: $XDG_DATA_HOME/meshd, else
+    /// ~/.local/share/meshd]
+    #[arg(long, env = "MESHD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
     /// before meshd exits anyway.
     #[arg(long, env = "MESHD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -112,6 +118,21 @@ pub enum LogFormat {
 }
 
 impl Args {
+    /// The data directory, with the default resolved.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share"))
+            })
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("meshd")
+    }
+
     /// The limits set by flags (unset ones are `None`).
     pub fn limits(&self) -> meshd_apps::Limits {
         meshd_apps::Limits {

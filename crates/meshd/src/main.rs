@@ -31,6 +31,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Opens the wasi:keyvalue backend chosen in meshd.toml.
+async fn open_keyvalue(
+    config: &config::KeyValueConfig,
+    args: &cli::Args,
+) -> Result<meshd_keyvalue::KvStore> {
+    let limits = config.limits();
+    let kv = match config.backend {
+        config::Backend::Redb => {
+            let path = args.data_dir().join("keyvalue.redb");
+            meshd_keyvalue::KvStore::open_redb(&path, limits)?
+        }
+        config::Backend::Redis => {
+            let url = config
+                .url
+                .as_deref()
+                .context("[keyvalue] backend = \"redis\" needs a url")?;
+            meshd_keyvalue::KvStore::connect_redis(url, limits).await?
+        }
+    };
+    tracing::info!(
+        backend = kv.backend_name(),
+        ?limits,
+        "key-value store ready"
+    );
+    Ok(kv)
+}
+
 async fn run(args: cli::Args) -> Result<()> {
     // Check everything we can before binding, so a bad flag fails fast.
     if !args.apps.is_dir() {
@@ -53,10 +80,14 @@ async fn run(args: cli::Args) -> Result<()> {
     // Install the handlers before the (possibly long) first load, so an
     // early SIGTERM is a graceful stop, not a kill.
     let signals = signals::Signals::install()?;
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: args.cache_dir(),
-        max_instances: args.max_instances,
-    })?;
+    let kv = open_keyvalue(&daemon_config.keyvalue, &args).await?;
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            cache_dir: args.cache_dir(),
+            max_instances: args.max_instances,
+        },
+        kv,
+    )?;
     tracing::info!(
         cache_dir = %runtime.config().cache_dir.display(),
         pooling = runtime.pooling(),

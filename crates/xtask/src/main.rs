@@ -10,9 +10,15 @@ use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The apps `cargo xtask run` serves (the rest of apps-example/ are test
-/// fixtures).
-const EXAMPLE_APPS: &[&str] = &["hello", "echo"];
+/// The Rust apps `cargo xtask run` serves (the rest of apps-example/ are
+/// test fixtures).
+const EXAMPLE_APPS: &[&str] = &["hello", "echo", "counter"];
+
+/// The Python and JavaScript apps: (build script, app name).
+const POLYGLOT_APPS: &[(&str, &str)] = &[
+    ("apps-example/python", "greeter-py"),
+    ("apps-example/js", "greeter-js"),
+];
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
@@ -95,12 +101,29 @@ fn build_apps() -> Result<PathBuf> {
     let apps = root.join("target/apps-example");
     std::fs::create_dir_all(&apps).with_context(|| format!("cannot create {}", apps.display()))?;
     for app in EXAMPLE_APPS {
-        let from = built.join(format!("{app}.wasm"));
-        let to = apps.join(format!("{app}.wasm"));
-        std::fs::copy(&from, &to)
-            .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        copy(
+            &built.join(format!("{app}.wasm")),
+            &apps.join(format!("{app}.wasm")),
+        )?;
+    }
+    // The Python and JavaScript apps install their own toolchains (a venv,
+    // node_modules) on first use.
+    for (dir, app) in POLYGLOT_APPS {
+        let mut cmd = Command::new("bash");
+        cmd.arg(root.join(dir).join("build.sh")).arg(&apps);
+        status(cmd)?;
+        copy(
+            &root.join(dir).join(format!("{app}.toml")),
+            &apps.join(format!("{app}.toml")),
+        )?;
     }
     Ok(apps)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
 }
 
 fn run(meshd_args: &[String]) -> Result<()> {
@@ -117,6 +140,15 @@ fn run(meshd_args: &[String]) -> Result<()> {
 fn test(cargo_test_args: &[String]) -> Result<()> {
     use std::io::BufRead as _;
     ensure_wasm_target()?;
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!(
+            "the Redis tests need redis-server: `apt-get install redis-server` (.ci/run does this)"
+        );
+    }
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"])
         .args(cargo_test_args)

@@ -14,6 +14,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub struct MeshdBuilder {
     apps: PathBuf,
     cache_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -24,7 +25,7 @@ pub struct Meshd {
     child: Child,
     addr: SocketAddr,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
-    _cache: Option<tempfile::TempDir>,
+    _temp_dirs: Vec<tempfile::TempDir>,
 }
 
 impl Meshd {
@@ -33,6 +34,7 @@ impl Meshd {
         MeshdBuilder {
             apps: apps.to_owned(),
             cache_dir: None,
+            data_dir: None,
             args: Vec::new(),
             env: Vec::new(),
         }
@@ -134,6 +136,12 @@ impl MeshdBuilder {
         self
     }
 
+    /// Uses `dir` as the data directory (default: a fresh temporary one).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+
     /// Adds command-line arguments.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
@@ -148,14 +156,18 @@ impl MeshdBuilder {
 
     /// Starts meshd and waits until it listens (or panics with its log).
     pub fn start(self) -> Meshd {
-        let (cache, cache_dir) = match self.cache_dir {
-            Some(dir) => (None, dir),
+        let mut temp_dirs = Vec::new();
+        let mut dir_or_temp = |dir: Option<PathBuf>| match dir {
+            Some(dir) => dir,
             None => {
                 let tmp = tempfile::tempdir().expect("temp dir");
                 let path = tmp.path().to_owned();
-                (Some(tmp), path)
+                temp_dirs.push(tmp);
+                path
             }
         };
+        let cache_dir = dir_or_temp(self.cache_dir);
+        let data_dir = dir_or_temp(self.data_dir);
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
             .arg("--apps")
             .arg(&self.apps)
@@ -163,6 +175,8 @@ impl MeshdBuilder {
             .arg("127.0.0.1:0")
             .arg("--cache-dir")
             .arg(&cache_dir)
+            .arg("--data-dir")
+            .arg(&data_dir)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("MESHD_LOG", "info")
@@ -189,7 +203,7 @@ impl MeshdBuilder {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
-            _cache: cache,
+            _temp_dirs: temp_dirs,
         };
         let line = meshd.wait_for_log(&["meshd listening on http://"]);
         let addr = line

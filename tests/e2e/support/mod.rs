@@ -7,7 +7,7 @@ mod client;
 mod meshd;
 
 pub use client::{count_body, empty, generated, request, Client};
-pub use meshd::Meshd;
+pub use meshd::{Meshd, MeshdBuilder};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +44,38 @@ pub fn guests_dir() -> &'static Path {
         );
         target.join("wasm32-wasip2/release")
     })
+}
+
+/// Builds the Python and JavaScript example apps once per test run (their
+/// build scripts install their toolchains on first use) and returns the
+/// directory holding `greeter-py.wasm` and `greeter-js.wasm`.
+pub fn polyglot_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = repo_root();
+        let out = root.join("target/guests/polyglot");
+        for script in ["apps-example/python/build.sh", "apps-example/js/build.sh"] {
+            let output = Command::new("bash")
+                .arg(root.join(script))
+                .arg(&out)
+                .output()
+                .expect("bash runs");
+            assert!(
+                output.status.success(),
+                "{script} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        out
+    })
+}
+
+/// A compile cache shared by every test of this run (and the next runs), for
+/// the large polyglot components: compiling them takes seconds each.
+pub fn shared_cache_dir() -> PathBuf {
+    let dir = repo_root().join("target/test-cache");
+    std::fs::create_dir_all(&dir).expect("create the shared cache dir");
+    dir
 }
 
 /// The built component of guest `name` (`hello`, `echo`, `stream`, ...).
@@ -88,6 +120,14 @@ impl AppsDir {
     /// renamed in, as the operations guide recommends.
     pub fn deploy(&self, app: &str, guest_name: &str) {
         let bytes = std::fs::read(guest(guest_name)).expect("guest is readable");
+        self.write_atomically(&format!("{app}.wasm"), &bytes);
+    }
+
+    /// Deploys a built polyglot app (`greeter-py`, `greeter-js`) under its
+    /// own name.
+    pub fn deploy_polyglot(&self, app: &str) {
+        let bytes =
+            std::fs::read(polyglot_dir().join(format!("{app}.wasm"))).expect("app is built");
         self.write_atomically(&format!("{app}.wasm"), &bytes);
     }
 

@@ -1,0 +1,412 @@
+//! Per-tenant key-value storage behind meshd's `wasi:keyvalue`.
+//!
+//! Every entry is addressed by (tenant, bucket, key): a tenant can open any
+//! bucket name, and only ever sees its own. Two backends:
+//!
+//! - [`KvStore::open_redb`]: an embedded, crash-safe database file (redb).
+//!   Every write is a durable transaction: once acknowledged it survives a
+//!   crash or `kill -9`.
+//! - [`KvStore::connect_redis`]: a Redis server, so several meshd nodes
+//!   share tenant state.
+//!
+//! Both enforce the same limits: key size, value size and a per-tenant quota
+//! on the bytes stored (keys plus values). Increments are atomic.
+#![deny(missing_docs)]
+
+mod redb_store;
+mod redis_store;
+
+use std::path::Path;
+
+/// Size limits and the per-tenant quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Longest key, in bytes.
+    pub max_key: usize,
+    /// Largest value, in bytes.
+    pub max_value: usize,
+    /// Most bytes (keys plus values) one tenant may store, all buckets
+    /// together.
+    pub quota: u64,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            max_key: 1024,
+            max_value: 1 << 20,
+            quota: 64 << 20,
+        }
+    }
+}
+
+/// Why an operation failed. The message is what the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// The key is longer than the limit.
+    #[error("key is {len} bytes; the limit is {limit}")]
+    KeyTooLarge {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The value is larger than the limit.
+    #[error("value is {len} bytes; the limit is {limit}")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The write would take the tenant over its quota.
+    #[error("quota exceeded: the app may store {quota} bytes")]
+    QuotaExceeded {
+        /// The quota.
+        quota: u64,
+    },
+    /// `increment` on a value that is not a decimal u64.
+    #[error("value of {key:?} is not a decimal number")]
+    NotANumber {
+        /// The key.
+        key: String,
+    },
+    /// `increment` would overflow a u64.
+    #[error("increment of {key:?} overflows")]
+    Overflow {
+        /// The key.
+        key: String,
+    },
+    /// The storage itself failed.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// One page of a key listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys of this page.
+    pub keys: Vec<String>,
+    /// Where the next page starts; `None` at the end.
+    pub cursor: Option<u64>,
+}
+
+/// Most keys returned by one `list_keys` call.
+pub const PAGE_SIZE: usize = 1000;
+
+/// The key-value store shared by all tenants of a meshd.
+#[derive(Clone)]
+pub struct KvStore {
+    backend: Backend,
+    limits: KvLimits,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redb(redb_store::RedbStore),
+    Redis(redis_store::RedisStore),
+}
+
+/// Identifies one bucket of one tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct BucketRef<'a> {
+    /// The app.
+    pub tenant: &'a str,
+    /// The bucket name the app opened.
+    pub bucket: &'a str,
+}
+
+impl KvStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open_redb(path: &Path, limits: KvLimits) -> anyhow::Result<Self> {
+        Ok(KvStore {
+            backend: Backend::Redb(redb_store::RedbStore::open(path)?),
+            limits,
+        })
+    }
+
+    /// Connects to the Redis server at `url` (e.g. `redis://127.0.0.1/`).
+    pub async fn connect_redis(url: &str, limits: KvLimits) -> anyhow::Result<Self> {
+        Ok(KvStore {
+            backend: Backend::Redis(redis_store::RedisStore::connect(url).await?),
+            limits,
+        })
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> KvLimits {
+        self.limits
+    }
+
+    /// Which backend is in use, for logs: `redb` or `redis`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Redb(_) => "redb",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.len() > self.limits.max_key {
+            return Err(KvError::KeyTooLarge {
+                len: key.len(),
+                limit: self.limits.max_key,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_entry(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.check_key(key)?;
+        if value.len() > self.limits.max_value {
+            return Err(KvError::ValueTooLarge {
+                len: value.len(),
+                limit: self.limits.max_value,
+            });
+        }
+        Ok(())
+    }
+
+    /// The value of `key`, if any.
+    pub async fn get(&self, b: BucketRef<'_>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.check_key(key)?;
+        match &self.backend {
+            Backend::Redb(s) => s.get(b, key).await,
+            Backend::Redis(s) => s.get(b, key).await,
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn set(&self, b: BucketRef<'_>, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.check_entry(key, value)?;
+        let quota = self.limits.quota;
+        match &self.backend {
+            Backend::Redb(s) => {
+                s.set_many(b, vec![(key.to_owned(), value.to_vec())], quota)
+                    .await
+            }
+            Backend::Redis(s) => s.set(b, key, value, quota).await,
+        }
+    }
+
+    /// Removes `key` (no error if absent).
+    pub async fn delete(&self, b: BucketRef<'_>, key: &str) -> Result<(), KvError> {
+        self.check_key(key)?;
+        match &self.backend {
+            Backend::Redb(s) => s.delete_many(b, vec![key.to_owned()]).await,
+            Backend::Redis(s) => s.delete(b, key).await,
+        }
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, b: BucketRef<'_>, key: &str) -> Result<bool, KvError> {
+        Ok(self.get(b, key).await?.is_some())
+    }
+
+    /// One page of the bucket's keys, starting at `cursor`.
+    pub async fn list_keys(
+        &self,
+        b: BucketRef<'_>,
+        cursor: Option<u64>,
+    ) -> Result<KeyPage, KvError> {
+        match &self.backend {
+            Backend::Redb(s) => s.list_keys(b, cursor.unwrap_or(0)).await,
+            Backend::Redis(s) => s.list_keys(b, cursor.unwrap_or(0)).await,
+        }
+    }
+
+    /// Atomically adds `delta` to the decimal number stored at `key` (absent
+    /// counts as 0) and returns the new value.
+    pub async fn increment(&self, b: BucketRef<'_>, key: &str, delta: u64) -> Result<u64, KvError> {
+        self.check_key(key)?;
+        let quota = self.limits.quota;
+        match &self.backend {
+            Backend::Redb(s) => s.increment(b, key, delta, quota).await,
+            Backend::Redis(s) => s.increment(b, key, delta, quota).await,
+        }
+    }
+
+    /// The values of `keys`, in order.
+    pub async fn get_many(
+        &self,
+        b: BucketRef<'_>,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value = self.get(b, &key).await?;
+            out.push(value.map(|v| (key, v)));
+        }
+        Ok(out)
+    }
+
+    /// Sets every pair. With redb all of them in one transaction.
+    pub async fn set_many(
+        &self,
+        b: BucketRef<'_>,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), KvError> {
+        for (key, value) in &entries {
+            self.check_entry(key, value)?;
+        }
+        let quota = self.limits.quota;
+        match &self.backend {
+            Backend::Redb(s) => s.set_many(b, entries, quota).await,
+            Backend::Redis(s) => {
+                for (key, value) in entries {
+                    s.set(b, &key, &value, quota).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every key.
+    pub async fn delete_many(&self, b: BucketRef<'_>, keys: Vec<String>) -> Result<(), KvError> {
+        for key in &keys {
+            self.check_key(key)?;
+        }
+        match &self.backend {
+            Backend::Redb(s) => s.delete_many(b, keys).await,
+            Backend::Redis(s) => {
+                for key in keys {
+                    s.delete(b, &key).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Parses a stored counter.
+fn parse_counter(key: &str, bytes: &[u8]) -> Result<u64, KvError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| KvError::NotANumber {
+            key: key.to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir, limits: KvLimits) -> KvStore {
+        KvStore::open_redb(&dir.path().join("kv.redb"), limits).unwrap()
+    }
+
+    fn bucket<'a>(tenant: &'a str, bucket: &'a str) -> BucketRef<'a> {
+        BucketRef { tenant, bucket }
+    }
+
+    #[tokio::test]
+    async fn tenants_and_buckets_are_separate() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(&dir, KvLimits::default());
+        kv.set(bucket("a", ""), "k", b"a's").await.unwrap();
+        kv.set(bucket("a", "other"), "k", b"a's other")
+            .await
+            .unwrap();
+        assert_eq!(kv.get(bucket("b", ""), "k").await.unwrap(), None);
+        assert_eq!(kv.get(bucket("a", ""), "k").await.unwrap().unwrap(), b"a's");
+        let page = kv.list_keys(bucket("a", "other"), None).await.unwrap();
+        assert_eq!(page.keys, ["k"]);
+        assert!(kv
+            .list_keys(bucket("b", "other"), None)
+            .await
+            .unwrap()
+            .keys
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        store(&dir, KvLimits::default())
+            .set(bucket("a", ""), "k", b"v")
+            .await
+            .unwrap();
+        let kv = store(&dir, KvLimits::default());
+        assert_eq!(kv.get(bucket("a", ""), "k").await.unwrap().unwrap(), b"v");
+    }
+
+    #[tokio::test]
+    async fn limits_and_quota_are_enforced_with_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(
+            &dir,
+            KvLimits {
+                max_key: 4,
+                max_value: 8,
+                quota: 20,
+            },
+        );
+        let b = bucket("a", "");
+        assert!(matches!(
+            kv.set(b, "toolong", b"v").await,
+            Err(KvError::KeyTooLarge { .. })
+        ));
+        assert!(matches!(
+            kv.set(b, "k", b"123456789").await,
+            Err(KvError::ValueTooLarge { .. })
+        ));
+        kv.set(b, "k1", b"12345678").await.unwrap(); // 10 bytes
+        kv.set(b, "k2", b"12345678").await.unwrap(); // 20 bytes
+        let err = kv.set(b, "k3", b"1").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "quota exceeded: the app may store 20 bytes"
+        );
+        // Overwriting with something smaller, or deleting, frees room.
+        kv.set(b, "k1", b"1").await.unwrap();
+        kv.set(b, "k3", b"1").await.unwrap();
+        kv.delete(b, "k2").await.unwrap();
+        kv.set(b, "k4", b"1234").await.unwrap();
+        // Other tenants have their own quota.
+        kv.set(bucket("b", ""), "k1", b"12345678").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_increments_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(&dir, KvLimits::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let kv = kv.clone();
+            tasks.spawn(async move {
+                for _ in 0..10 {
+                    kv.increment(bucket("a", ""), "n", 1).await.unwrap();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        assert_eq!(kv.get(bucket("a", ""), "n").await.unwrap().unwrap(), b"200");
+        kv.set(bucket("a", ""), "text", b"abc").await.unwrap();
+        assert!(matches!(
+            kv.increment(bucket("a", ""), "text", 1).await,
+            Err(KvError::NotANumber { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn listing_pages_through_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(&dir, KvLimits::default());
+        let entries = (0..2500)
+            .map(|i| (format!("key{i:05}"), b"v".to_vec()))
+            .collect();
+        kv.set_many(bucket("a", ""), entries).await.unwrap();
+        let mut seen = 0;
+        let mut cursor = None;
+        loop {
+            let page = kv.list_keys(bucket("a", ""), cursor).await.unwrap();
+            seen += page.keys.len();
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, 2500);
+    }
+}

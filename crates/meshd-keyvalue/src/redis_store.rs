@@ -1,0 +1,220 @@
+//! The shared backend: a Redis server, so several meshd nodes see the same
+//! tenant state. Multi-step operations run as Lua scripts, which Redis
+//! executes atomically.
+
+use crate::{BucketRef, KeyPage, KvError, PAGE_SIZE};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use std::sync::{Arc, LazyLock};
+
+#[derive(Clone)]
+pub(crate) struct RedisStore {
+    conn: ConnectionManager,
+    _client: Arc<redis::Client>,
+}
+
+/// SET with quota accounting. KEYS: entry, usage. ARGV: value, key length,
+/// quota. Returns -1 when over quota.
+static SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local keylen = tonumber(ARGV[2])
+        local old = 0
+        if redis.call('EXISTS', KEYS[1]) == 1 then
+            old = keylen + redis.call('STRLEN', KEYS[1])
+        end
+        local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+        local new_used = used - old + keylen + string.len(ARGV[1])
+        if new_used > tonumber(ARGV[3]) then return -1 end
+        redis.call('SET', KEYS[1], ARGV[1])
+        redis.call('SET', KEYS[2], new_used)
+        return new_used
+        ",
+    )
+});
+
+/// DEL with quota accounting. KEYS: entry, usage. ARGV: key length.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('EXISTS', KEYS[1]) == 1 then
+            local size = tonumber(ARGV[1]) + redis.call('STRLEN', KEYS[1])
+            redis.call('DEL', KEYS[1])
+            redis.call('DECRBY', KEYS[2], size)
+        end
+        return 0
+        ",
+    )
+});
+
+/// Increment of a decimal counter with quota accounting. KEYS: entry, usage.
+/// ARGV: delta, key length, quota. Errors: 'nan', 'overflow', 'quota'.
+static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local keylen = tonumber(ARGV[2])
+        local current = redis.call('GET', KEYS[1])
+        local old = 0
+        local value = 0
+        if current then
+            if not string.match(current, '^%d+$') then return redis.error_reply('nan') end
+            value = tonumber(current)
+            old = keylen + string.len(current)
+        end
+        local new = value + tonumber(ARGV[1])
+        if new >= 9007199254740992 then return redis.error_reply('overflow') end
+        local text = string.format('%d', new)
+        local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+        local new_used = used - old + keylen + string.len(text)
+        if new_used > tonumber(ARGV[3]) then return redis.error_reply('quota') end
+        redis.call('SET', KEYS[1], text)
+        redis.call('SET', KEYS[2], new_used)
+        return text
+        ",
+    )
+});
+
+fn backend(e: impl std::fmt::Display) -> KvError {
+    KvError::Backend(e.to_string())
+}
+
+/// `meshd:{tenant}:{bucket length}:{bucket}:` — the length keeps bucket and
+/// key apart whatever characters they hold.
+fn prefix(b: BucketRef<'_>) -> String {
+    format!("meshd:{}:{}:{}:", b.tenant, b.bucket.len(), b.bucket)
+}
+
+fn usage_key(tenant: &str) -> String {
+    format!("meshd-usage:{tenant}")
+}
+
+/// Escapes glob characters for SCAN MATCH.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl RedisStore {
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("invalid Redis URL {url:?}: {e}"))?;
+        let conn = client
+            .get_connection_manager()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {url}: {e}"))?;
+        Ok(RedisStore {
+            conn,
+            _client: Arc::new(client),
+        })
+    }
+
+    pub(crate) async fn get(
+        &self,
+        b: BucketRef<'_>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, KvError> {
+        let mut conn = self.conn.clone();
+        conn.get(format!("{}{key}", prefix(b)))
+            .await
+            .map_err(backend)
+    }
+
+    pub(crate) async fn set(
+        &self,
+        b: BucketRef<'_>,
+        key: &str,
+        value: &[u8],
+        quota: u64,
+    ) -> Result<(), KvError> {
+        let mut conn = self.conn.clone();
+        let used: i64 = SET
+            .key(format!("{}{key}", prefix(b)))
+            .key(usage_key(b.tenant))
+            .arg(value)
+            .arg(key.len())
+            .arg(quota)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        if used < 0 {
+            return Err(KvError::QuotaExceeded { quota });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete(&self, b: BucketRef<'_>, key: &str) -> Result<(), KvError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = DELETE
+            .key(format!("{}{key}", prefix(b)))
+            .key(usage_key(b.tenant))
+            .arg(key.len())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    pub(crate) async fn increment(
+        &self,
+        b: BucketRef<'_>,
+        key: &str,
+        delta: u64,
+        quota: u64,
+    ) -> Result<u64, KvError> {
+        let mut conn = self.conn.clone();
+        let result: Result<String, _> = INCREMENT
+            .key(format!("{}{key}", prefix(b)))
+            .key(usage_key(b.tenant))
+            .arg(delta)
+            .arg(key.len())
+            .arg(quota)
+            .invoke_async(&mut conn)
+            .await;
+        match result {
+            Ok(text) => text.parse().map_err(backend),
+            Err(e) => Err(match e.to_string() {
+                m if m.contains("nan") => KvError::NotANumber {
+                    key: key.to_owned(),
+                },
+                m if m.contains("overflow") => KvError::Overflow {
+                    key: key.to_owned(),
+                },
+                m if m.contains("quota") => KvError::QuotaExceeded { quota },
+                _ => backend(e),
+            }),
+        }
+    }
+
+    pub(crate) async fn list_keys(
+        &self,
+        b: BucketRef<'_>,
+        cursor: u64,
+    ) -> Result<KeyPage, KvError> {
+        let mut conn = self.conn.clone();
+        let prefix = prefix(b);
+        let pattern = format!("{}*", glob_escape(&prefix));
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(PAGE_SIZE)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        let keys = keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        Ok(KeyPage {
+            keys,
+            cursor: (next != 0).then_some(next),
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! The platform services of `wit/app.wit` (`world platform`): wasi:keyvalue
+//! on meshd's per-tenant store, wasi:logging into meshd's log. (wasi:config
+//! comes from the `wasmtime-wasi-config` crate, see `engine.rs`.)
+
+use crate::host::Host;
+use meshd_keyvalue::{BucketRef, KvError};
+use wasmtime::component::Resource;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "steelmesh:app/platform",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": super::KvBucket,
+        },
+    });
+}
+
+use bindings::wasi::keyvalue::{atomics, batch, store};
+use bindings::wasi::logging::logging;
+
+/// Adds wasi:keyvalue and wasi:logging to the linker.
+pub fn add_to_linker(linker: &mut wasmtime::component::Linker<Host>) -> wasmtime::Result<()> {
+    type Data = wasmtime::component::HasSelf<Host>;
+    store::add_to_linker::<Host, Data>(linker, |h| h)?;
+    atomics::add_to_linker::<Host, Data>(linker, |h| h)?;
+    batch::add_to_linker::<Host, Data>(linker, |h| h)?;
+    logging::add_to_linker::<Host, Data>(linker, |h| h)
+}
+
+/// An open bucket: just its name; the tenant comes from the Store.
+pub struct KvBucket {
+    name: String,
+}
+
+/// Longest bucket name.
+const MAX_BUCKET_NAME: usize = 256;
+/// Longest log message kept whole.
+const MAX_LOG_MESSAGE: usize = 16 * 1024;
+
+fn guest_error(e: KvError) -> store::Error {
+    store::Error::Other(e.to_string())
+}
+
+impl Host {
+    fn bucket_name(&self, bucket: &Resource<KvBucket>) -> wasmtime::Result<String> {
+        Ok(self.table.get(bucket)?.name.clone())
+    }
+}
+
+type KvResult<T> = wasmtime::Result<Result<T, store::Error>>;
+
+impl store::Host for Host {
+    async fn open(&mut self, identifier: String) -> KvResult<Resource<KvBucket>> {
+        if identifier.len() > MAX_BUCKET_NAME {
+            return Ok(Err(store::Error::Other(format!(
+                "bucket name is {} bytes; the limit is {MAX_BUCKET_NAME}",
+                identifier.len()
+            ))));
+        }
+        Ok(Ok(self.table.push(KvBucket { name: identifier })?))
+    }
+}
+
+impl store::HostBucket for Host {
+    async fn get(&mut self, bucket: Resource<KvBucket>, key: String) -> KvResult<Option<Vec<u8>>> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.get(b, &key).await.map_err(guest_error))
+    }
+
+    async fn set(
+        &mut self,
+        bucket: Resource<KvBucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> KvResult<()> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.set(b, &key, &value).await.map_err(guest_error))
+    }
+
+    async fn delete(&mut self, bucket: Resource<KvBucket>, key: String) -> KvResult<()> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.delete(b, &key).await.map_err(guest_error))
+    }
+
+    async fn exists(&mut self, bucket: Resource<KvBucket>, key: String) -> KvResult<bool> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.exists(b, &key).await.map_err(guest_error))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<KvBucket>,
+        cursor: Option<u64>,
+    ) -> KvResult<store::KeyResponse> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self
+            .kv
+            .list_keys(b, cursor)
+            .await
+            .map(|page| store::KeyResponse {
+                keys: page.keys,
+                cursor: page.cursor,
+            })
+            .map_err(guest_error))
+    }
+
+    async fn drop(&mut self, bucket: Resource<KvBucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for Host {
+    async fn increment(
+        &mut self,
+        bucket: Resource<KvBucket>,
+        key: String,
+        delta: u64,
+    ) -> KvResult<u64> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.increment(b, &key, delta).await.map_err(guest_error))
+    }
+}
+
+impl batch::Host for Host {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<KvBucket>,
+        keys: Vec<String>,
+    ) -> KvResult<Vec<Option<(String, Vec<u8>)>>> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.get_many(b, keys).await.map_err(guest_error))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<KvBucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> KvResult<()> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.set_many(b, key_values).await.map_err(guest_error))
+    }
+
+    async fn delete_many(&mut self, bucket: Resource<KvBucket>, keys: Vec<String>) -> KvResult<()> {
+        let name = self.bucket_name(&bucket)?;
+        let b = BucketRef {
+            tenant: &self.app,
+            bucket: &name,
+        };
+        Ok(self.kv.delete_many(b, keys).await.map_err(guest_error))
+    }
+}
+
+impl logging::Host for Host {
+    async fn log(
+        &mut self,
+        level: logging::Level,
+        context: String,
+        mut message: String,
+    ) -> wasmtime::Result<()> {
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut end = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        let app = &*self.app;
+        match level {
+            logging::Level::Trace => {
+                tracing::trace!(target: "guest", app = %app, context = %context, "{message}")
+            }
+            logging::Level::Debug => {
+                tracing::debug!(target: "guest", app = %app, context = %context, "{message}")
+            }
+            logging::Level::Info => {
+                tracing::info!(target: "guest", app = %app, context = %context, "{message}")
+            }
+            logging::Level::Warn => {
+                tracing::warn!(target: "guest", app = %app, context = %context, "{message}")
+            }
+            logging::Level::Error | logging::Level::Critical => {
+                tracing::error!(target: "guest", app = %app, context = %context, critical = matches!(level, logging::Level::Critical), "{message}")
+            }
+        }
+        Ok(())
+    }
+}
