@@ -407,3 +407,24 @@ async fn bad_daemon_config_fails_before_binding() {
     assert!(stderr.contains("memroy"), "{stderr}");
     assert!(!stderr.contains("listening"), "{stderr}");
 }
+
+#[tokio::test]
+async fn cache_or_data_dir_inside_the_apps_dir_is_refused() {
+    let apps = AppsDir::with(&["hello"]);
+    for flag in ["--cache-dir", "--data-dir"] {
+        let inside = apps.path().join("state");
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args([
+                "--apps",
+                apps.path().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([flag, inside.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is inside the apps directory"), "{stderr}");
+    }
+}

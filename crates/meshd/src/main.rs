@@ -31,6 +31,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The cache holds native code meshd loads, and the data directory every
+/// tenant's data: neither may sit where a tenant's `[files] dir` could reach.
+fn refuse_inside_apps_dir(apps: &std::path::Path, flag: &str, dir: &std::path::Path) -> Result<()> {
+    let apps = apps
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", apps.display()))?;
+    // The directory may not exist yet: check its nearest existing ancestor.
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+    let resolved = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_owned());
+    if resolved.starts_with(&apps) {
+        bail!(
+            "{flag} {} is inside the apps directory {}; put it elsewhere so no app can reach it",
+            dir.display(),
+            apps.display()
+        );
+    }
+    Ok(())
+}
+
 /// Opens the wasi:keyvalue backend chosen in meshd.toml.
 async fn open_keyvalue(
     config: &config::KeyValueConfig,
@@ -66,6 +87,8 @@ async fn run(args: cli::Args) -> Result<()> {
             args.apps.display()
         );
     }
+    refuse_inside_apps_dir(&args.apps, "--cache-dir", &args.cache_dir())?;
+    refuse_inside_apps_dir(&args.apps, "--data-dir", &args.data_dir())?;
     let daemon_config = match &args.config {
         Some(path) => config::DaemonConfig::load(path)?,
         None => config::DaemonConfig::default(),
