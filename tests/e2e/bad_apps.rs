@@ -83,3 +83,18 @@ async fn all_bad_kinds_at_once_leave_the_good_apps_serving() {
     assert_eq!(client.get(&meshd.url("/hello")).await.status, 200);
     assert_eq!(client.get(&meshd.url("/echo")).await.status, 200);
 }
+
+#[tokio::test]
+async fn app_that_cannot_instantiate_within_its_limits_is_refused_at_load() {
+    let apps = AppsDir::with(&["echo"]);
+    apps.deploy("tiny", "hello");
+    // A Rust component's initial memory alone is larger than this.
+    apps.write("tiny.toml", "[limits]\nmemory = \"64KiB\"\n");
+    let meshd = Meshd::start(apps.path());
+    let line = meshd.wait_for_log(&["app not loaded", "app=tiny"]);
+    assert!(line.contains("cannot instantiate"), "{line}");
+    assert!(line.contains("memory limit exceeded"), "{line}");
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/tiny")).await.status, 404);
+    assert_eq!(client.get(&meshd.url("/echo")).await.status, 200);
+}

@@ -132,7 +132,7 @@ impl Deployer {
         };
 
         let mut candidates = self.load_changed(&deployed, &found).await;
-        self.check_health(&deployed, &mut candidates).await;
+        self.check_new_versions(&deployed, &mut candidates).await;
         let mut summary = Summary::default();
         let mut next: BTreeMap<String, Deployed> = BTreeMap::new();
         let mut retired: Vec<(Arc<AppVersion>, &'static str)> = Vec::new();
@@ -215,9 +215,9 @@ impl Deployer {
         summary
     }
 
-    /// Runs the health check of every new version that has one, all at once;
-    /// a failing version becomes a refused candidate.
-    async fn check_health(
+    /// Instantiates every new version once and runs its health check, if it
+    /// has one, all at once; a failing version becomes a refused candidate.
+    async fn check_new_versions(
         &self,
         deployed: &BTreeMap<String, Deployed>,
         candidates: &mut BTreeMap<String, Candidate>,
@@ -225,19 +225,23 @@ impl Deployer {
         let mut checks = tokio::task::JoinSet::new();
         for (name, candidate) in candidates.iter() {
             let Ok(new) = candidate else { continue };
-            let Some(path) = new.content.manifest.health.clone() else {
-                continue;
-            };
             let unchanged = deployed
                 .get(name)
                 .is_some_and(|old| Arc::ptr_eq(&old.version, &new.version));
             if unchanged {
                 continue;
             }
+            let health = new.content.manifest.health.clone();
             let (name, version, prefix) = (name.clone(), new.version.clone(), new.prefix.clone());
             let timeout = self.config.health_timeout;
             checks.spawn(async move {
-                let result = crate::health::check(&version, &prefix, &path, timeout).await;
+                let result = match version.instantiate_once().await {
+                    Err(e) => Err(format!("cannot instantiate: {e:#}")),
+                    Ok(()) => match health {
+                        Some(path) => crate::health::check(&version, &prefix, &path, timeout).await,
+                        None => Ok(()),
+                    },
+                };
                 (name, version, result)
             });
         }

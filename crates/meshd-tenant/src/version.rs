@@ -159,6 +159,29 @@ impl AppVersion {
         self.cancel.cancel();
     }
 
+    /// Creates one instance in a fresh Store and drops it: what every request
+    /// pays before the guest runs. Used to check a new version before it takes
+    /// traffic (a start function that traps, an initial memory over the
+    /// app's limit) and by the benchmarks.
+    pub async fn instantiate_once(&self) -> anyhow::Result<()> {
+        let host = Host::new(
+            &self.app,
+            &self.settings,
+            &self.outbound,
+            &self.config,
+            &self.runtime.kv,
+        )?;
+        let mut store = Store::new(&self.runtime.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let instantiate = self.pre.instantiate_async(&mut store);
+        match tokio::time::timeout(self.settings.timeout, instantiate).await {
+            Ok(result) => result.map(drop).map_err(|e| anyhow::anyhow!(describe_trap(&e))),
+            Err(_) => anyhow::bail!("instantiation did not finish within {:?}", self.settings.timeout),
+        }
+    }
+
     /// Serves one request. `req` must already carry the path as the app sees
     /// it. The returned body keeps the version counted as in flight until it
     /// has been sent.
