@@ -9,7 +9,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Largest linear memory of one instance, e.g. `"64MiB"`.
+    /// Memory of one instance, all its linear memories together, e.g.
+    /// `"64MiB"`.
     #[serde(default, deserialize_with = "size")]
     pub memory: Option<u64>,
     /// Wall-clock deadline of one request, e.g. `"5s"`.

@@ -59,6 +59,9 @@ pub enum KvError {
         /// The limit.
         limit: usize,
     },
+    /// A batch names too many keys or would return too many bytes.
+    #[error("batch too large: {0}")]
+    BatchTooLarge(String),
     /// The write would take the tenant over its quota.
     #[error("quota exceeded: the app may store {quota} bytes")]
     QuotaExceeded {
@@ -93,6 +96,13 @@ pub struct KeyPage {
 
 /// Most keys returned by one `list_keys` call.
 pub const PAGE_SIZE: usize = 1000;
+
+/// Most keys in one batch operation.
+pub const MAX_BATCH_KEYS: usize = 1000;
+
+/// Most bytes one `get_many` may return: the host holds them all before
+/// copying them into the guest, so this bounds meshd's memory per call.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// The key-value store shared by all tenants of a meshd.
 #[derive(Clone)]
@@ -232,9 +242,17 @@ impl KvStore {
         b: BucketRef<'_>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvError> {
+        check_batch(keys.len())?;
         let mut out = Vec::with_capacity(keys.len());
+        let mut bytes = 0;
         for key in keys {
             let value = self.get(b, &key).await?;
+            bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            if bytes > MAX_BATCH_BYTES {
+                return Err(KvError::BatchTooLarge(format!(
+                    "the values would exceed {MAX_BATCH_BYTES} bytes"
+                )));
+            }
             out.push(value.map(|v| (key, v)));
         }
         Ok(out)
@@ -263,6 +281,7 @@ impl KvStore {
 
     /// Removes every key.
     pub async fn delete_many(&self, b: BucketRef<'_>, keys: Vec<String>) -> Result<(), KvError> {
+        check_batch(keys.len())?;
         for key in &keys {
             self.check_key(key)?;
         }
@@ -276,6 +295,15 @@ impl KvStore {
             }
         }
     }
+}
+
+fn check_batch(len: usize) -> Result<(), KvError> {
+    if len > MAX_BATCH_KEYS {
+        return Err(KvError::BatchTooLarge(format!(
+            "{len} keys; the limit is {MAX_BATCH_KEYS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a stored counter.
@@ -387,6 +415,27 @@ mod tests {
             kv.increment(bucket("a", ""), "text", 1).await,
             Err(KvError::NotANumber { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(&dir, KvLimits::default());
+        let b = bucket("a", "");
+        let many = vec!["k".to_string(); MAX_BATCH_KEYS + 1];
+        assert!(matches!(
+            kv.get_many(b, many.clone()).await,
+            Err(KvError::BatchTooLarge(_))
+        ));
+        assert!(matches!(
+            kv.delete_many(b, many).await,
+            Err(KvError::BatchTooLarge(_))
+        ));
+        // The same large value asked for again and again.
+        kv.set(b, "big", &vec![b'x'; 1 << 20]).await.unwrap();
+        let repeated = vec!["big".to_string(); 32];
+        let err = kv.get_many(b, repeated).await.unwrap_err();
+        assert!(err.to_string().contains("would exceed"), "{err}");
     }
 
     #[tokio::test]

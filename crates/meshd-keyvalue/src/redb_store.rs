@@ -26,7 +26,9 @@ fn entry_size(key: &str, value_len: usize) -> u64 {
 impl RedbStore {
     pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
+            })?;
         }
         let db = Database::create(path).map_err(|e| {
             anyhow::anyhow!("cannot open key-value database {}: {e}", path.display())

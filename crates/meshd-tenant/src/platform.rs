@@ -38,6 +38,25 @@ pub struct KvBucket {
 const MAX_BUCKET_NAME: usize = 256;
 /// Longest log message kept whole.
 const MAX_LOG_MESSAGE: usize = 16 * 1024;
+/// Longest log context kept whole.
+const MAX_LOG_CONTEXT: usize = 256;
+
+/// Cuts `text` to at most `max` bytes (on a character boundary) and escapes
+/// line breaks, so a guest can neither flood nor forge log lines.
+fn sanitize(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    if text.contains(['\n', '\r']) {
+        text = text.replace('\n', "\\n").replace('\r', "\\r");
+    }
+    text
+}
 
 fn guest_error(e: KvError) -> store::Error {
     store::Error::Other(e.to_string())
@@ -190,16 +209,10 @@ impl logging::Host for Host {
         &mut self,
         level: logging::Level,
         context: String,
-        mut message: String,
+        message: String,
     ) -> wasmtime::Result<()> {
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut end = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push('…');
-        }
+        let context = sanitize(context, MAX_LOG_CONTEXT);
+        let message = sanitize(message, MAX_LOG_MESSAGE);
         let app = &*self.app;
         match level {
             logging::Level::Trace => {
@@ -219,5 +232,16 @@ impl logging::Host for Host {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn log_text_is_cut_and_cannot_forge_lines() {
+        assert_eq!(sanitize("a\nINFO forged".into(), 100), "a\\nINFO forged");
+        assert_eq!(sanitize("ééé".into(), 3), "é…");
     }
 }

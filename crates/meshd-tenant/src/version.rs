@@ -177,8 +177,13 @@ impl AppVersion {
         store.epoch_deadline_async_yield_and_update(1);
         let instantiate = self.pre.instantiate_async(&mut store);
         match tokio::time::timeout(self.settings.timeout, instantiate).await {
-            Ok(result) => result.map(drop).map_err(|e| anyhow::anyhow!(describe_trap(&e))),
-            Err(_) => anyhow::bail!("instantiation did not finish within {:?}", self.settings.timeout),
+            Ok(result) => result
+                .map(drop)
+                .map_err(|e| anyhow::anyhow!(describe_trap(&e))),
+            Err(_) => anyhow::bail!(
+                "instantiation did not finish within {:?}",
+                self.settings.timeout
+            ),
         }
     }
 

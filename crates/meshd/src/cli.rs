@@ -59,7 +59,8 @@ pub struct Args {
     pub health_timeout: Duration,
 
     /// Daemon settings file (TOML). Its `[limits]` table sets default limits
-    /// for every app; flags override it, app manifests override both.
+    /// for every app (flags override it, app manifests override both); its
+    /// `[keyvalue]` table chooses the key-value backend and its limits.
     #[arg(long, env = "MESHD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 

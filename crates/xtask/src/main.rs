@@ -25,7 +25,8 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
-    let rest: Vec<String> = args.collect();
+    // `cargo xtask run -- --listen ...`: the `--` is cargo's habit, not ours.
+    let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
     match task.as_str() {
         "run" => run(&rest),
         "test" => test(&rest),
