@@ -14,6 +14,7 @@
 #   BENCH_OUT    also write the result table (markdown) to this file
 #   MESHD        a meshd binary to measure instead of building the work tree's
 #                (e.g. one built from a given commit)
+#   MESHD_LABEL  how the report names that binary (e.g. "at commit abc1234")
 #
 # It installs what it lacks: wrk and curl with apt-get, and the wasmtime CLI at
 # the workspace's wasmtime version with `cargo install`, into
@@ -96,7 +97,7 @@ cd "$REPO"
 if [[ -n "${MESHD:-}" ]]; then
     [[ -x "$MESHD" ]] || die "MESHD=$MESHD is not an executable"
     log "measuring the given meshd: $MESHD"
-    MESHD_REV="given binary $MESHD"
+    MESHD_REV="${MESHD_LABEL:-given binary $MESHD}"
 else
     log "building meshd (release)"
     nice -n 10 cargo build --release -p meshd
@@ -107,9 +108,9 @@ else
     fi
 fi
 
-log "building the example guests"
+log "building the hello example guest"
 nice -n 10 cargo build --release --target wasm32-wasip2 \
-    --manifest-path apps-example/Cargo.toml --target-dir target/guests
+    --manifest-path apps-example/Cargo.toml --target-dir target/guests -p hello
 HELLO_WASM="$REPO/target/guests/wasm32-wasip2/release/hello.wasm"
 [[ -f "$HELLO_WASM" ]] || die "no $HELLO_WASM after the guest build"
 
@@ -155,8 +156,9 @@ to_ms() {
 declare -A RPS P50 P99 NON2XX SOCKERR OTHER
 
 CLK_TCK="$(getconf CLK_TCK)"
-# Busy time of all cores (user, nice, system, irq, softirq), in clock ticks.
-machine_jiffies() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# Busy time of all cores in processes (user, nice, system), in clock ticks;
+# interrupt time is left out, as most of it is the benchmark's own traffic.
+machine_jiffies() { awk '/^cpu / { print $2 + $3 + $4 }' /proc/stat; }
 # User and system time of one process and all its threads, in clock ticks.
 process_jiffies() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
