@@ -10,6 +10,7 @@ mod cache;
 mod isolation;
 mod platform;
 mod polyglot;
+mod reuse;
 mod routing;
 mod shutdown;
 mod swap;

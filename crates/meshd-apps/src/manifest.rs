@@ -17,6 +17,12 @@ pub struct Manifest {
     /// A path (as the app sees it, e.g. `/healthz`) that a new version must
     /// answer with 2xx to a GET before it takes traffic.
     pub health: Option<String>,
+    /// How many requests one instance may serve, one after another. Off (1)
+    /// by default: every request gets a fresh instance. Above 1, an app's
+    /// globals and heap survive from one request to the next in the same
+    /// instance: faster, but a request can see what an earlier one of the
+    /// same app left in memory.
+    pub reuse: Option<u32>,
     /// Resource limits; unset keys take the daemon's defaults.
     #[serde(default)]
     pub limits: Limits,
@@ -151,6 +157,9 @@ impl Manifest {
                     "must be relative to the apps directory",
                 ));
             }
+        }
+        if manifest.reuse == Some(0) {
+            return Err(invalid(path, "reuse", "must be at least 1"));
         }
         if manifest.limits.max_concurrency == Some(0) {
             return Err(invalid(

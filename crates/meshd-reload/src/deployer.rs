@@ -406,6 +406,7 @@ fn tenant_settings(
         files,
         outbound: manifest.outbound.rules(),
         config: manifest.config.clone().into_iter().collect(),
+        reuse: manifest.reuse.unwrap_or(1),
     })
 }
 

@@ -34,6 +34,7 @@ fn settings() -> TenantSettings {
         files: None,
         outbound: Vec::new(),
         config: Vec::new(),
+        reuse: 1,
     }
 }
 

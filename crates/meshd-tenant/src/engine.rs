@@ -42,8 +42,11 @@ pub struct Runtime {
     pub(crate) cache: ArtifactCache,
     pub(crate) kv: KvStore,
     pub(crate) config: RuntimeConfig,
-    /// One permit per live instance: the daemon-wide cap.
+    /// One permit per instance serving a request: the daemon-wide cap.
     pub(crate) instance_permits: Arc<Semaphore>,
+    /// One permit per idle instance kept for reuse, a separate budget so
+    /// idle instances never take the slots of active ones.
+    pub(crate) idle_permits: Arc<Semaphore>,
     pooling: bool,
     _ticker: EpochTicker,
 }
@@ -86,12 +89,14 @@ impl Runtime {
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
         let instance_permits = Arc::new(Semaphore::new(config.max_instances as usize));
+        let idle_permits = Arc::new(Semaphore::new(config.max_instances as usize));
         Ok(Arc::new(Runtime {
             engine,
             linker,
             cache,
             kv,
             instance_permits,
+            idle_permits,
             config,
             pooling,
             _ticker: ticker,
@@ -114,7 +119,8 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
     c.epoch_interruption(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
-        let n = config.max_instances;
+        // Room for the active instances and as many idle ones kept for reuse.
+        let n = config.max_instances.saturating_mul(2);
         pool.total_component_instances(n)
             // A component is several core instances (the app, plus shims
             // that wire up its imports) but usually one memory.

@@ -25,6 +25,10 @@ pub struct TenantSettings {
     pub outbound: Vec<OutboundRule>,
     /// The values wasi:config returns.
     pub config: Vec<(String, String)>,
+    /// How many requests one instance may serve, one after another (1: a
+    /// fresh instance for every request, the default and strongest
+    /// isolation).
+    pub reuse: u32,
 }
 
 /// A host directory the guest sees as `/`.
@@ -47,5 +51,6 @@ impl PartialEq for TenantSettings {
             && self.files == other.files
             && self.outbound == other.outbound
             && self.config == other.config
+            && self.reuse == other.reuse
     }
 }

@@ -13,13 +13,14 @@ use bytes::Bytes;
 use http_body::Body;
 use meshd_apps::OutboundRule;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::WasiHttpView;
 
 /// A compiled, pre-instantiated version of one app with its settings.
@@ -37,6 +38,21 @@ pub struct AppVersion {
     cancel: CancellationToken,
     cache: CacheOutcome,
     compile_time: Duration,
+    /// Instances that served a request and may serve another (`reuse`).
+    idle: Mutex<Vec<IdleInstance>>,
+}
+
+/// Most idle instances one version keeps for reuse.
+const MAX_IDLE_PER_VERSION: usize = 8;
+
+/// A Store whose instance has served `served` requests and may serve more
+/// (manifest `reuse = N`). It holds an idle permit of the runtime, so idle
+/// instances never take the slots of active ones.
+struct IdleInstance {
+    store: Store<Host>,
+    proxy: Proxy,
+    served: u32,
+    _idle: OwnedSemaphorePermit,
 }
 
 /// Why a request got no response from the guest. Each maps to one status.
@@ -105,6 +121,7 @@ impl AppVersion {
             cancel: CancellationToken::new(),
             cache,
             compile_time,
+            idle: Mutex::new(Vec::new()),
         }
     }
 
@@ -164,17 +181,7 @@ impl AppVersion {
     /// traffic (a start function that traps, an initial memory over the
     /// app's limit) and by the benchmarks.
     pub async fn instantiate_once(&self) -> anyhow::Result<()> {
-        let host = Host::new(
-            &self.app,
-            &self.settings,
-            &self.outbound,
-            &self.config,
-            &self.runtime.kv,
-        )?;
-        let mut store = Store::new(&self.runtime.engine, host);
-        store.limiter(|host| &mut host.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
+        let mut store = self.new_store()?;
         let instantiate = self.pre.instantiate_async(&mut store);
         match tokio::time::timeout(self.settings.timeout, instantiate).await {
             Ok(result) => result
@@ -184,6 +191,50 @@ impl AppVersion {
                 "instantiation did not finish within {:?}",
                 self.settings.timeout
             ),
+        }
+    }
+
+    /// A fresh Store with this app's host state and limits.
+    fn new_store(&self) -> anyhow::Result<Store<Host>> {
+        let host = Host::new(
+            &self.app,
+            &self.settings,
+            &self.outbound,
+            &self.config,
+            &self.runtime.kv,
+        )?;
+        let mut store = Store::new(&self.runtime.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        // Yield to the async runtime at every epoch tick: a spinning guest
+        // then shares its worker thread, and the request timeout can fire.
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
+    }
+
+    /// Takes an idle instance, if reuse is on and one is parked.
+    fn take_idle(&self) -> Option<IdleInstance> {
+        if self.settings.reuse <= 1 {
+            return None;
+        }
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Parks an instance that just served a request, if it may serve more.
+    fn park(&self, store: Store<Host>, proxy: Proxy, served: u32) {
+        if served >= self.settings.reuse || self.cancel.is_cancelled() {
+            return;
+        }
+        let Ok(permit) = self.runtime.idle_permits.clone().try_acquire_owned() else {
+            return;
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_VERSION {
+            idle.push(IdleInstance {
+                store,
+                proxy,
+                served,
+                _idle: permit,
+            });
         }
     }
 
@@ -218,20 +269,16 @@ impl AppVersion {
             .try_acquire_owned()
             .map_err(|_| ServeError::Overloaded("every instance slot of meshd is busy"))?;
 
-        let host = Host::new(
-            &self.app,
-            &self.settings,
-            &self.outbound,
-            &self.config,
-            &self.runtime.kv,
-        )
-        .map_err(|e| ServeError::Guest(format!("cannot set up the instance: {e:#}")))?;
-        let mut store = Store::new(&self.runtime.engine, host);
-        store.limiter(|host| &mut host.limiter);
-        // Yield to the async runtime at every epoch tick: a spinning guest
-        // then shares its worker thread, and the timeout below can fire.
+        let (mut store, proxy, served) = match self.take_idle() {
+            Some(idle) => (idle.store, Some(idle.proxy), idle.served),
+            None => {
+                let store = self
+                    .new_store()
+                    .map_err(|e| ServeError::Guest(format!("cannot set up the instance: {e:#}")))?;
+                (store, None, 0)
+            }
+        };
         store.set_epoch_deadline(1);
-        store.epoch_deadline_async_yield_and_update(1);
 
         let (parts, body) = req.into_parts();
         let (body, body_exceeded) = LimitedBody::new(body, max_body);
@@ -253,27 +300,38 @@ impl AppVersion {
             let _in_flight = task_guard;
             let _instance = instance_permit;
             let run = async {
-                let proxy = version.pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => version.pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, wasi_req, out)
-                    .await
+                    .await?;
+                Ok::<_, wasmtime::Error>(proxy)
             };
-            // Dropping `run` (on timeout or cancel) drops the Store, which is
-            // the only way to stop a guest mid-flight.
+            // Leaving `run` unfinished (on timeout or cancel) and dropping the
+            // Store below is the only way to stop a guest mid-flight.
             let result = tokio::select! {
                 outcome = tokio::time::timeout(timeout, run) => match outcome {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(proxy)) => Ok(proxy),
                     Ok(Err(e)) => Err(GuestFailure::Trap(describe_trap(&e))),
                     Err(_) => Err(GuestFailure::Timeout),
                 },
                 () = version.cancel.cancelled() => Err(GuestFailure::Cancelled),
             };
-            if let Err(failure) = &result {
-                task_failed.store(true, Ordering::Release);
-                version.log_failure(failure);
+            match result {
+                // A failed instance is never reused.
+                Ok(proxy) => {
+                    version.park(store, proxy, served + 1);
+                    Ok(())
+                }
+                Err(failure) => {
+                    task_failed.store(true, Ordering::Release);
+                    version.log_failure(&failure);
+                    Err(failure)
+                }
             }
-            result
         });
 
         let result = match receiver.await {

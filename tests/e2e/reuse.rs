@@ -1,0 +1,53 @@
+//! Instance reuse (`reuse = N` in the manifest): off by default; when on, one
+//! instance serves up to N requests of its app, one after another.
+
+use crate::support::{AppsDir, Client, Meshd};
+
+async fn seen_sequence(meshd: &Meshd, app: &str, requests: usize) -> Vec<String> {
+    let client = Client::http1();
+    let mut seen = Vec::new();
+    for _ in 0..requests {
+        seen.push(client.get(&meshd.url(&format!("/{app}/seen"))).await.text());
+    }
+    seen
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance_by_default() {
+    let apps = AppsDir::with(&["hostile"]);
+    let meshd = Meshd::start(apps.path());
+    assert_eq!(
+        seen_sequence(&meshd, "hostile", 4).await,
+        ["1", "1", "1", "1"]
+    );
+}
+
+#[tokio::test]
+async fn reuse_serves_up_to_n_requests_per_instance() {
+    let apps = AppsDir::new();
+    apps.deploy("warm", "hostile");
+    apps.write("warm.toml", "reuse = 3\n");
+    apps.deploy("cold", "hostile");
+    let meshd = Meshd::start(apps.path());
+    // Sequential requests: one instance serves three, then a fresh one.
+    assert_eq!(
+        seen_sequence(&meshd, "warm", 7).await,
+        ["1", "2", "3", "1", "2", "3", "1"]
+    );
+    // Another app's instances are its own.
+    assert_eq!(seen_sequence(&meshd, "cold", 2).await, ["1", "1"]);
+}
+
+#[tokio::test]
+async fn a_failed_instance_is_never_reused() {
+    let apps = AppsDir::new();
+    apps.deploy("warm", "hostile");
+    apps.write("warm.toml", "reuse = 100\n");
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+    assert_eq!(seen_sequence(&meshd, "warm", 2).await, ["1", "2"]);
+    // The trap ends that instance (it was taken from the idle pool)...
+    assert_eq!(client.get(&meshd.url("/warm/trap")).await.status, 500);
+    // ...so the next request starts from a fresh one.
+    assert_eq!(seen_sequence(&meshd, "warm", 2).await, ["1", "2"]);
+}
