@@ -15,6 +15,9 @@
 #   MESHD        a meshd binary to measure instead of building the work tree's
 #                (e.g. one built from a given commit)
 #   MESHD_LABEL  how the report names that binary (e.g. "at commit abc1234")
+#   REUSE        instance reuse: N > 1 gives meshd's app `reuse = N` and runs
+#                `wasmtime serve --max-instance-reuse-count N` (default 1:
+#                a fresh instance per request for both)
 #
 # It installs what it lacks: wrk and curl with apt-get, and the wasmtime CLI at
 # the workspace's wasmtime version with `cargo install`, into
@@ -229,12 +232,16 @@ fi
 port="$(free_port)"
 bench native "http://$HOST:$port/hello/" "$NATIVE" "$HOST:$port"
 
+REUSE="${REUSE:-1}"
 port="$(free_port)"
 bench wasmtime-serve "http://$HOST:$port/hello/" \
-    "$WASMTIME" serve -Scli --addr "$HOST:$port" "$HELLO_WASM"
+    "$WASMTIME" serve -Scli --max-instance-reuse-count "$REUSE" --addr "$HOST:$port" "$HELLO_WASM"
 
 mkdir -p "$WORK/apps" "$WORK/meshd-cache"
 cp "$HELLO_WASM" "$WORK/apps/hello.wasm"
+if ((REUSE > 1)); then
+    echo "reuse = $REUSE" >"$WORK/apps/hello.toml"
+fi
 port="$(free_port)"
 bench meshd "http://$HOST:$port/hello/" \
     "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache"
@@ -260,8 +267,8 @@ report() {
     for name in native wasmtime-serve meshd; do
         case "$name" in
             native) label="native hyper hello" ;;
-            wasmtime-serve) label="\`wasmtime serve -Scli\` (defaults)" ;;
-            meshd) label="meshd (\`/hello/\`)" ;;
+            wasmtime-serve) label="\`wasmtime serve -Scli --max-instance-reuse-count $REUSE\`" ;;
+            meshd) label="meshd (\`/hello/\`, reuse = $REUSE)" ;;
         esac
         echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${NON2XX[$name]} | ${SOCKERR[$name]} | ${OTHER[$name]}% |"
     done
@@ -270,6 +277,7 @@ report() {
     echo "|---|---:|"
     echo "| meshd / wasmtime serve | $(ratio "${RPS[meshd]}" "${RPS[wasmtime-serve]}") |"
     echo "| meshd / native | $(ratio "${RPS[meshd]}" "${RPS[native]}") |"
+    echo "| meshd p99 / native p99 | $(ratio "${P99[meshd]}" "${P99[native]}") |"
 }
 
 echo

@@ -16,8 +16,10 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 /// How often the engine's epoch advances. A running guest yields to the async
 /// runtime at every tick, so this bounds how long one guest can hold a worker
-/// thread before another request gets it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// thread before another request gets it. At 10 ms, two spinning guests on
+/// two cores cut a neighbour's throughput to 6% of its solo figure; at 1 ms
+/// to about 40% (bench/noisy.sh, docs/benchmarks.md).
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// How much of a freed linear memory may stay resident to be reused by the
 /// next instance in that slot. With PAGEMAP_SCAN only the pages a request

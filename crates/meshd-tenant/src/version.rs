@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
@@ -205,9 +205,18 @@ impl AppVersion {
         )?;
         let mut store = Store::new(&self.runtime.engine, host);
         store.limiter(|host| &mut host.limiter);
-        // Yield to the async runtime at every epoch tick: a spinning guest
-        // then shares its worker thread, and the request timeout can fire.
-        store.epoch_deadline_async_yield_and_update(1);
+        // Yield to the async runtime at every epoch tick, so a spinning guest
+        // shares its worker thread and the request timeout can fire. The
+        // yield is tokio's own: it sends the task to the back of the run
+        // queue. (wasmtime's plain `Yield` wakes the task at once, which lands
+        // it in tokio's LIFO slot and lets it run again before anyone else:
+        // two spinning guests then starve every other tenant.)
+        store.epoch_deadline_callback(|_| {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
         Ok(store)
     }
 
