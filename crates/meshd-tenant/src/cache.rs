@@ -26,15 +26,19 @@ pub enum CacheOutcome {
     /// An entry existed but was unusable (the reason is given): compiled and
     /// replaced.
     Replaced(String),
+    /// Another loaded version has the same bytes: its compiled code is
+    /// shared, nothing was loaded.
+    Shared,
 }
 
 impl CacheOutcome {
-    /// A short word for logs: `hit`, `miss` or `replaced`.
+    /// A short word for logs: `hit`, `miss`, `replaced` or `shared`.
     pub fn as_str(&self) -> &'static str {
         match self {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Replaced(_) => "replaced",
+            CacheOutcome::Shared => "shared",
         }
     }
 }

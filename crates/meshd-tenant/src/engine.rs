@@ -1,16 +1,19 @@
 //! The one wasmtime `Engine` every tenant shares, its `Linker`, and the epoch
 //! ticker that lets meshd interrupt guests.
 
-use crate::cache::ArtifactCache;
+use crate::cache::{ArtifactCache, CacheOutcome};
 use crate::host::Host;
 use anyhow::{Context as _, Result};
 use meshd_keyvalue::KvStore;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::{Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use wasmtime::component::Component;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -42,6 +45,9 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<Host>,
     pub(crate) cache: ArtifactCache,
+    /// Compiled code shared by every version with the same `.wasm` bytes,
+    /// so identical apps hold one copy in memory.
+    pub(crate) shared_code: Mutex<HashMap<blake3::Hash, Weak<SharedCode>>>,
     pub(crate) kv: KvStore,
     pub(crate) config: RuntimeConfig,
     /// One permit per instance serving a request: the daemon-wide cap.
@@ -96,6 +102,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            shared_code: Mutex::new(HashMap::new()),
             kv,
             instance_permits,
             idle_permits,
@@ -113,6 +120,32 @@ impl Runtime {
     /// The daemon-wide settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+}
+
+/// A compiled component, shared by the versions built from the same bytes.
+pub(crate) struct SharedCode(pub(crate) Component);
+
+impl Runtime {
+    /// The compiled form of `wasm`: shared with a loaded version of the same
+    /// bytes if there is one, else from the on-disk cache or the compiler.
+    pub(crate) fn component(
+        &self,
+        wasm: &[u8],
+        digest: &blake3::Hash,
+    ) -> Result<(Arc<SharedCode>, CacheOutcome)> {
+        let mut shared = self.shared_code.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(code) = shared.get(digest).and_then(Weak::upgrade) {
+            return Ok((code, CacheOutcome::Shared));
+        }
+        // Compiling while holding the lock makes concurrent loads of the same
+        // bytes compile once; loads of other bytes wait for it, which is
+        // acceptable at deploy time.
+        let (component, outcome) = self.cache.load_or_compile(&self.engine, wasm, digest)?;
+        let code = Arc::new(SharedCode(component));
+        shared.retain(|_, weak| weak.strong_count() > 0);
+        shared.insert(*digest, Arc::downgrade(&code));
+        Ok((code, outcome))
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::cache::CacheOutcome;
 use crate::engine::Runtime;
 use crate::settings::TenantSettings;
-use crate::version::AppVersion;
+use crate::version::{AppVersion, Compiled};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -57,27 +57,30 @@ pub fn load_version(
     }
     let digest = blake3::hash(wasm);
     let started = Instant::now();
-    let (component, cache) = runtime
-        .cache
-        .load_or_compile(&runtime.engine, wasm, &digest)
+    let (code, cache) = runtime
+        .component(wasm, &digest)
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
     let compile_time = started.elapsed();
     let instance_pre = runtime
         .linker
-        .instantiate_pre(&component)
+        .instantiate_pre(&code.0)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
     let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp(format!("{e:#}")))?;
     let id = digest.to_hex()[..12].to_owned();
     if let CacheOutcome::Replaced(reason) = &cache {
         tracing::warn!(app = %app, version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
     }
+    let compiled = Compiled {
+        pre,
+        code,
+        cache,
+        compile_time,
+    };
     Ok(AppVersion::new(
         Arc::from(app),
         id,
         runtime.clone(),
-        pre,
+        compiled,
         settings,
-        cache,
-        compile_time,
     ))
 }

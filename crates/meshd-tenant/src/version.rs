@@ -5,7 +5,7 @@
 
 use crate::body::{LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
-use crate::engine::Runtime;
+use crate::engine::{Runtime, SharedCode};
 use crate::host::Host;
 use crate::in_flight::InFlight;
 use crate::settings::TenantSettings;
@@ -31,6 +31,8 @@ pub struct AppVersion {
     id: String,
     runtime: Arc<Runtime>,
     pre: ProxyPre<Host>,
+    /// Keeps the compiled code registered as shared while this version lives.
+    code: Arc<SharedCode>,
     settings: TenantSettings,
     outbound: Arc<[OutboundRule]>,
     config: Arc<WasiConfigVariables>,
@@ -40,6 +42,14 @@ pub struct AppVersion {
     compile_time: Duration,
     /// Instances that served a request and may serve another (`reuse`).
     idle: Mutex<Vec<IdleInstance>>,
+}
+
+/// A version's code: compiled, pre-instantiated, and where it came from.
+pub(crate) struct Compiled {
+    pub(crate) pre: ProxyPre<Host>,
+    pub(crate) code: Arc<SharedCode>,
+    pub(crate) cache: CacheOutcome,
+    pub(crate) compile_time: Duration,
 }
 
 /// Most idle instances one version keeps for reuse.
@@ -104,23 +114,22 @@ impl AppVersion {
         app: Arc<str>,
         id: String,
         runtime: Arc<Runtime>,
-        pre: ProxyPre<Host>,
+        compiled: Compiled,
         settings: TenantSettings,
-        cache: CacheOutcome,
-        compile_time: Duration,
     ) -> Self {
         AppVersion {
             app,
             id,
             runtime,
-            pre,
+            pre: compiled.pre,
+            code: compiled.code,
             outbound: settings.outbound.clone().into(),
             config: Arc::new(settings.config.iter().cloned().collect()),
             settings,
             in_flight: Arc::new(InFlight::default()),
             cancel: CancellationToken::new(),
-            cache,
-            compile_time,
+            cache: compiled.cache,
+            compile_time: compiled.compile_time,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -128,14 +137,18 @@ impl AppVersion {
     /// The same code with other settings (a manifest-only change): no
     /// recompile, but a new version with its own in-flight count.
     pub fn with_settings(&self, settings: TenantSettings) -> AppVersion {
+        let compiled = Compiled {
+            pre: self.pre.clone(),
+            code: self.code.clone(),
+            cache: CacheOutcome::Shared,
+            compile_time: Duration::ZERO,
+        };
         AppVersion::new(
             self.app.clone(),
             self.id.clone(),
             self.runtime.clone(),
-            self.pre.clone(),
+            compiled,
             settings,
-            CacheOutcome::Hit,
-            Duration::ZERO,
         )
     }
 

@@ -13,6 +13,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 fn main() -> ExitCode {
+    // wasmtime creates error values on hot paths (every Store drop). With
+    // RUST_BACKTRACE=1 in the environment each would capture a backtrace,
+    // and unwinding through many loaded components made requests 15x slower
+    // with 1,000 apps (docs/benchmarks.md). Library backtraces are off unless
+    // asked for explicitly; panics still honour RUST_BACKTRACE. Set before
+    // any thread starts.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let args = cli::Args::parse();
     logging::init(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
