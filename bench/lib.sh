@@ -1,0 +1,303 @@
+# Helpers shared by bench/swap.sh, bench/noisy.sh and bench/scale.sh (sourced,
+# not run). Same conventions as bench/rps.sh: loopback only, bounded load,
+# everything started is stopped by the EXIT trap, figures only from what was
+# measured.
+#
+# The sourcing script sets `set -euo pipefail` first. It may set, before
+# sourcing: BENCH_NAME (used in the temporary directory's name).
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HOST=127.0.0.1
+GUESTS="$REPO/target/guests/wasm32-wasip2/release"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+# --- cleanup -----------------------------------------------------------------
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/steelmesh-${BENCH_NAME:-bench}.XXXXXX")"
+MESHD_PID=""
+BG_PIDS=()
+
+# Stops meshd: SIGTERM (graceful), then SIGKILL after 10 s.
+stop_meshd() {
+    if [[ -n "$MESHD_PID" ]]; then
+        kill "$MESHD_PID" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$MESHD_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$MESHD_PID" 2>/dev/null || true
+        wait "$MESHD_PID" 2>/dev/null || true
+        MESHD_PID=""
+    fi
+}
+
+# Stops the background helpers (load and swap loops) this script started.
+stop_background() {
+    local pid
+    for pid in "${BG_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${BG_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    BG_PIDS=()
+}
+
+cleanup() {
+    stop_background
+    stop_meshd
+    if [[ -n "${KEEP_WORK:-}" ]]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- tools -------------------------------------------------------------------
+
+apt_install() {
+    local pkg="$1"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    log "installing $pkg with apt-get"
+    "${sudo[@]}" apt-get install -y "$pkg" >"$WORK/apt.log" 2>&1 || {
+        "${sudo[@]}" apt-get update >>"$WORK/apt.log" 2>&1 &&
+            "${sudo[@]}" apt-get install -y "$pkg" >>"$WORK/apt.log" 2>&1
+    } || { cat "$WORK/apt.log" >&2; die "could not install $pkg"; }
+}
+
+need_tools() {
+    command -v wrk >/dev/null || apt_install wrk
+    command -v curl >/dev/null || apt_install curl
+    command -v python3 >/dev/null || apt_install python3
+}
+
+# --- builds ------------------------------------------------------------------
+
+# Sets MESHD (the binary) and MESHD_REV (how the report names it). Uses
+# $MESHD if given, else target/release/meshd, building it only if missing.
+find_meshd() {
+    if [[ -n "${MESHD:-}" ]]; then
+        [[ -x "$MESHD" ]] || die "MESHD=$MESHD is not an executable"
+        MESHD_REV="${MESHD_LABEL:-given binary $MESHD}"
+        snapshot_meshd
+        return
+    fi
+    MESHD="$REPO/target/release/meshd"
+    if [[ ! -x "$MESHD" ]]; then
+        log "building meshd (release)"
+        (cd "$REPO" && nice -n 10 cargo build --release -p meshd)
+    fi
+    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    local dirty=""
+    if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+        dirty=1
+    fi
+    if [[ -n "$(find "$REPO/crates" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$MESHD" -type f 2>/dev/null | head -n1)" ]]; then
+        log "warning: sources changed after $MESHD was built; measuring the binary as it is" \
+            "(run 'cargo build --release -p meshd' first to measure the sources)"
+        MESHD_REV="release binary of $(date -u -r "$MESHD" '+%Y-%m-%d %H:%M:%S UTC'), older than the sources at $MESHD_REV (so not a build of them)"
+    elif [[ -n "$dirty" ]]; then
+        MESHD_REV="$MESHD_REV with uncommitted changes"
+    fi
+    snapshot_meshd
+}
+
+# Copies the meshd to measure into the work directory, so a rebuild during the
+# run cannot change what is measured, and names it by its SHA-256 too.
+snapshot_meshd() {
+    cp "$MESHD" "$WORK/meshd"
+    MESHD="$WORK/meshd"
+    MESHD_REV="$MESHD_REV; binary sha256 $(sha256sum "$MESHD" | cut -c1-12)"
+}
+
+# need_guests NAME...: makes sure target/guests/.../NAME.wasm exist, building
+# the example guests only if one is missing.
+need_guests() {
+    local name missing=0
+    for name in "$@"; do
+        [[ -f "$GUESTS/$name.wasm" ]] || missing=1
+    done
+    if ((missing)); then
+        log "building the example guests (wasm32-wasip2)"
+        (cd "$REPO" && nice -n 10 cargo build --release --target wasm32-wasip2 \
+            --manifest-path apps-example/Cargo.toml --target-dir target/guests)
+    fi
+    for name in "$@"; do
+        [[ -f "$GUESTS/$name.wasm" ]] || die "no $GUESTS/$name.wasm after the guest build"
+    done
+}
+
+# --- meshd -------------------------------------------------------------------
+
+# start_meshd LOG_FILE ARGS...: starts meshd on a port of its choosing on
+# 127.0.0.1, waits (at most START_TIMEOUT seconds, default 300) for its
+# `meshd listening on` line. Sets MESHD_PID, MESHD_ADDR (host:port),
+# MESHD_T0 (epoch seconds just before the start) and MESHD_STARTUP (seconds
+# from then to the listening line's own timestamp).
+start_meshd() {
+    local log_file="$1"
+    shift
+    MESHD_T0="$EPOCHREALTIME"
+    "$MESHD" --listen "$HOST:0" "$@" >"$log_file" 2>&1 &
+    MESHD_PID=$!
+    local line="" i
+    for ((i = 0; i < ${START_TIMEOUT:-300} * 100; i++)); do
+        line="$(grep -m1 'meshd listening on http://' "$log_file" || true)"
+        [[ -n "$line" ]] && break
+        kill -0 "$MESHD_PID" 2>/dev/null || { cat "$log_file" >&2; die "meshd exited before listening"; }
+        sleep 0.01
+    done
+    [[ -n "$line" ]] || { tail -n 20 "$log_file" >&2; die "meshd not listening after ${START_TIMEOUT:-300} s"; }
+    MESHD_ADDR="$(sed -n 's|.*meshd listening on http://\([0-9.]*:[0-9]*\).*|\1|p' <<<"$line")"
+    [[ "$MESHD_ADDR" == "$HOST:"* ]] || die "meshd listens on '$MESHD_ADDR', not on $HOST"
+    MESHD_STARTUP="$(awk -v a="$(log_epoch "$line")" -v b="$MESHD_T0" 'BEGIN { printf "%.3f", a - b }')"
+}
+
+# The timestamp at the start of a meshd text log line, in epoch seconds.
+log_epoch() { date -d "$(awk '{ print $1 }' <<<"$1")" +%s.%N; }
+
+# Resident memory of a process in MB (10^6 bytes; /proc/PID/status counts in
+# KiB): VmRSS, RssAnon, RssFile, as "rss anon file".
+rss_mb() {
+    awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 }
+         END { k = 1024 / 1e6; printf "%.1f %.1f %.1f", r * k, a * k, f * k }' "/proc/$1/status"
+}
+
+# --- CPU accounting ----------------------------------------------------------
+
+CLK_TCK="$(getconf CLK_TCK)"
+# Busy time of all cores in processes (user, nice, system), in clock ticks;
+# interrupt time is left out, as most of it is the benchmark's own traffic.
+machine_jiffies() { awk '/^cpu / { print $2 + $3 + $4 }' /proc/stat; }
+# CPU time (user + system, plus that of reaped children) of every process in
+# this script's process group: meshd, wrk, curl, the helper loops and the
+# script itself. A child that exits moves its time into its parent's, so the
+# difference between two readings is what the group spent in between.
+OWN_PGRP="$(sed 's/^.*) //' /proc/$$/stat | awk '{ print $3 }')"
+group_jiffies() {
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
+        awk -v pg="$OWN_PGRP" '{ sub(/^.*\) /, ""); if ($3 == pg) s += $12 + $13 + $14 + $15 } END { print s + 0 }'
+}
+
+# cpu_window_start / cpu_window_end: "other CPU load" over the window, in %
+# of one core: CPU time spent by anything outside this benchmark's process
+# group. Sets OTHER_CPU.
+cpu_window_start() {
+    CPU_B0="$(machine_jiffies)" CPU_G0="$(group_jiffies)" CPU_T0="$EPOCHREALTIME"
+}
+cpu_window_end() {
+    local b1 g1 t1
+    b1="$(machine_jiffies)" g1="$(group_jiffies)" t1="$EPOCHREALTIME"
+    OTHER_CPU="$(awk -v b="$((b1 - CPU_B0))" -v g="$((g1 - CPU_G0))" -v hz="$CLK_TCK" \
+        -v t0="$CPU_T0" -v t1="$t1" 'BEGIN {
+            o = (b - g) / hz; if (o < 0) o = 0
+            printf "%.0f", 100 * o / (t1 - t0)
+        }')"
+}
+
+# How busy the whole machine is over one second, in %.
+cpu_busy_percent() {
+    local a b
+    read -r -a a < <(grep '^cpu ' /proc/stat)
+    sleep 1
+    read -r -a b < <(grep '^cpu ' /proc/stat)
+    awk -v a="${a[*]}" -v b="${b[*]}" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 2; i <= n; i++) { d = y[i] - x[i]; total += d; if (i == 5 || i == 6) idle += d }
+        printf "%.0f", (total > 0 ? 100 * (total - idle) / total : 0)
+    }'
+}
+
+check_idle_machine() {
+    BUSY_BEFORE="$(cpu_busy_percent)"
+    if ((BUSY_BEFORE > 15)); then
+        log "warning: the machine is already ${BUSY_BEFORE}% busy; the figures will be low and noisy"
+    fi
+}
+
+# --- wrk ---------------------------------------------------------------------
+
+# Latency as wrk prints it (e.g. 512.00us, 1.20ms, 1.01s) -> milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.3f", n
+    }'
+}
+
+declare -A RPS P50 P99 NON2XX SOCKERR OTHER REQS
+
+# parse_wrk NAME FILE: reads wrk --latency output into the arrays above.
+parse_wrk() {
+    local name="$1" out="$2"
+    RPS[$name]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")"
+    P50[$name]="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
+    P99[$name]="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
+    REQS[$name]="$(awk '/requests in/ { print $1 }' "$out")"
+    # Non-2xx/3xx answers and socket errors: a fast error is not a fast answer.
+    NON2XX[$name]="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } END { print n + 0 }' "$out")"
+    SOCKERR[$name]="$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+                           END { print n + 0 }' "$out")"
+    [[ -n "${RPS[$name]}" ]] || { cat "$out" >&2; die "cannot parse wrk's output for $name"; }
+}
+
+# measure NAME URL WRK_ARGS...: one wrk measurement with --latency, with the
+# other-CPU-load accounting; the results land in the arrays above.
+measure() {
+    local name="$1" url="$2"
+    shift 2
+    local out="$WORK/$name.wrk"
+    log "$name: wrk $* --latency $url"
+    cpu_window_start
+    wrk "$@" --latency "$url" >"$out"
+    cpu_window_end
+    OTHER[$name]="$OTHER_CPU"
+    parse_wrk "$name" "$out"
+    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms," \
+        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%"
+}
+
+# --- report ------------------------------------------------------------------
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
+machine_lines() {
+    local cpu mem
+    cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    mem="$(free -h | awk '/^Mem:/ { print $2 }')"
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "machine: $(nproc) cores, ${cpu:-unknown CPU}, $mem memory, $(uname -sr)"
+    echo "versions: meshd $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }'), $(python3 --version 2>&1)"
+    # Set, these make every Rust error meshd or wasmtime creates capture a
+    # backtrace, which costs CPU per request (more with more apps loaded).
+    echo "meshd's environment: RUST_BACKTRACE=${RUST_BACKTRACE-(unset)}, RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE-(unset)}"
+    echo "CPU busy just before the runs: ${BUSY_BEFORE}%; other CPU load = CPU time spent during a measurement by anything outside this benchmark (meshd, wrk, its clients and loops), in % of one core"
+}
+
+# Warns about skewed measurements; returns 1 if any had non-2xx answers or
+# socket errors.
+check_results() {
+    local name bad=0
+    for name in "$@"; do
+        if ((OTHER[$name] > 15)); then
+            log "warning: something else used ${OTHER[$name]}% of a core while $name was measured; its figures are skewed"
+        fi
+        if ((SOCKERR[$name] > 0)); then
+            log "error: wrk saw ${SOCKERR[$name]} socket errors in $name"
+            bad=1
+        fi
+        if ((NON2XX[$name] > 0)); then
+            log "error: $name got ${NON2XX[$name]} non-2xx answers"
+            bad=1
+        fi
+    done
+    return "$bad"
+}
