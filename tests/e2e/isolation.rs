@@ -297,7 +297,7 @@ async fn concurrency_limit_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
-async fn instance_cap_keeps_one_tenant_from_taking_every_slot() {
+async fn daemon_instance_cap_answers_503_when_every_slot_is_busy() {
     let apps = AppsDir::with(&["hello"]);
     apps.deploy("greedy", "stream");
     let meshd = Meshd::builder(apps.path())
