@@ -2,10 +2,11 @@
 //!
 //! An entry is keyed by the BLAKE3 hash of the `.wasm` and a hash of the
 //! engine's compilation settings, so a changed app or a changed engine is a
-//! miss, never a wrong hit. Each entry carries the BLAKE3 hash of the artifact
-//! itself: loading native code from disk must never trust the bytes blindly,
-//! so a truncated, corrupt or foreign entry is detected, recompiled and
-//! replaced.
+//! miss, never a wrong hit. Beside each entry (`KEY.cwasm`) lies the BLAKE3
+//! hash of the artifact (`KEY.cwasm.b3`): loading native code from disk must
+//! never trust the bytes blindly, so a truncated, corrupt or foreign entry is
+//! detected, recompiled and replaced. A valid entry is mapped from its file,
+//! not copied, so idle apps' code can be paged out.
 
 use anyhow::{Context as _, Result};
 use std::hash::{Hash, Hasher};
@@ -13,8 +14,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
 use wasmtime::Engine;
-
-const DIGEST_LEN: usize = blake3::OUT_LEN;
 
 /// Where a compiled component came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +81,7 @@ impl ArtifactCache {
     ) -> Result<(Component, CacheOutcome)> {
         let path = self.entry_path(wasm_digest);
         let outcome = match std::fs::read(&path) {
-            Ok(entry) => match self.load_entry(engine, &entry) {
+            Ok(artifact) => match self.load_entry(engine, &path, &artifact) {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(reason) => CacheOutcome::Replaced(reason),
             },
@@ -90,41 +89,70 @@ impl ArtifactCache {
             Err(e) => CacheOutcome::Replaced(format!("unreadable: {e}")),
         };
         let component = Component::from_binary(engine, wasm).map_err(anyhow::Error::from)?;
-        if let Err(e) = self.store_entry(&path, &component) {
-            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot write compiled artifact to the cache");
+        match self.store_entry(&path, &component) {
+            // Use the stored entry from now on, so this process too keeps the
+            // code file-backed rather than in anonymous memory.
+            Ok(artifact) => match self.load_entry(engine, &path, &artifact) {
+                Ok(mapped) => Ok((mapped, outcome)),
+                Err(_) => Ok((component, outcome)),
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot write compiled artifact to the cache");
+                Ok((component, outcome))
+            }
         }
-        Ok((component, outcome))
     }
 
-    fn load_entry(&self, engine: &Engine, entry: &[u8]) -> Result<Component, String> {
-        if entry.len() < DIGEST_LEN {
-            return Err("truncated entry".into());
-        }
-        let (digest, artifact) = entry.split_at(DIGEST_LEN);
-        if blake3::hash(artifact).as_bytes() != digest {
+    /// Checks `artifact` (the bytes of `path`) against its checksum file,
+    /// then maps `path` into memory: the code stays file-backed, so pages of
+    /// apps that are not running can be dropped by the kernel.
+    fn load_entry(
+        &self,
+        engine: &Engine,
+        path: &Path,
+        artifact: &[u8],
+    ) -> Result<Component, String> {
+        let expected =
+            std::fs::read(checksum_path(path)).map_err(|e| format!("no checksum ({e})"))?;
+        if blake3::hash(artifact).as_bytes().as_slice() != expected.as_slice() {
             return Err("checksum mismatch (corrupt or truncated entry)".into());
         }
-        // SAFETY: the artifact was produced by `Component::serialize` in this
+        // SAFETY: the file was produced by `Component::serialize` in this
         // cache (its checksum matches what we wrote), and wasmtime itself
         // checks that it was compiled by this version with a compatible
-        // configuration. The cache directory belongs to meshd, not to tenants.
-        unsafe { Component::deserialize(engine, artifact) }
+        // configuration. The cache directory belongs to meshd, not to tenants
+        // (meshd refuses a cache directory inside the apps directory).
+        unsafe { Component::deserialize_file(engine, path) }
             .map_err(|e| format!("incompatible entry: {e}"))
     }
 
-    fn store_entry(&self, path: &Path, component: &Component) -> Result<()> {
+    /// Writes the entry for `component` and returns the artifact written.
+    fn store_entry(&self, path: &Path, component: &Component) -> Result<Vec<u8>> {
         let artifact = component.serialize().map_err(anyhow::Error::from)?;
-        // Write to a temporary file and rename it into place, so a reader never
-        // sees a half-written entry.
+        // Artifact first, checksum second, each written to a temporary file
+        // and renamed into place: a reader never sees a half-written file,
+        // and a crash in between leaves a mismatch that is recompiled.
+        self.write_atomically(path, &artifact)?;
+        self.write_atomically(&checksum_path(path), blake3::hash(&artifact).as_bytes())?;
+        Ok(artifact)
+    }
+
+    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)
             .with_context(|| format!("cannot create a file in {}", self.dir.display()))?;
-        tmp.write_all(blake3::hash(&artifact).as_bytes())?;
-        tmp.write_all(&artifact)?;
+        tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path)
             .with_context(|| format!("cannot rename into {}", path.display()))?;
         Ok(())
     }
+}
+
+/// `<entry>.cwasm.b3`: the BLAKE3 hash of the artifact.
+fn checksum_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".b3");
+    PathBuf::from(name)
 }
 
 /// Feeds `Hash` impls into BLAKE3, which is stable across Rust versions
