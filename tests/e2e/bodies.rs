@@ -1,20 +1,9 @@
 //! Request and response bodies stream through meshd: 100 MB each way without
 //! the daemon holding them in memory.
 
-use crate::support::{count_body, generated, request, AppsDir, Client, Meshd};
+use crate::support::{count_body, generated, peak_rss, request, AppsDir, Client, Meshd};
 
 const HUNDRED_MB: u64 = 100 * 1024 * 1024;
-
-/// Peak resident memory of a process, in bytes (Linux).
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kib * 1024
-}
 
 /// Memory meshd may add while moving 100 MB; holding the body whole would
 /// take at least 100 MB more.

@@ -1,21 +1,10 @@
 //! Tenant isolation and limits: one tenant can never read, slow down, crash
 //! or starve another.
 
-use crate::support::{empty, generated, request, AppsDir, Client, Meshd};
+use crate::support::{empty, generated, peak_rss, request, AppsDir, Client, Meshd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Peak resident memory of a process, in bytes (Linux).
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM in /proc/PID/status")
-        * 1024
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spinning_guest_gets_504_at_its_deadline_while_others_are_served() {

@@ -19,6 +19,11 @@ fn backend(e: impl std::fmt::Display) -> KvError {
     KvError::Backend(e.to_string())
 }
 
+/// Bytes `tenant` stores now, from the usage table.
+fn used_bytes(usage: &impl ReadableTable<&'static str, u64>, tenant: &str) -> Result<u64, KvError> {
+    Ok(usage.get(tenant).map_err(backend)?.map_or(0, |v| v.value()))
+}
+
 fn entry_size(key: &str, value_len: usize) -> u64 {
     (key.len() + value_len) as u64
 }
@@ -81,10 +86,7 @@ impl RedbStore {
             {
                 let mut table = txn.open_table(ENTRIES).map_err(backend)?;
                 let mut usage = txn.open_table(USAGE).map_err(backend)?;
-                let mut used = usage
-                    .get(tenant.as_str())
-                    .map_err(backend)?
-                    .map_or(0, |v| v.value());
+                let mut used = used_bytes(&usage, &tenant)?;
                 for (key, value) in &entries {
                     let id = (tenant.as_str(), bucket.as_str(), key.as_str());
                     let old = table
@@ -116,10 +118,7 @@ impl RedbStore {
             {
                 let mut table = txn.open_table(ENTRIES).map_err(backend)?;
                 let mut usage = txn.open_table(USAGE).map_err(backend)?;
-                let mut used = usage
-                    .get(tenant.as_str())
-                    .map_err(backend)?
-                    .map_or(0, |v| v.value());
+                let mut used = used_bytes(&usage, &tenant)?;
                 for key in &keys {
                     let removed = table
                         .remove((tenant.as_str(), bucket.as_str(), key.as_str()))
@@ -192,10 +191,7 @@ impl RedbStore {
                     .checked_add(delta)
                     .ok_or_else(|| KvError::Overflow { key: key.clone() })?;
                 let text = new.to_string();
-                let used = usage
-                    .get(tenant.as_str())
-                    .map_err(backend)?
-                    .map_or(0, |v| v.value());
+                let used = used_bytes(&usage, &tenant)?;
                 let used = used - old_size.min(used) + entry_size(&key, text.len());
                 if used > quota {
                     return Err(KvError::QuotaExceeded { quota });

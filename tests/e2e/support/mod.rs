@@ -89,6 +89,17 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// Peak resident memory of a process, in bytes (`VmHWM`, Linux).
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
 /// A temporary apps directory.
 pub struct AppsDir {
     dir: tempfile::TempDir,
