@@ -21,7 +21,7 @@
 #
 # It installs what it lacks: wrk and curl with apt-get, and the wasmtime CLI at
 # the workspace's wasmtime version with `cargo install`, into
-# target/bench/wasmtime-cli (kept between runs; the first install takes 10-20
+# target/bench/wasmtime-cli (kept between runs; the first install took about 11
 # minutes on 2 cores). Every server listens on 127.0.0.1 only, and all load is
 # sent there, for a bounded time.
 set -euo pipefail
