@@ -54,3 +54,17 @@ async fn corrupt_truncated_or_foreign_entries_are_recompiled_and_replaced() {
         drop(start_and_check(&apps, cache.path(), "hit").await);
     }
 }
+
+#[tokio::test]
+async fn apps_with_identical_bytes_share_compiled_code() {
+    let apps = AppsDir::new();
+    apps.deploy("one", "hello");
+    apps.deploy("two", "hello");
+    let meshd = Meshd::start(apps.path());
+    // One of them compiles (or loads from the cache), the other shares it.
+    meshd.wait_for_log(&["app deployed", "cache=shared"]);
+    assert_eq!(meshd.count_log(&["app deployed", "cache=miss"]), 1);
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/one")).await.status, 200);
+    assert_eq!(client.get(&meshd.url("/two")).await.status, 200);
+}
