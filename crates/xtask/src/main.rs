@@ -35,8 +35,15 @@ fn main() -> Result<()> {
     }
 }
 
+/// The repository root. Taken from the environment `cargo run` gives the
+/// binary, not only from the path it was compiled at: a target dir shared
+/// between two clones holds one `xtask` binary, built in whichever clone came
+/// first, and it must still act on the clone it is run from.
 fn root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest_dir.join("../..");
     root.canonicalize().unwrap_or(root)
 }
 
