@@ -81,9 +81,9 @@ apt_install() {
 command -v wrk >/dev/null || apt_install wrk
 command -v curl >/dev/null || apt_install curl
 
-# The wasmtime version meshd embeds, from the workspace manifest.
-WASMTIME_VERSION="$(sed -n 's/^wasmtime *= *"=\{0,1\}\([0-9][0-9.]*\)".*/\1/p' "$REPO/Cargo.toml" | head -n1)"
-[[ -n "$WASMTIME_VERSION" ]] || die "cannot read the wasmtime version from Cargo.toml"
+# The wasmtime version meshd embeds, from the lock file.
+WASMTIME_VERSION="$(awk '$0 == "name = \"wasmtime\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$REPO/Cargo.lock")"
+[[ -n "$WASMTIME_VERSION" ]] || die "cannot read the wasmtime version from Cargo.lock"
 WASMTIME_ROOT="$BENCH_TARGET/wasmtime-cli"
 WASMTIME="$WASMTIME_ROOT/bin/wasmtime"
 if [[ -x "$WASMTIME" ]] && "$WASMTIME" --version | grep -q "^wasmtime $WASMTIME_VERSION\b"; then

@@ -1,26 +1,33 @@
 //! One loaded version of an app, and how it serves a request: admission
 //! (concurrency, instance pool, body size), then a fresh `Store` and instance
-//! per request, run in its own task so the guest can keep streaming the body
-//! after it has sent the response head.
+//! per request (or a parked one, with `reuse`). The guest runs in the
+//! connection's own task until it has answered; if it is still streaming its
+//! body by then, the rest runs in a task of its own.
 
 use crate::body::{LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
 use crate::engine::{Runtime, SharedCode};
 use crate::host::Host;
-use crate::in_flight::InFlight;
+use crate::in_flight::{InFlight, InFlightGuard};
 use crate::settings::TenantSettings;
 use bytes::Bytes;
 use http_body::Body;
 use meshd_apps::OutboundRule;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use wasmtime_wasi_http::WasiHttpView;
 
 /// A compiled, pre-instantiated version of one app with its settings.
@@ -101,6 +108,32 @@ fn describe_trap(error: &wasmtime::Error) -> String {
         None => error.root_cause().to_string(),
     };
     cause.lines().collect::<Vec<_>>().join(" | ")
+}
+
+/// Everything the guest's side of one request owns.
+struct GuestRun {
+    store: Store<Host>,
+    /// An instance to reuse; `None` instantiates a fresh one.
+    proxy: Option<Proxy>,
+    /// Requests this instance has served before.
+    served: u32,
+    request: Resource<HostIncomingRequest>,
+    response_out: Resource<HostResponseOutparam>,
+    failed: Arc<AtomicBool>,
+    in_flight: Arc<InFlightGuard>,
+    instance_permit: OwnedSemaphorePermit,
+}
+
+/// What a guest hands to its response-outparam: a response head with its
+/// body, or an error code.
+type GuestAnswer = Result<http::Response<HyperOutgoingBody>, ErrorCode>;
+
+/// How far a guest got when `handle` stopped driving it.
+enum Progress {
+    /// It sent its response head (or an error code) and may still be running.
+    Answered(GuestAnswer),
+    /// It ended, with or without having answered.
+    Ended(Result<(), GuestFailure>),
 }
 
 enum GuestFailure {
@@ -313,64 +346,69 @@ impl AppVersion {
             .new_response_outparam(sender)
             .map_err(|e| ServeError::Guest(format!("{e:#}")))?;
 
-        let timeout = self.settings.timeout;
         let guest_failed = Arc::new(AtomicBool::new(false));
-        let task_failed = guest_failed.clone();
-        let task_guard = guard.clone();
-        let version = self.clone();
-        let task = tokio::spawn(async move {
-            let _in_flight = task_guard;
-            let _instance = instance_permit;
-            let run = async {
-                let proxy = match proxy {
-                    Some(proxy) => proxy,
-                    None => version.pre.instantiate_async(&mut store).await?,
-                };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, wasi_req, out)
-                    .await?;
-                Ok::<_, wasmtime::Error>(proxy)
-            };
-            // Leaving `run` unfinished (on timeout or cancel) and dropping the
-            // Store below is the only way to stop a guest mid-flight.
-            let result = tokio::select! {
-                outcome = tokio::time::timeout(timeout, run) => match outcome {
-                    Ok(Ok(proxy)) => Ok(proxy),
-                    Ok(Err(e)) => Err(GuestFailure::Trap(describe_trap(&e))),
-                    Err(_) => Err(GuestFailure::Timeout),
-                },
-                () = version.cancel.cancelled() => Err(GuestFailure::Cancelled),
-            };
-            match result {
-                // A failed instance is never reused.
-                Ok(proxy) => {
-                    version.park(store, proxy, served + 1);
-                    Ok(())
-                }
-                Err(failure) => {
-                    task_failed.store(true, Ordering::Release);
-                    version.log_failure(&failure);
-                    Err(failure)
-                }
-            }
+        let mut guest = self.clone().run_guest(GuestRun {
+            store,
+            proxy,
+            served,
+            request: wasi_req,
+            response_out: out,
+            failed: guest_failed.clone(),
+            in_flight: guard.clone(),
+            instance_permit,
         });
 
-        let result = match receiver.await {
+        // Drive the guest right here, in the connection's task, until it has
+        // sent its response head or ended. Most guests write their whole
+        // response and return within that first stretch, so they never cost
+        // a task of their own, a wake-up or a trip through the scheduler.
+        let mut receiver = receiver;
+        let mut outparam_dropped = false;
+        let progress = std::future::poll_fn(|cx| {
+            if let Poll::Ready(outcome) = guest.as_mut().poll(cx) {
+                return Poll::Ready(Progress::Ended(outcome));
+            }
+            if !outparam_dropped {
+                match Pin::new(&mut receiver).poll(cx) {
+                    Poll::Ready(Ok(answer)) => return Poll::Ready(Progress::Answered(answer)),
+                    // The guest dropped its response-outparam without
+                    // answering: keep driving it (its waker is registered
+                    // above) to learn how it ends.
+                    Poll::Ready(Err(_)) => outparam_dropped = true,
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let answer = match progress {
+            Progress::Answered(answer) => {
+                // The guest is still streaming its body (or doing work after
+                // it): it goes on in a task of its own, with its timeout and
+                // cancellation, so a client that reads slowly cannot keep it
+                // from being stopped.
+                tokio::spawn(guest);
+                Ok(answer)
+            }
+            Progress::Ended(outcome) => match receiver.try_recv() {
+                Ok(answer) => Ok(answer),
+                // The guest dropped its response-outparam: say why.
+                Err(_) => Err(match outcome {
+                    Ok(()) => {
+                        ServeError::Guest("the app returned without sending a response".into())
+                    }
+                    Err(GuestFailure::Trap(message)) => ServeError::Guest(message),
+                    Err(GuestFailure::Timeout) => ServeError::Timeout(self.settings.timeout),
+                    Err(GuestFailure::Cancelled) => ServeError::Cancelled,
+                }),
+            },
+        };
+        let result = match answer {
             Ok(Ok(resp)) => Ok(resp.map(|body| ResponseBody::new(body, guest_failed, guard))),
             Ok(Err(code)) => Err(ServeError::Guest(format!(
                 "the app answered with error code {code:?}"
             ))),
-            // The guest dropped its response-outparam: find out why.
-            Err(_) => Err(match task.await {
-                Ok(Ok(())) => {
-                    ServeError::Guest("the app returned without sending a response".into())
-                }
-                Ok(Err(GuestFailure::Trap(message))) => ServeError::Guest(message),
-                Ok(Err(GuestFailure::Timeout)) => ServeError::Timeout(timeout),
-                Ok(Err(GuestFailure::Cancelled)) => ServeError::Cancelled,
-                Err(join) => ServeError::Guest(format!("the guest task failed: {join}")),
-            }),
+            Err(e) => Err(e),
         };
         // A body that went over the limit while streaming in gets 413,
         // whatever the guest made of the cut-off stream.
@@ -378,6 +416,62 @@ impl AppVersion {
             return Err(ServeError::BodyTooLarge(max_body));
         }
         result
+    }
+
+    /// The guest's side of one request: instantiate (unless reusing), call
+    /// its handler, and afterwards park the instance for reuse or log why it
+    /// failed. Dropping this future unfinished drops the Store, which is the
+    /// only way to stop a guest mid-flight.
+    fn run_guest(
+        self: Arc<Self>,
+        run: GuestRun,
+    ) -> Pin<Box<dyn Future<Output = Result<(), GuestFailure>> + Send>> {
+        Box::pin(async move {
+            let GuestRun {
+                mut store,
+                proxy,
+                served,
+                request,
+                response_out,
+                failed,
+                in_flight: _in_flight,
+                instance_permit: _instance_permit,
+            } = run;
+            let call = async {
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => self.pre.instantiate_async(&mut store).await?,
+                };
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, response_out)
+                    .await?;
+                Ok::<_, wasmtime::Error>(proxy)
+            };
+            let timeout = self.settings.timeout;
+            let result = tokio::select! {
+                outcome = tokio::time::timeout(timeout, call) => match outcome {
+                    Ok(Ok(proxy)) => Ok(proxy),
+                    Ok(Err(e)) => Err(GuestFailure::Trap(describe_trap(&e))),
+                    Err(_) => Err(GuestFailure::Timeout),
+                },
+                () = self.cancel.cancelled() => Err(GuestFailure::Cancelled),
+            };
+            match result {
+                // A failed instance is never reused.
+                Ok(proxy) => {
+                    self.park(store, proxy, served + 1);
+                    Ok(())
+                }
+                Err(failure) => {
+                    // Set before the Store (which feeds the response body) is
+                    // dropped, so the body sees the failure when it ends.
+                    failed.store(true, Ordering::Release);
+                    self.log_failure(&failure);
+                    Err(failure)
+                }
+            }
+        })
     }
 
     fn log_failure(&self, failure: &GuestFailure) {
