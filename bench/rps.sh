@@ -15,6 +15,9 @@
 #   MESHD        a meshd binary to measure instead of building the work tree's
 #                (e.g. one built from a given commit)
 #   MESHD_LABEL  how the report names that binary (e.g. "at commit abc1234")
+#   WORKERS      also measure a second meshd with `--workers WORKERS` (e.g. 1,
+#                to leave a core to wrk on a 2-core machine); default: only
+#                meshd with its default (one worker per CPU)
 #   REUSE        instance reuse: N > 1 gives meshd's app `reuse = N` and runs
 #                `wasmtime serve --max-instance-reuse-count N` (default 1:
 #                a fresh instance per request for both)
@@ -245,6 +248,14 @@ fi
 port="$(free_port)"
 bench meshd "http://$HOST:$port/hello/" \
     "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache"
+MESHD_ROWS=(meshd)
+if [[ -n "${WORKERS:-}" ]]; then
+    port="$(free_port)"
+    bench meshd-workers "http://$HOST:$port/hello/" \
+        "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" \
+        --workers "$WORKERS"
+    MESHD_ROWS+=(meshd-workers)
+fi
 
 # --- report ------------------------------------------------------------------
 
@@ -264,11 +275,12 @@ report() {
     echo "| server | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors | other CPU load |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     local name label
-    for name in native wasmtime-serve meshd; do
+    for name in native wasmtime-serve "${MESHD_ROWS[@]}"; do
         case "$name" in
             native) label="native hyper hello" ;;
             wasmtime-serve) label="\`wasmtime serve -Scli --max-instance-reuse-count $REUSE\`" ;;
             meshd) label="meshd (\`/hello/\`, reuse = $REUSE)" ;;
+            meshd-workers) label="meshd --workers $WORKERS (\`/hello/\`, reuse = $REUSE)" ;;
         esac
         echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${NON2XX[$name]} | ${SOCKERR[$name]} | ${OTHER[$name]}% |"
     done
@@ -278,6 +290,11 @@ report() {
     echo "| meshd / wasmtime serve | $(ratio "${RPS[meshd]}" "${RPS[wasmtime-serve]}") |"
     echo "| meshd / native | $(ratio "${RPS[meshd]}" "${RPS[native]}") |"
     echo "| meshd p99 / native p99 | $(ratio "${P99[meshd]}" "${P99[native]}") |"
+    if [[ -n "${WORKERS:-}" ]]; then
+        echo "| meshd --workers $WORKERS / wasmtime serve | $(ratio "${RPS[meshd-workers]}" "${RPS[wasmtime-serve]}") |"
+        echo "| meshd --workers $WORKERS / native | $(ratio "${RPS[meshd-workers]}" "${RPS[native]}") |"
+        echo "| meshd --workers $WORKERS p99 / native p99 | $(ratio "${P99[meshd-workers]}" "${P99[native]}") |"
+    fi
 }
 
 echo

@@ -417,3 +417,44 @@ async fn cache_or_data_dir_inside_the_apps_dir_is_refused() {
         assert!(stderr.contains("is inside the apps directory"), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_before_the_answer_stops_its_guest() {
+    use tokio::io::AsyncWriteExt;
+    let apps = AppsDir::new();
+    apps.deploy("spin", "hostile");
+    // One request at a time and a deadline far away: the app is free again
+    // soon only if the abandoned guest was stopped.
+    apps.write(
+        "spin.toml",
+        "[limits]\ntimeout = \"60s\"\nmax_concurrency = 1\n",
+    );
+    let meshd = Meshd::start(apps.path());
+    let mut socket = tokio::net::TcpStream::connect(meshd.addr()).await.unwrap();
+    socket
+        .write_all(b"GET /spin/spin HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = Client::http1();
+    let busy = client.get(&meshd.url("/spin/ok")).await;
+    assert_eq!(
+        busy.status, 503,
+        "the spinning guest should hold the app's one slot"
+    );
+    drop(socket);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.get(&meshd.url("/spin/ok")).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest of a client that went away still runs after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -59,6 +59,15 @@ pub(crate) struct Compiled {
     pub(crate) compile_time: Duration,
 }
 
+/// Epoch ticks a request's guest may run before its first yield. Ticks come
+/// at fixed times, so a deadline of one tick would interrupt every guest that
+/// happens to be running when one falls, however short its request; with
+/// two, a guest runs for at least one whole tick (1 ms) first, and requests
+/// shorter than that never yield. After the first yield it yields at every
+/// tick. (With one tick, about 2% of hello requests under load waited behind
+/// a whole run queue: p98 1.3 ms against p90 0.5 ms, docs/benchmarks.md.)
+const FIRST_SLICE_TICKS: u64 = 2;
+
 /// Most idle instances one version keeps for reuse.
 const MAX_IDLE_PER_VERSION: usize = 8;
 
@@ -333,7 +342,7 @@ impl AppVersion {
                 (store, None, 0)
             }
         };
-        store.set_epoch_deadline(1);
+        store.set_epoch_deadline(FIRST_SLICE_TICKS);
 
         let (parts, body) = req.into_parts();
         let (body, body_exceeded) = LimitedBody::new(body, max_body);

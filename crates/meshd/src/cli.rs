@@ -95,6 +95,13 @@ pub struct Args {
     )]
     pub max_instances: u32,
 
+    /// Threads that serve requests and run guests (default: one per CPU).
+    /// Leave a core free when something busy shares the machine (a load
+    /// generator, a proxy): more runnable threads than cores make the OS
+    /// preempt workers mid-queue, which shows in the tail latency.
+    #[arg(long, env = "MESHD_WORKERS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
     /// How long a changed app file must be quiet before it is loaded, so a
     /// burst of writes is loaded once, with the last content.
     #[arg(long, env = "MESHD_SETTLE", default_value = "250ms", value_parser = humantime::parse_duration, value_name = "DURATION")]

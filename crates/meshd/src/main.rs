@@ -24,7 +24,12 @@ fn main() -> ExitCode {
     }
     let args = cli::Args::parse();
     logging::init(args.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = args.workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -124,6 +129,7 @@ async fn run(args: cli::Args) -> Result<()> {
         cache_dir = %runtime.config().cache_dir.display(),
         pooling = runtime.pooling(),
         max_instances = args.max_instances,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         limits = ?default_limits,
         "tenant runtime ready"
     );
