@@ -3,6 +3,7 @@
 
 use crate::cache::{ArtifactCache, CacheOutcome};
 use crate::host::Host;
+use crate::in_flight::InFlight;
 use anyhow::{Context as _, Result};
 use meshd_keyvalue::KvStore;
 use std::collections::HashMap;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::sync::{Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -50,11 +50,11 @@ pub struct Runtime {
     pub(crate) shared_code: Mutex<HashMap<blake3::Hash, Weak<SharedCode>>>,
     pub(crate) kv: KvStore,
     pub(crate) config: RuntimeConfig,
-    /// One permit per instance serving a request: the daemon-wide cap.
-    pub(crate) instance_permits: Arc<Semaphore>,
-    /// One permit per idle instance kept for reuse, a separate budget so
-    /// idle instances never take the slots of active ones.
-    pub(crate) idle_permits: Arc<Semaphore>,
+    /// Instances serving a request, capped at `max_instances` daemon-wide.
+    pub(crate) instance_slots: Arc<InFlight>,
+    /// Idle instances kept for reuse, a separate budget (also
+    /// `max_instances`) so idle instances never take the slots of active ones.
+    pub(crate) idle_slots: Arc<InFlight>,
     pooling: bool,
     _ticker: EpochTicker,
 }
@@ -96,16 +96,14 @@ impl Runtime {
             .context("cannot add wasi:config to the linker")?;
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
-        let instance_permits = Arc::new(Semaphore::new(config.max_instances as usize));
-        let idle_permits = Arc::new(Semaphore::new(config.max_instances as usize));
         Ok(Arc::new(Runtime {
             engine,
             linker,
             cache,
             shared_code: Mutex::new(HashMap::new()),
             kv,
-            instance_permits,
-            idle_permits,
+            instance_slots: Arc::default(),
+            idle_slots: Arc::default(),
             config,
             pooling,
             _ticker: ticker,

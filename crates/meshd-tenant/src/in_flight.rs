@@ -1,30 +1,38 @@
-//! Counting the requests a version is serving, so it can be drained.
+//! Counting what is in flight: one app version's requests (so it can be
+//! drained), or the daemon's live and idle instances (so they stay capped).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// The in-flight requests of one app version. A request counts from the
-/// moment it is admitted until its guest task has ended *and* its response
-/// body has been fully sent (or dropped).
+/// A count of things in flight, with an optional limit checked on entry. For
+/// an app version: its requests, each counted from the moment it is admitted
+/// until its guest has ended *and* its response body has been fully sent (or
+/// dropped).
+///
+/// Entering and leaving are one atomic operation each, with no lock: every
+/// request passes through two of these.
 #[derive(Debug, Default)]
 pub struct InFlight {
     count: AtomicUsize,
+    /// Set once someone waits in [`InFlight::drained`]; until then the last
+    /// guard to leave has no one to wake and skips `Notify`'s lock.
+    watched: AtomicBool,
     idle: Notify,
 }
 
-/// Proof that one request is in flight; dropping it ends the request.
+/// Proof that one thing is in flight; dropping it ends it.
 #[derive(Debug)]
 pub struct InFlightGuard(Arc<InFlight>);
 
 impl InFlight {
-    /// Admits one more request.
+    /// Admits one more.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(self.clone())
     }
 
-    /// Admits one more request unless `limit` are already in flight.
+    /// Admits one more unless `limit` are already in flight.
     pub fn try_enter(self: &Arc<Self>, limit: u32) -> Option<InFlightGuard> {
         let limit = limit as usize;
         self.count
@@ -35,20 +43,24 @@ impl InFlight {
             .map(|_| InFlightGuard(self.clone()))
     }
 
-    /// Requests in flight right now.
+    /// How many are in flight right now.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
 
-    /// Resolves once no request is in flight.
+    /// Resolves once nothing is in flight.
     pub async fn drained(&self) {
+        // Sequentially consistent with the guards' decrement and check: either
+        // the last guard sees `watched` and notifies, or this sees the count
+        // at zero.
+        self.watched.store(true, Ordering::SeqCst);
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             // Register before checking, so a drop between the check and the
             // await cannot be missed.
             notified.as_mut().enable();
-            if self.count() == 0 {
+            if self.count.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;
@@ -58,7 +70,8 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.watched.load(Ordering::SeqCst)
+        {
             self.0.idle.notify_waiters();
         }
     }

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
@@ -72,13 +71,13 @@ const FIRST_SLICE_TICKS: u64 = 2;
 const MAX_IDLE_PER_VERSION: usize = 8;
 
 /// A Store whose instance has served `served` requests and may serve more
-/// (manifest `reuse = N`). It holds an idle permit of the runtime, so idle
+/// (manifest `reuse = N`). It holds an idle slot of the runtime, so idle
 /// instances never take the slots of active ones.
 struct IdleInstance {
     store: Store<Host>,
     proxy: Proxy,
     served: u32,
-    _idle: OwnedSemaphorePermit,
+    _idle: InFlightGuard,
 }
 
 /// Why a request got no response from the guest. Each maps to one status.
@@ -130,7 +129,7 @@ struct GuestRun {
     response_out: Resource<HostResponseOutparam>,
     failed: Arc<AtomicBool>,
     in_flight: Arc<InFlightGuard>,
-    instance_permit: OwnedSemaphorePermit,
+    instance_slot: InFlightGuard,
 }
 
 /// What a guest hands to its response-outparam: a response head with its
@@ -288,7 +287,8 @@ impl AppVersion {
         if served >= self.settings.reuse || self.cancel.is_cancelled() {
             return;
         }
-        let Ok(permit) = self.runtime.idle_permits.clone().try_acquire_owned() else {
+        let max = self.runtime.config.max_instances;
+        let Some(slot) = self.runtime.idle_slots.try_enter(max) else {
             return;
         };
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -297,7 +297,7 @@ impl AppVersion {
                 store,
                 proxy,
                 served,
-                _idle: permit,
+                _idle: slot,
             });
         }
     }
@@ -326,12 +326,13 @@ impl AppVersion {
             .try_enter(self.settings.max_concurrency)
             .ok_or(ServeError::Overloaded("the app is at its max_concurrency"))?;
         let guard = Arc::new(guard);
-        let instance_permit = self
+        let instance_slot = self
             .runtime
-            .instance_permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ServeError::Overloaded("every instance slot of meshd is busy"))?;
+            .instance_slots
+            .try_enter(self.runtime.config.max_instances)
+            .ok_or(ServeError::Overloaded(
+                "every instance slot of meshd is busy",
+            ))?;
 
         let (mut store, proxy, served) = match self.take_idle() {
             Some(idle) => (idle.store, Some(idle.proxy), idle.served),
@@ -364,7 +365,7 @@ impl AppVersion {
             response_out: out,
             failed: guest_failed.clone(),
             in_flight: guard.clone(),
-            instance_permit,
+            instance_slot,
         });
 
         // Drive the guest right here, in the connection's task, until it has
@@ -444,27 +445,41 @@ impl AppVersion {
                 response_out,
                 failed,
                 in_flight: _in_flight,
-                instance_permit: _instance_permit,
+                instance_slot: _instance_slot,
             } = run;
-            let call = async {
-                let proxy = match proxy {
-                    Some(proxy) => proxy,
-                    None => self.pre.instantiate_async(&mut store).await?,
+            // The call borrows the Store; it ends (and is dropped) before
+            // the Store is parked or dropped below.
+            let result = {
+                let call = async {
+                    let proxy = match proxy {
+                        Some(proxy) => proxy,
+                        None => self.pre.instantiate_async(&mut store).await?,
+                    };
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, request, response_out)
+                        .await?;
+                    Ok::<_, wasmtime::Error>(proxy)
                 };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, request, response_out)
-                    .await?;
-                Ok::<_, wasmtime::Error>(proxy)
-            };
-            let timeout = self.settings.timeout;
-            let result = tokio::select! {
-                outcome = tokio::time::timeout(timeout, call) => match outcome {
-                    Ok(Ok(proxy)) => Ok(proxy),
-                    Ok(Err(e)) => Err(GuestFailure::Trap(describe_trap(&e))),
-                    Err(_) => Err(GuestFailure::Timeout),
-                },
-                () = self.cancel.cancelled() => Err(GuestFailure::Cancelled),
+                let deadline = tokio::time::Instant::now() + self.settings.timeout;
+                let mut call = std::pin::pin!(call);
+                // Most guests finish within their first poll (which lasts at most
+                // FIRST_SLICE_TICKS before the guest yields). Only a guest that
+                // has to wait pays for a timer and a place on the cancel token;
+                // its deadline still counts from the start.
+                let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+                match first {
+                    Poll::Ready(Ok(proxy)) => Ok(proxy),
+                    Poll::Ready(Err(e)) => Err(GuestFailure::Trap(describe_trap(&e))),
+                    Poll::Pending => tokio::select! {
+                        outcome = tokio::time::timeout_at(deadline, call) => match outcome {
+                            Ok(Ok(proxy)) => Ok(proxy),
+                            Ok(Err(e)) => Err(GuestFailure::Trap(describe_trap(&e))),
+                            Err(_) => Err(GuestFailure::Timeout),
+                        },
+                        () = self.cancel.cancelled() => Err(GuestFailure::Cancelled),
+                    },
+                }
             };
             match result {
                 // A failed instance is never reused.
