@@ -1,4 +1,5 @@
-//! Routing by prefix, prefix stripping, 404, conflicts and manifests.
+//! Routing by prefix, prefix stripping, 404, conflicts and manifests, and the
+//! front door's flags.
 
 use crate::support::{AppsDir, Client, Meshd};
 
@@ -208,4 +209,14 @@ async fn http10_request_without_host_is_a_clear_400() {
     .unwrap();
     assert!(response.starts_with("HTTP/1.0 400"), "{response}");
     assert!(response.contains("bad request"), "{response}");
+}
+
+#[tokio::test]
+async fn workers_flag_sets_the_serving_threads() {
+    let apps = AppsDir::with(&["hello"]);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--workers", "1"])
+        .start();
+    meshd.wait_for_log(&["tenant runtime ready", "workers=1"]);
+    assert_eq!(Client::http1().get(&meshd.url("/hello")).await.status, 200);
 }
