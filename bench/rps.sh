@@ -18,6 +18,10 @@
 #   WORKERS      also measure a second meshd with `--workers WORKERS` (e.g. 1,
 #                to leave a core to wrk on a 2-core machine); default: only
 #                meshd with its default (one worker per CPU)
+#   ROUNDS       run everything this many times, one round after another, and
+#                end with each ratio per round and its median (default 1). On
+#                a 2-core machine shared with wrk, one round's ratios move by
+#                10-15% between runs; three or more rounds are worth it.
 #   REUSE        instance reuse: N > 1 gives meshd's app `reuse = N` and runs
 #                `wasmtime serve --max-instance-reuse-count N` (default 1:
 #                a fresh instance per request for both)
@@ -30,6 +34,44 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# ROUNDS > 1: run this script once per round, then summarise the ratios.
+ROUNDS="${ROUNDS:-1}"
+if ((ROUNDS > 1)) && [[ -z "${RPS_ROUND:-}" ]]; then
+    rounds_dir="$(mktemp -d "${TMPDIR:-/tmp}/steelmesh-rounds.XXXXXX")"
+    trap 'rm -rf "$rounds_dir"' EXIT
+    for ((round = 1; round <= ROUNDS; round++)); do
+        printf '[bench] round %d of %d\n' "$round" "$ROUNDS" >&2
+        RPS_ROUND="$round" BENCH_OUT="$rounds_dir/round-$round.md" bash "${BASH_SOURCE[0]}" >/dev/null
+    done
+    {
+        for ((round = 1; round <= ROUNDS; round++)); do
+            echo "## round $round"
+            echo
+            cat "$rounds_dir/round-$round.md"
+            echo
+        done
+        echo "## ratios over $ROUNDS rounds"
+        echo
+        echo "| ratio | per round | median |"
+        echo "|---|---|---:|"
+        # Every "| label | value |" line of the rounds' ratio tables.
+        grep -h '^| meshd[^|]* / [^|]* | [0-9.]* |$' "$rounds_dir"/round-*.md |
+            awk -F' [|] ' '{ label = substr($1, 3); value = $2; sub(/ [|]$/, "", value)
+                         if (!(label in seen)) { seen[label] = 1; order[++n] = label }
+                         values[label] = values[label] (values[label] == "" ? "" : ", ") value }
+                   END { for (i = 1; i <= n; i++) print order[i] "\t" values[order[i]] }' |
+            while IFS=$'\t' read -r label values; do
+                median="$(tr ',' '\n' <<<"$values" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')"
+                echo "| $label | $values | $median |"
+            done
+    } >"$rounds_dir/summary.md"
+    cat "$rounds_dir/summary.md"
+    if [[ -n "${BENCH_OUT:-}" ]]; then
+        cp "$rounds_dir/summary.md" "$BENCH_OUT"
+    fi
+    exit 0
+fi
 BENCH_TARGET="$REPO/target/bench"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
@@ -247,12 +289,12 @@ if ((REUSE > 1)); then
 fi
 port="$(free_port)"
 bench meshd "http://$HOST:$port/hello/" \
-    "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache"
+    "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" --data-dir "$WORK/meshd-data"
 MESHD_ROWS=(meshd)
 if [[ -n "${WORKERS:-}" ]]; then
     port="$(free_port)"
     bench meshd-workers "http://$HOST:$port/hello/" \
-        "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" \
+        "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" --data-dir "$WORK/meshd-data" \
         --workers "$WORKERS"
     MESHD_ROWS+=(meshd-workers)
 fi
