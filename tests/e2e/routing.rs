@@ -1,5 +1,5 @@
 //! Routing by prefix, prefix stripping, 404, conflicts and manifests, and the
-//! front door's flags.
+//! front door's flags and start-up with many apps.
 
 use crate::support::{AppsDir, Client, Meshd};
 
@@ -219,4 +219,26 @@ async fn workers_flag_sets_the_serving_threads() {
         .start();
     meshd.wait_for_log(&["tenant runtime ready", "workers=1"]);
     assert_eq!(Client::http1().get(&meshd.url("/hello")).await.status, 200);
+}
+
+#[tokio::test]
+async fn many_apps_load_under_a_small_instance_budget() {
+    // Every new app is instantiated once before it takes traffic. Forty at
+    // once would need far more than the pool of a `--max-instances 4` meshd
+    // holds; the checks must take turns rather than refuse good apps.
+    let apps = AppsDir::new();
+    for i in 0..40 {
+        apps.deploy(&format!("app{i:02}"), "hello");
+    }
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--max-instances", "4"])
+        .start();
+    meshd.wait_for_log(&["meshd listening on", "apps=40 failed=0"]);
+    let client = Client::http1();
+    for i in [0, 17, 39] {
+        assert_eq!(
+            client.get(&meshd.url(&format!("/app{i:02}"))).await.status,
+            200
+        );
+    }
 }

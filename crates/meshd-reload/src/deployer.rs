@@ -222,6 +222,13 @@ impl Deployer {
         deployed: &BTreeMap<String, Deployed>,
         candidates: &mut BTreeMap<String, Candidate>,
     ) {
+        // Each check holds a pooled instance while it runs (outside the
+        // request slots), so many new apps at once (a start-up with
+        // thousands) must not check all at once: that ran the pool out and
+        // refused apps that were fine.
+        let permits = Arc::new(Semaphore::new(max_concurrent_checks(
+            self.runtime.config().max_instances,
+        )));
         let mut checks = tokio::task::JoinSet::new();
         for (name, candidate) in candidates.iter() {
             let Ok(new) = candidate else { continue };
@@ -234,7 +241,10 @@ impl Deployer {
             let health = new.content.manifest.health.clone();
             let (name, version, prefix) = (name.clone(), new.version.clone(), new.prefix.clone());
             let timeout = self.config.health_timeout;
+            let permits = permits.clone();
             checks.spawn(async move {
+                // The semaphore is never closed, so this always gets one.
+                let _permit = permits.acquire_owned().await.ok();
                 let result = match version.instantiate_once().await {
                     Err(e) => Err(format!("cannot instantiate: {e:#}")),
                     Ok(()) => match health {
@@ -321,6 +331,14 @@ impl Deployer {
 
 /// Reads, checks and (unless only the manifest or timestamps changed)
 /// compiles one app.
+/// How many pre-traffic checks run at once: enough to keep the cores busy
+/// and hide a slow health endpoint, and never more than a quarter of the
+/// instance budget, so checks leave the pool (sized `2 × max_instances`)
+/// to the traffic.
+fn max_concurrent_checks(max_instances: u32) -> usize {
+    (max_instances as usize / 4).clamp(1, 32)
+}
+
 fn load_candidate(
     runtime: &Arc<Runtime>,
     apps_dir: &Path,
