@@ -466,7 +466,10 @@ impl AppVersion {
                 // Most guests finish within their first poll (which lasts at most
                 // FIRST_SLICE_TICKS before the guest yields). Only a guest that
                 // has to wait pays for a timer and a place on the cancel token;
-                // its deadline still counts from the start.
+                // its deadline still counts from the start. (A guest that
+                // yielded at a tick in that first poll is polled again at once
+                // by the select below, so its first slice can run one tick
+                // longer; later ticks yield to the scheduler as usual.)
                 let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
                 match first {
                     Poll::Ready(Ok(proxy)) => Ok(proxy),
