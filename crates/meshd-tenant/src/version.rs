@@ -63,8 +63,8 @@ pub(crate) struct Compiled {
 /// happens to be running when one falls, however short its request; with
 /// two, a guest runs for at least one whole tick (1 ms) first, and requests
 /// shorter than that never yield. After the first yield it yields at every
-/// tick. (With one tick, about 2% of hello requests under load waited behind
-/// a whole run queue: p98 1.3 ms against p90 0.5 ms, docs/benchmarks.md.)
+/// tick. (hello with a fresh instance per request, wrk with 32 connections:
+/// p99 2.18 ms with one tick, 1.08 ms with two; docs/benchmarks.md.)
 const FIRST_SLICE_TICKS: u64 = 2;
 
 /// Most idle instances one version keeps for reuse.
