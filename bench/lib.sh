@@ -1,4 +1,4 @@
-# Helpers shared by bench/swap.sh, bench/noisy.sh and bench/scale.sh (sourced,
+# Helpers shared by the bench/ scripts (sourced,
 # not run). Same conventions as bench/rps.sh: loopback only, bounded load,
 # everything started is stopped by the EXIT trap, figures only from what was
 # measured.

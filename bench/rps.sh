@@ -72,59 +72,26 @@ if ((ROUNDS > 1)) && [[ -z "${RPS_ROUND:-}" ]]; then
     fi
     exit 0
 fi
+BENCH_NAME=rps
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 BENCH_TARGET="$REPO/target/bench"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-1}"
 NEXT_PORT="${BENCH_PORT:-18080}"
-HOST=127.0.0.1
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
-
-# --- cleanup -----------------------------------------------------------------
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/steelmesh-bench.XXXXXX")"
+# The server under measurement (native, wasmtime serve or meshd), one at a
+# time; stopped like meshd in lib.sh, and at exit.
 SERVER_PID=""
-
 stop_server() {
-    if [[ -n "$SERVER_PID" ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        # Give it a moment to exit gracefully, then insist.
-        for _ in $(seq 50); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
+    MESHD_PID="$SERVER_PID" stop_meshd
+    SERVER_PID=""
 }
+trap 'stop_server; cleanup' EXIT
 
-cleanup() {
-    stop_server
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# --- tools -------------------------------------------------------------------
-
-apt_install() {
-    local pkg="$1"
-    local sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    log "installing $pkg with apt-get"
-    "${sudo[@]}" apt-get install -y "$pkg" >"$WORK/apt.log" 2>&1 || {
-        "${sudo[@]}" apt-get update >>"$WORK/apt.log" 2>&1 &&
-            "${sudo[@]}" apt-get install -y "$pkg" >>"$WORK/apt.log" 2>&1
-    } || { cat "$WORK/apt.log" >&2; die "could not install $pkg"; }
-}
-
-command -v wrk >/dev/null || apt_install wrk
-command -v curl >/dev/null || apt_install curl
+need_tools
 
 # The wasmtime version meshd embeds, from the lock file.
 WASMTIME_VERSION="$(awk '$0 == "name = \"wasmtime\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$REPO/Cargo.lock")"
@@ -192,21 +159,8 @@ wait_ready() {
     die "no answer from $url after 60 s"
 }
 
-# Latency as wrk prints it (e.g. 512.00us, 1.20ms, 1.01s) -> milliseconds.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-        printf "%.3f", n
-    }'
-}
-
 declare -A RPS P50 P99 NON2XX SOCKERR OTHER
 
-CLK_TCK="$(getconf CLK_TCK)"
-# Busy time of all cores in processes (user, nice, system), in clock ticks;
-# interrupt time is left out, as most of it is the benchmark's own traffic.
-machine_jiffies() { awk '/^cpu / { print $2 + $3 + $4 }' /proc/stat; }
 # User and system time of one process and all its threads, in clock ticks.
 process_jiffies() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
@@ -258,21 +212,7 @@ bench() {
 
 # Client and servers share this machine's cores, so anything else running
 # (a build, say) skews the figures. Say how busy the machine was beforehand.
-cpu_busy_percent() {
-    local a b
-    read -r -a a < <(grep '^cpu ' /proc/stat)
-    sleep 1
-    read -r -a b < <(grep '^cpu ' /proc/stat)
-    awk -v a="${a[*]}" -v b="${b[*]}" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " ")
-        for (i = 2; i <= n; i++) { d = y[i] - x[i]; total += d; if (i == 5 || i == 6) idle += d }
-        printf "%.0f", (total > 0 ? 100 * (total - idle) / total : 0)
-    }'
-}
-BUSY_BEFORE="$(cpu_busy_percent)"
-if ((BUSY_BEFORE > 15)); then
-    log "warning: the machine is already ${BUSY_BEFORE}% busy; the figures will be low and noisy"
-fi
+check_idle_machine
 
 port="$(free_port)"
 bench native "http://$HOST:$port/hello/" "$NATIVE" "$HOST:$port"
@@ -301,8 +241,6 @@ fi
 
 # --- report ------------------------------------------------------------------
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
-thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
 CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 MEM_TOTAL="$(free -h | awk '/^Mem:/ { print $2 }')"
