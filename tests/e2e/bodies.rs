@@ -87,3 +87,41 @@ async fn large_bodies_stream_over_http2_too() {
         .unwrap();
     assert_eq!(count_body(resp.into_body()).await.unwrap(), HUNDRED_MB / 4);
 }
+
+#[tokio::test]
+async fn a_body_written_whole_is_sent_with_its_length() {
+    let apps = AppsDir::with(&["stream"]);
+    let meshd = Meshd::start(apps.path());
+    let reply = Client::http1().get(&meshd.url("/stream/")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "stream");
+    // The guest returned before meshd sent the head, so the length is known.
+    assert_eq!(
+        reply.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"6"[..]),
+        "headers: {:?}",
+        reply.headers
+    );
+    assert!(reply.headers.get("transfer-encoding").is_none());
+}
+
+#[tokio::test]
+async fn a_body_still_being_written_is_streamed_chunked() {
+    let apps = AppsDir::with(&["stream"]);
+    let meshd = Meshd::start(apps.path());
+    let reply = Client::http1()
+        .get(&meshd.url("/stream/drip?chunks=3&ms=20"))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.text(),
+        "stream chunk 0\nstream chunk 1\nstream chunk 2\n"
+    );
+    assert_eq!(
+        reply.headers.get("transfer-encoding").map(|v| v.as_bytes()),
+        Some(&b"chunked"[..]),
+        "headers: {:?}",
+        reply.headers
+    );
+    assert!(reply.headers.get("content-length").is_none());
+}

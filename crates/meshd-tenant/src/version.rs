@@ -391,6 +391,8 @@ impl AppVersion {
             Poll::Pending
         })
         .await;
+        // A guest that returned cleanly has written all of its body.
+        let guest_returned = matches!(progress, Progress::Ended(Ok(())));
         let answer = match progress {
             Progress::Answered(answer) => {
                 // The guest is still streaming its body (or doing work after
@@ -414,7 +416,13 @@ impl AppVersion {
             },
         };
         let result = match answer {
-            Ok(Ok(resp)) => Ok(resp.map(|body| ResponseBody::new(body, guest_failed, guard))),
+            Ok(Ok(resp)) => Ok(resp.map(|body| {
+                let mut body = ResponseBody::new(body, guest_failed, guard);
+                if guest_returned {
+                    body.collect_ready();
+                }
+                body
+            })),
             Ok(Err(code)) => Err(ServeError::Guest(format!(
                 "the app answered with error code {code:?}"
             ))),
