@@ -458,3 +458,65 @@ async fn a_client_that_goes_away_before_the_answer_stops_its_guest() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn manifests_cannot_ask_for_more_than_the_operators_ceiling() {
+    let apps = AppsDir::new();
+    apps.deploy("modest", "stream");
+    apps.write("modest.toml", "[limits]\nmemory = \"32MiB\"\n");
+    apps.deploy("greedy", "stream");
+    apps.write("greedy.toml", "[limits]\nmemory = \"1GiB\"\n");
+    apps.deploy("metadata", "hostile");
+    apps.write(
+        "metadata.toml",
+        "[outbound]\nallow = [\"http://169.254.169.254\"]\n",
+    );
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[ceiling]\nmemory = \"64MiB\"\ninternal_outbound = false\n\n[limits]\nmemory = \"16MiB\"\n",
+    )
+    .unwrap();
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--config", config.path().to_str().unwrap()])
+        .start();
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/modest/")).await.status, 200);
+    assert_eq!(client.get(&meshd.url("/greedy/")).await.status, 404);
+    assert_eq!(client.get(&meshd.url("/metadata/")).await.status, 404);
+    meshd.wait_for_log(&[
+        "app=greedy",
+        "app not loaded",
+        "limits.memory",
+        "1.0 GiB is above the operator's ceiling of 64.0 MiB",
+    ]);
+    meshd.wait_for_log(&["app=metadata", "169.254.169.254", "internal address"]);
+
+    // A working version is not replaced by one over the ceiling.
+    apps.write("modest.toml", "[limits]\nmemory = \"128MiB\"\n");
+    meshd.wait_for_log(&["app=modest", "new version refused", "limits.memory"]);
+    assert_eq!(client.get(&meshd.url("/modest/")).await.status, 200);
+}
+
+#[tokio::test]
+async fn default_limits_above_the_ceiling_fail_before_binding() {
+    let apps = AppsDir::with(&["hello"]);
+    let config = tempfile::NamedTempFile::new().unwrap();
+    // The built-in default memory (128 MiB) is above this ceiling.
+    std::fs::write(config.path(), "[ceiling]\nmemory = \"64MiB\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args([
+            "--apps",
+            apps.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--config", config.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("do not fit the ceiling"), "{stderr}");
+    assert!(stderr.contains("limits.memory"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
+}

@@ -7,11 +7,15 @@
 //! HTTP connections.
 #![deny(missing_docs)]
 
+mod address;
+mod ceiling;
 mod limits;
 mod manifest;
 mod outbound;
 mod scan;
 
+pub use address::is_internal;
+pub use ceiling::Ceiling;
 pub use limits::Limits;
 pub use manifest::{Files, Manifest, ManifestError, Outbound};
 pub use outbound::OutboundRule;

@@ -72,12 +72,14 @@ impl OutboundRule {
     /// Whether the rule names an IP address: only such rules may reach
     /// loopback and private addresses. A name, even `localhost`, never does.
     pub fn names_address_explicitly(&self) -> bool {
+        self.address().is_some()
+    }
+
+    /// The IP address the rule names, if it names one rather than a host.
+    pub fn address(&self) -> Option<std::net::IpAddr> {
         match &self.host {
-            HostPattern::Exact(host) => host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok(),
-            HostPattern::Subdomains(_) => false,
+            HostPattern::Exact(host) => host.trim_matches(['[', ']']).parse().ok(),
+            HostPattern::Subdomains(_) => None,
         }
     }
 }

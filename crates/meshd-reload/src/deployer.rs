@@ -2,7 +2,7 @@
 
 use crate::drain::retire;
 use arc_swap::ArcSwap;
-use meshd_apps::{scan, AppFiles, Limits, Manifest};
+use meshd_apps::{scan, AppFiles, Ceiling, Limits, Manifest};
 use meshd_routes::Prefix;
 use meshd_server::Mounts;
 use meshd_tenant::{load_version, AppVersion, Preopen, Runtime, TenantSettings};
@@ -28,6 +28,9 @@ pub struct ReloadConfig {
     /// Daemon-wide default limits; a manifest's `[limits]` override them,
     /// and [`Limits::BUILT_IN`] fills what neither sets.
     pub default_limits: Limits,
+    /// The most any app may run with; an app whose manifest asks for more
+    /// is refused (its previous version keeps serving).
+    pub ceiling: Ceiling,
 }
 
 /// What one [`Deployer::reconcile`] did.
@@ -304,12 +307,13 @@ impl Deployer {
             let files = files.clone();
             let permits = permits.clone();
             let defaults = self.config.default_limits;
+            let ceiling = self.config.ceiling;
             let apps_dir = self.config.apps_dir.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let name = files.name.clone();
                 let candidate = tokio::task::spawn_blocking(move || {
-                    load_candidate(&runtime, &apps_dir, defaults, files, stamp, old)
+                    load_candidate(&runtime, &apps_dir, (defaults, ceiling), files, stamp, old)
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
@@ -342,7 +346,7 @@ fn max_concurrent_checks(max_instances: u32) -> usize {
 fn load_candidate(
     runtime: &Arc<Runtime>,
     apps_dir: &Path,
-    defaults: Limits,
+    (defaults, ceiling): (Limits, Ceiling),
     files: AppFiles,
     stamp: Stamp,
     old: Option<Deployed>,
@@ -361,7 +365,7 @@ fn load_candidate(
         || files.wasm.display().to_string(),
         |p| p.display().to_string(),
     );
-    let settings = tenant_settings(&manifest, defaults, apps_dir)
+    let settings = tenant_settings(&manifest, defaults, ceiling, apps_dir)
         .map_err(|e| format!("{manifest_name}: {e}"))?;
     let wasm = std::fs::read(&files.wasm).map_err(|e| describe(&files.wasm, e))?;
     let content = Content {
@@ -395,13 +399,15 @@ fn load_candidate(
     })
 }
 
-/// Resolves an app's limits and capabilities.
+/// Resolves an app's limits and capabilities, within the operator's ceiling.
 fn tenant_settings(
     manifest: &Manifest,
     defaults: Limits,
+    ceiling: Ceiling,
     apps_dir: &Path,
 ) -> Result<TenantSettings, String> {
     let limits = manifest.limits.or(defaults).or(Limits::BUILT_IN);
+    ceiling.check(manifest, &limits)?;
     let built_in = Limits::BUILT_IN;
     let memory = limits.memory.or(built_in.memory).unwrap_or_default();
     let files = manifest

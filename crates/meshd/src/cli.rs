@@ -60,6 +60,7 @@ pub struct Args {
 
     /// Daemon settings file (TOML). Its `[limits]` table sets default limits
     /// for every app (flags override it, app manifests override both); its
+    /// `[ceiling]` table caps what any manifest may ask for; its
     /// `[keyvalue]` table chooses the key-value backend and its limits.
     #[arg(long, env = "MESHD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -1,7 +1,7 @@
 //! `meshd.toml`: daemon-wide settings that are awkward as flags.
 
 use anyhow::{Context as _, Result};
-use meshd_apps::Limits;
+use meshd_apps::{Ceiling, Limits};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -12,6 +12,9 @@ pub struct DaemonConfig {
     /// Default limits for every app.
     #[serde(default)]
     pub limits: Limits,
+    /// The most any app's manifest may ask for.
+    #[serde(default)]
+    pub ceiling: Ceiling,
     /// Where wasi:keyvalue data lives.
     #[serde(default)]
     pub keyvalue: KeyValueConfig,

@@ -114,6 +114,11 @@ async fn run(args: cli::Args) -> Result<()> {
     if default_limits.max_concurrency == Some(0) {
         bail!("the default max_concurrency must be at least 1");
     }
+    // Apps without a manifest run with the defaults: they must fit too.
+    daemon_config
+        .ceiling
+        .check_limits(&default_limits)
+        .map_err(|e| anyhow::anyhow!("the default limits (flags, [limits] in meshd.toml, or built in) do not fit the ceiling: {e}"))?;
     // Install the handlers before the (possibly long) first load, so an
     // early SIGTERM is a graceful stop, not a kill.
     let signals = signals::Signals::install()?;
@@ -131,6 +136,7 @@ async fn run(args: cli::Args) -> Result<()> {
         max_instances = args.max_instances,
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
         limits = ?default_limits,
+        ceiling = ?daemon_config.ceiling,
         "tenant runtime ready"
     );
 
@@ -142,6 +148,7 @@ async fn run(args: cli::Args) -> Result<()> {
             load_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
             health_timeout: args.health_timeout,
             default_limits,
+            ceiling: daemon_config.ceiling,
         },
     ));
     // Watch before the first scan, so nothing that changes in between is

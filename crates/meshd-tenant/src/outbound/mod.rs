@@ -2,11 +2,9 @@
 //! destination, and never to internal addresses through a name.
 
 mod connect;
-mod internal;
 
 use connect::{Destination, Timeouts};
-use internal::is_internal;
-use meshd_apps::OutboundRule;
+use meshd_apps::{is_internal, OutboundRule};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

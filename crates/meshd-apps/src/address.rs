@@ -1,7 +1,8 @@
-//! Which addresses an outbound request reached through a *name* must never
-//! connect to: everything that is not a globally reachable unicast address,
-//! from IANA's special-purpose address registries, and IPv6 forms that carry
-//! an IPv4 address a gateway may translate (judged by that IPv4 address).
+//! Internal addresses: everything that is not a globally reachable unicast
+//! address, from IANA's special-purpose address registries, and IPv6 forms
+//! that carry an IPv4 address a gateway may translate (judged by that IPv4
+//! address). An outbound request through a *name* never connects to one, and
+//! the operator's `[ceiling]` can keep manifests from naming one.
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -45,7 +46,7 @@ const NAT64: Ipv6Net = v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96);
 const SIX_TO_FOUR: Ipv6Net = v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16);
 
 /// Whether `ip` is anything but a public unicast address.
-pub(crate) fn is_internal(ip: IpAddr) -> bool {
+pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => INTERNAL_V4.iter().any(|net| net.contains(&v4)),
         IpAddr::V6(v6) => match embedded_v4(v6) {
