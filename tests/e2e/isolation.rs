@@ -460,6 +460,55 @@ async fn a_client_that_goes_away_before_the_answer_stops_its_guest() {
 }
 
 #[tokio::test]
+async fn a_client_that_goes_away_mid_response_stops_its_guest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let apps = AppsDir::new();
+    apps.deploy("drip", "stream");
+    // One request at a time and a deadline far away: the app is free again
+    // soon only if the guest still writing to a departed client was stopped.
+    apps.write(
+        "drip.toml",
+        "[limits]\ntimeout = \"60s\"\nmax_concurrency = 1\n",
+    );
+    let meshd = Meshd::start(apps.path());
+    let mut socket = tokio::net::TcpStream::connect(meshd.addr()).await.unwrap();
+    // The head at once, then 20 s before the first line: the guest is not
+    // writing (so no failed write stops it) when the client leaves.
+    socket
+        .write_all(b"GET /drip/drip?chunks=3&ms=20000 HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 512];
+    let n = socket.read(&mut head).await.unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    let client = Client::http1();
+    let busy = client.get(&meshd.url("/drip/")).await;
+    assert_eq!(
+        busy.status, 503,
+        "the streaming guest should hold the app's one slot"
+    );
+    drop(socket);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.get(&meshd.url("/drip/")).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest streaming to a client that went away still runs after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
 async fn manifests_cannot_ask_for_more_than_the_operators_ceiling() {
     let apps = AppsDir::new();
     apps.deploy("modest", "stream");

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use tokio::task::AbortHandle;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::Error;
 
@@ -89,6 +90,12 @@ const COLLECT_LIMIT: u64 = 64 * 1024;
 /// body ends with an error rather than a clean end, so the client sees a cut
 /// response as cut (HTTP/1.1 closes without the last chunk, HTTP/2 resets the
 /// stream).
+///
+/// If the body is dropped in the middle, after hyper began to read it and
+/// before it had all of it (the client went away), the guest still writing it
+/// is stopped. A body hyper never reads (a HEAD request, a 204 or 304) or
+/// stops reading at its declared length leaves the guest running: it may
+/// still have work to do after its response.
 pub struct ResponseBody {
     body: HyperOutgoingBody,
     /// Frames already taken from `body` (see [`ResponseBody::collect_ready`]),
@@ -97,6 +104,15 @@ pub struct ResponseBody {
     /// Whether `collected` is the whole body; then its length is exact.
     complete: bool,
     collected_len: u64,
+    /// Whether hyper has asked for a frame yet.
+    polled: bool,
+    /// Whether the end (or an error, or trailers) has been handed on.
+    ended: bool,
+    /// Data bytes handed on so far, and the `Content-Length` the guest set.
+    sent: u64,
+    declared: Option<u64>,
+    /// The task of a guest that is still writing this body.
+    writer: Option<AbortHandle>,
     guest_failed: Arc<AtomicBool>,
     _guard: Arc<InFlightGuard>,
 }
@@ -112,9 +128,27 @@ impl ResponseBody {
             collected: VecDeque::new(),
             complete: false,
             collected_len: 0,
+            polled: false,
+            ended: false,
+            sent: 0,
+            declared: None,
+            writer: None,
             guest_failed,
             _guard: guard,
         }
+    }
+
+    /// The task of the guest still writing this body, and the length its
+    /// head declares: the task is aborted if the body is dropped mid-way.
+    pub(crate) fn set_writer(&mut self, writer: AbortHandle, declared: Option<u64>) {
+        self.writer = Some(writer);
+        self.declared = declared;
+    }
+
+    /// Whether the body was dropped mid-way: read from, and not to its end.
+    fn cut_short(&self) -> bool {
+        let all_declared = self.declared.is_some_and(|len| self.sent >= len);
+        self.polled && !self.ended && !all_declared && !self.is_end_stream()
     }
 
     /// Takes the frames the guest has already written, up to
@@ -147,16 +181,12 @@ impl ResponseBody {
             }
         }
     }
-}
 
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(
+    /// The next frame: those collected first, then the guest's.
+    fn next_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         if let Some(frame) = self.collected.pop_front() {
             return Poll::Ready(Some(frame));
         }
@@ -173,6 +203,28 @@ impl Body for ResponseBody {
             }
             other => other,
         }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.polled = true;
+        let poll = self.as_mut().next_frame(cx);
+        match &poll {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) => self.sent += data.len() as u64,
+                None => self.ended = true, // trailers come last
+            },
+            Poll::Ready(None | Some(Err(_))) => self.ended = true,
+            Poll::Pending => {}
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -196,6 +248,17 @@ impl Body for ResponseBody {
             hint.set_upper(upper.saturating_add(self.collected_len));
         }
         hint
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Nobody will read what the guest writes.
+        if self.cut_short() {
+            if let Some(writer) = &self.writer {
+                writer.abort();
+            }
+        }
     }
 }
 
@@ -285,5 +348,53 @@ mod tests {
             total += frame.into_data().expect("data").len();
         }
         assert_eq!(total, 3 * 40 * 1024);
+    }
+
+    /// A stand-in for a guest's task: sleeps until aborted.
+    fn writer_task() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(tokio::time::sleep(std::time::Duration::from_secs(60)))
+    }
+
+    async fn aborted(task: tokio::task::JoinHandle<()>) -> bool {
+        let wait = tokio::time::timeout(std::time::Duration::from_millis(100), task).await;
+        matches!(wait, Ok(Err(e)) if e.is_cancelled())
+    }
+
+    #[tokio::test]
+    async fn dropped_mid_stream_stops_the_guest() {
+        let task = writer_task();
+        let mut body = response_body(vec!["first".into()], false);
+        body.set_writer(task.abort_handle(), None);
+        assert_eq!(data(poll_once(&mut body)), "first");
+        assert!(poll_once(&mut body).is_pending());
+        drop(body);
+        assert!(aborted(task).await);
+    }
+
+    #[tokio::test]
+    async fn dropped_unread_or_at_its_end_leaves_the_guest_running() {
+        // Never read (HEAD, 204, 304).
+        let task = writer_task();
+        let mut body = response_body(vec!["x".into()], false);
+        body.set_writer(task.abort_handle(), None);
+        drop(body);
+        assert!(!aborted(task).await);
+
+        // Read up to its declared length.
+        let task = writer_task();
+        let mut body = response_body(vec!["12345".into()], false);
+        body.set_writer(task.abort_handle(), Some(5));
+        assert_eq!(data(poll_once(&mut body)), "12345");
+        drop(body);
+        assert!(!aborted(task).await);
+
+        // Read to its end.
+        let task = writer_task();
+        let mut body = response_body(vec!["done".into()], true);
+        body.set_writer(task.abort_handle(), None);
+        assert_eq!(data(poll_once(&mut body)), "done");
+        assert!(matches!(poll_once(&mut body), Poll::Ready(None)));
+        drop(body);
+        assert!(!aborted(task).await);
     }
 }

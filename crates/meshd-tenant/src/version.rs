@@ -118,6 +118,12 @@ fn describe_trap(error: &wasmtime::Error) -> String {
     cause.lines().collect::<Vec<_>>().join(" | ")
 }
 
+/// The `Content-Length` a head declares, if it declares a valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let value = headers.get(http::header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.parse().ok()
+}
+
 /// Everything the guest's side of one request owns.
 struct GuestRun {
     store: Store<Host>,
@@ -314,10 +320,7 @@ impl AppVersion {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let max_body = self.settings.max_body;
-        let declared = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = content_length(req.headers());
         if declared.is_some_and(|len| len > max_body) {
             return Err(ServeError::BodyTooLarge(max_body));
         }
@@ -393,13 +396,15 @@ impl AppVersion {
         .await;
         // A guest that returned cleanly has written all of its body.
         let guest_returned = matches!(progress, Progress::Ended(Ok(())));
+        let mut writer = None;
         let answer = match progress {
             Progress::Answered(answer) => {
                 // The guest is still streaming its body (or doing work after
                 // it): it goes on in a task of its own, with its timeout and
                 // cancellation, so a client that reads slowly cannot keep it
-                // from being stopped.
-                tokio::spawn(guest);
+                // from being stopped. Its response body aborts the task if
+                // the client goes away before the end.
+                writer = Some(tokio::spawn(guest).abort_handle());
                 Ok(answer)
             }
             Progress::Ended(outcome) => match receiver.try_recv() {
@@ -416,13 +421,19 @@ impl AppVersion {
             },
         };
         let result = match answer {
-            Ok(Ok(resp)) => Ok(resp.map(|body| {
-                let mut body = ResponseBody::new(body, guest_failed, guard);
-                if guest_returned {
-                    body.collect_ready();
-                }
-                body
-            })),
+            Ok(Ok(resp)) => {
+                let declared = content_length(resp.headers());
+                Ok(resp.map(|body| {
+                    let mut body = ResponseBody::new(body, guest_failed, guard);
+                    if guest_returned {
+                        body.collect_ready();
+                    }
+                    if let Some(writer) = writer {
+                        body.set_writer(writer, declared);
+                    }
+                    body
+                }))
+            }
             Ok(Err(code)) => Err(ServeError::Guest(format!(
                 "the app answered with error code {code:?}"
             ))),
