@@ -569,3 +569,35 @@ async fn default_limits_above_the_ceiling_fail_before_binding() {
     assert!(stderr.contains("limits.memory"), "{stderr}");
     assert!(!stderr.contains("listening"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_tenant_flooding_the_log_is_held_to_its_rate_and_others_still_log() {
+    let apps = AppsDir::new();
+    apps.deploy("loud", "hostile");
+    apps.deploy("quiet", "hostile");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--guest-log-rate", "10"])
+        .start();
+    let client = Client::http1();
+    let reply = client.get(&meshd.url("/loud/shout?lines=5000")).await;
+    assert_eq!(reply.text(), "shouted 5000");
+    let reply = client.get(&meshd.url("/quiet/shout?lines=3")).await;
+    assert_eq!(reply.text(), "shouted 3");
+    // The quiet app has its own budget, and its lines come after the loud
+    // app's in the log.
+    meshd.wait_for_log(&["app=quiet", "shout 2"]);
+    // A burst of ten seconds' worth (100 lines), and the few the budget
+    // refilled while the loud guest printed.
+    let loud = meshd.count_log(&["app=loud", "shout "]);
+    assert!(
+        (100..=150).contains(&loud),
+        "{loud} lines of the loud app logged"
+    );
+
+    // Once the budget refills, the next line that gets through says how many
+    // were dropped.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.get(&meshd.url("/loud/shout?lines=1")).await;
+    let warning = meshd.wait_for_log(&["app=loud", "guest log lines dropped"]);
+    assert!(warning.contains("dropped=4"), "{warning}");
+}

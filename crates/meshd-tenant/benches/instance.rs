@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
         RuntimeConfig {
             cache_dir: dir.path().join("cache"),
             max_instances: 1000,
+            guest_log_rate: 0,
         },
         kv,
     )

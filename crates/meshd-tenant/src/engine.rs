@@ -38,6 +38,9 @@ pub struct RuntimeConfig {
     /// Most instances alive at once, across all tenants (pool size). A
     /// request arriving when all are busy gets 503.
     pub max_instances: u32,
+    /// Lines a second one app may add to meshd's log (stdout, stderr and
+    /// wasi:logging together); 0 means no limit.
+    pub guest_log_rate: u32,
 }
 
 /// The shared engine, linker and compiled-artifact cache.

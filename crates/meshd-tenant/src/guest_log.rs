@@ -2,9 +2,11 @@
 //!
 //! Guests write in small pieces (Rust's `eprintln!` issues several writes per
 //! line), so output is buffered per stream and emitted one tracing event per
-//! line, tagged with the app's name. Writing never blocks and never traps the
-//! guest: an over-long line is cut and emitted in pieces.
+//! line, tagged with the app's name, within the app's [`LogBudget`]. Writing
+//! never blocks and never traps the guest: an over-long line is cut and
+//! emitted in pieces, and a line over the budget is dropped.
 
+use crate::log_budget::LogBudget;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -41,12 +43,13 @@ pub struct GuestLog {
 }
 
 impl GuestLog {
-    /// A stream for `app`'s `stream`.
-    pub fn new(app: Arc<str>, stream: Stream) -> Self {
+    /// A stream for `app`'s `stream`, logging within `budget`.
+    pub fn new(app: Arc<str>, stream: Stream, budget: Arc<LogBudget>) -> Self {
         Self {
             lines: Arc::new(Mutex::new(LineBuffer {
                 app,
                 stream,
+                budget,
                 pending: Vec::new(),
             })),
         }
@@ -63,6 +66,7 @@ impl GuestLog {
 struct LineBuffer {
     app: Arc<str>,
     stream: Stream,
+    budget: Arc<LogBudget>,
     pending: Vec<u8>,
 }
 
@@ -87,9 +91,11 @@ impl LineBuffer {
     }
 
     fn emit(&mut self) {
-        let text = String::from_utf8_lossy(&self.pending);
-        let line = text.trim_end_matches('\r');
-        tracing::info!(target: "guest", app = %self.app, stream = %self.stream.as_str(), "{line}");
+        if self.budget.admit() {
+            let text = String::from_utf8_lossy(&self.pending);
+            let line = text.trim_end_matches('\r');
+            tracing::info!(target: "guest", app = %self.app, stream = %self.stream.as_str(), "{line}");
+        }
         self.pending.clear();
     }
 }

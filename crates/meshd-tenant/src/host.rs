@@ -2,6 +2,7 @@
 
 use crate::guest_log::{GuestLog, Stream};
 use crate::limiter::TenantLimiter;
+use crate::log_budget::LogBudget;
 use crate::outbound::OutboundPolicy;
 use crate::settings::TenantSettings;
 use meshd_keyvalue::KvStore;
@@ -20,6 +21,8 @@ pub struct Host {
     pub(crate) app: Arc<str>,
     pub(crate) table: ResourceTable,
     pub(crate) kv: KvStore,
+    /// The app's log budget, for wasi:logging (stdout and stderr hold it too).
+    pub(crate) log_budget: Arc<LogBudget>,
     config: Arc<WasiConfigVariables>,
     wasi: WasiCtx,
     http: WasiHttpCtx,
@@ -37,11 +40,12 @@ impl Host {
         outbound: &Arc<[meshd_apps::OutboundRule]>,
         config: &Arc<WasiConfigVariables>,
         kv: &KvStore,
+        log_budget: &Arc<LogBudget>,
     ) -> anyhow::Result<Self> {
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestLog::new(app.clone(), Stream::Stdout))
-            .stderr(GuestLog::new(app.clone(), Stream::Stderr))
-            .envs(&settings.env);
+        let stdout = GuestLog::new(app.clone(), Stream::Stdout, log_budget.clone());
+        let stderr = GuestLog::new(app.clone(), Stream::Stderr, log_budget.clone());
+        wasi.stdout(stdout).stderr(stderr).envs(&settings.env);
         if let Some(files) = &settings.files {
             let perms = if files.writable {
                 FsPerms::ReadWrite
@@ -57,6 +61,7 @@ impl Host {
             app: app.clone(),
             table,
             kv: kv.clone(),
+            log_budget: log_budget.clone(),
             config: config.clone(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),

@@ -16,6 +16,7 @@ mod host;
 mod in_flight;
 mod limiter;
 mod load;
+mod log_budget;
 mod outbound;
 mod platform;
 mod settings;

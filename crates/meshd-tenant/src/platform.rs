@@ -211,6 +211,9 @@ impl logging::Host for Host {
         context: String,
         message: String,
     ) -> wasmtime::Result<()> {
+        if !self.log_budget.admit() {
+            return Ok(());
+        }
         let context = sanitize(context, MAX_LOG_CONTEXT);
         let message = sanitize(message, MAX_LOG_MESSAGE);
         let app = &*self.app;

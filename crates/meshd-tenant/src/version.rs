@@ -9,6 +9,7 @@ use crate::cache::CacheOutcome;
 use crate::engine::{Runtime, SharedCode};
 use crate::host::Host;
 use crate::in_flight::{InFlight, InFlightGuard};
+use crate::log_budget::LogBudget;
 use crate::settings::TenantSettings;
 use bytes::Bytes;
 use http_body::Body;
@@ -42,6 +43,8 @@ pub struct AppVersion {
     settings: TenantSettings,
     outbound: Arc<[OutboundRule]>,
     config: Arc<WasiConfigVariables>,
+    /// How much its guests may log, shared by all its requests.
+    log_budget: Arc<LogBudget>,
     in_flight: Arc<InFlight>,
     cancel: CancellationToken,
     cache: CacheOutcome,
@@ -164,6 +167,7 @@ impl AppVersion {
         compiled: Compiled,
         settings: TenantSettings,
     ) -> Self {
+        let log_budget = Arc::new(LogBudget::new(app.clone(), runtime.config.guest_log_rate));
         AppVersion {
             app,
             id,
@@ -172,6 +176,7 @@ impl AppVersion {
             code: compiled.code,
             outbound: settings.outbound.clone().into(),
             config: Arc::new(settings.config.iter().cloned().collect()),
+            log_budget,
             settings,
             in_flight: Arc::new(InFlight::default()),
             cancel: CancellationToken::new(),
@@ -262,6 +267,7 @@ impl AppVersion {
             &self.outbound,
             &self.config,
             &self.runtime.kv,
+            &self.log_budget,
         )?;
         let mut store = Store::new(&self.runtime.engine, host);
         store.limiter(|host| &mut host.limiter);

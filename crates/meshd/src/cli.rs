@@ -96,6 +96,17 @@ pub struct Args {
     )]
     pub max_instances: u32,
 
+    /// Lines a second each app may add to meshd's log: its stdout, stderr and
+    /// wasi:logging together, with bursts of ten seconds' worth. Lines over
+    /// it are dropped, and a warning says how many. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "MESHD_GUEST_LOG_RATE",
+        default_value_t = 100,
+        value_name = "LINES"
+    )]
+    pub guest_log_rate: u32,
+
     /// Threads that serve requests and run guests (default: one per CPU).
     /// Leave a core free when something busy shares the machine (a load
     /// generator, a proxy): more runnable threads than cores make the OS

@@ -127,6 +127,7 @@ async fn run(args: cli::Args) -> Result<()> {
         RuntimeConfig {
             cache_dir: args.cache_dir(),
             max_instances: args.max_instances,
+            guest_log_rate: args.guest_log_rate,
         },
         kv,
     )?;
@@ -134,6 +135,7 @@ async fn run(args: cli::Args) -> Result<()> {
         cache_dir = %runtime.config().cache_dir.display(),
         pooling = runtime.pooling(),
         max_instances = args.max_instances,
+        guest_log_rate = args.guest_log_rate,
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
         limits = ?default_limits,
         ceiling = ?daemon_config.ceiling,

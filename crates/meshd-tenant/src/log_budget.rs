@@ -1,0 +1,79 @@
+//! How many lines an app may add to meshd's log per second: its stdout,
+//! stderr and wasi:logging together. One tenant printing in a loop must not
+//! flood the log (and the disk behind it) or spend meshd's CPU on it. Lines
+//! over the rate are dropped and counted; the count is logged when a line of
+//! the app next gets through.
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// An app may log this many seconds' worth of lines at once.
+const BURST_SECONDS: u32 = 10;
+
+/// The log budget of one app version, shared by all its requests.
+pub struct LogBudget {
+    app: Arc<str>,
+    /// `None`: no limit.
+    limiter: Option<DefaultDirectRateLimiter>,
+    dropped: AtomicU64,
+}
+
+impl LogBudget {
+    /// `lines_per_second` lines a second on average, with bursts of
+    /// [`BURST_SECONDS`] seconds' worth; 0 means no limit.
+    pub fn new(app: Arc<str>, lines_per_second: u32) -> Self {
+        let limiter = NonZeroU32::new(lines_per_second).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(BURST_SECONDS - 1));
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        LogBudget {
+            app,
+            limiter,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line may be logged now. When it may and lines were
+    /// dropped before it, says how many first.
+    pub fn admit(&self) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        if limiter.check().is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                app = %self.app,
+                dropped,
+                "guest log lines dropped: the app logged faster than --guest-log-rate allows"
+            );
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_lines_are_dropped_and_counted() {
+        let budget = LogBudget::new("app".into(), 5);
+        let admitted = (0..1000).filter(|_| budget.admit()).count();
+        // 10 s worth of 5 lines a second, and perhaps one more that the
+        // clock refilled while the loop ran.
+        assert!((50..=52).contains(&admitted), "{admitted}");
+        assert!(budget.dropped.load(Ordering::Relaxed) >= 948);
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let budget = LogBudget::new("app".into(), 0);
+        assert!((0..100_000).all(|_| budget.admit()));
+    }
+}
