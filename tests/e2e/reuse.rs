@@ -51,3 +51,18 @@ async fn a_failed_instance_is_never_reused() {
     // ...so the next request starts from a fresh one.
     assert_eq!(seen_sequence(&meshd, "warm", 2).await, ["1", "2"]);
 }
+
+#[tokio::test]
+async fn an_idle_reused_instance_is_dropped_after_the_idle_timeout() {
+    let apps = AppsDir::new();
+    apps.deploy("warm", "hostile");
+    apps.write("warm.toml", "reuse = 100\n");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--reuse-idle-timeout", "300ms"])
+        .start();
+    assert_eq!(seen_sequence(&meshd, "warm", 2).await, ["1", "2"]);
+    // Idle for more than the timeout (checked every 150 ms): the parked
+    // instance is gone, and the next request starts a fresh one.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(seen_sequence(&meshd, "warm", 2).await, ["1", "2"]);
+}

@@ -7,12 +7,15 @@
 //! table is switched, a broken new version never replaces a working one, and a
 //! replaced or removed version drains its in-flight requests before it is
 //! retired. [`DirWatch`] runs `reconcile` whenever the directory changes.
+//! [`expire_idle_instances`] drops reused instances that sat idle too long.
 #![deny(missing_docs)]
 
 mod deployer;
 mod drain;
 mod health;
+mod idle;
 mod watch;
 
 pub use deployer::{Deployer, ReloadConfig, Summary};
+pub use idle::expire_idle_instances;
 pub use watch::DirWatch;

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
@@ -80,6 +80,7 @@ struct IdleInstance {
     store: Store<Host>,
     proxy: Proxy,
     served: u32,
+    parked_at: Instant,
     _idle: InFlightGuard,
 }
 
@@ -309,9 +310,29 @@ impl AppVersion {
                 store,
                 proxy,
                 served,
+                parked_at: Instant::now(),
                 _idle: slot,
             });
         }
+    }
+
+    /// Drops the instances parked for reuse that have been idle for `ttl` or
+    /// longer, giving back their memory and slots. Returns how many.
+    pub fn expire_idle(&self, ttl: Duration) -> usize {
+        if self.settings.reuse <= 1 {
+            return 0;
+        }
+        let expired: Vec<IdleInstance> = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let (fresh, expired) = idle
+                .drain(..)
+                .partition(|instance| instance.parked_at.elapsed() < ttl);
+            *idle = fresh;
+            expired
+        };
+        // Tearing the instances down happens outside the lock, which
+        // requests of this version take.
+        expired.len()
     }
 
     /// Serves one request. `req` must already carry the path as the app sees

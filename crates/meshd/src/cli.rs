@@ -107,6 +107,11 @@ pub struct Args {
     )]
     pub guest_log_rate: u32,
 
+    /// How long an instance kept for reuse (manifest `reuse = N`) may sit
+    /// idle before it is dropped and its memory given back.
+    #[arg(long, env = "MESHD_REUSE_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub reuse_idle_timeout: Duration,
+
     /// Threads that serve requests and run guests (default: one per CPU).
     /// Leave a core free when something busy shares the machine (a load
     /// generator, a proxy): more runnable threads than cores make the OS

@@ -176,6 +176,11 @@ async fn run(args: cli::Args) -> Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
 
+    let expiry = tokio::spawn(meshd_reload::expire_idle_instances(
+        deployer.mounts(),
+        args.reuse_idle_timeout,
+    ));
+
     let all_closed = meshd_server::serve(
         listener,
         deployer.mounts(),
@@ -184,6 +189,7 @@ async fn run(args: cli::Args) -> Result<()> {
     )
     .await;
     watcher.abort();
+    expiry.abort();
     tracing::info!(all_closed, "meshd stopped");
     Ok(())
 }
