@@ -7,6 +7,7 @@ mod support;
 mod bad_apps;
 mod bodies;
 mod cache;
+mod front_door;
 mod isolation;
 mod platform;
 mod polyglot;

@@ -13,4 +13,4 @@ mod dispatch;
 mod listen;
 
 pub use dispatch::{dispatch, Mounts, ResponseBody, FORWARDED_PREFIX};
-pub use listen::serve;
+pub use listen::{serve, ServeConfig};

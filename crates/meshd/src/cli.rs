@@ -107,6 +107,22 @@ pub struct Args {
     )]
     pub guest_log_rate: u32,
 
+    /// How long an HTTP/1 client may take to send a whole request head, and
+    /// how long a keep-alive connection may sit idle between requests,
+    /// before meshd closes it.
+    #[arg(long, env = "MESHD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+
+    /// Most client connections open at once. At the limit meshd stops
+    /// accepting until one closes (new clients wait in the listen backlog).
+    #[arg(
+        long,
+        env = "MESHD_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+
     /// How long an instance kept for reuse (manifest `reuse = N`) may sit
     /// idle before it is dropped and its memory given back.
     #[arg(long, env = "MESHD_REUSE_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]

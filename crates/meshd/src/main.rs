@@ -114,6 +114,12 @@ async fn run(args: cli::Args) -> Result<()> {
     if default_limits.max_concurrency == Some(0) {
         bail!("the default max_concurrency must be at least 1");
     }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if args.header_read_timeout.is_zero() {
+        bail!("--header-read-timeout must be longer than 0");
+    }
     // Apps without a manifest run with the defaults: they must fit too.
     daemon_config
         .ceiling
@@ -185,7 +191,11 @@ async fn run(args: cli::Args) -> Result<()> {
         listener,
         deployer.mounts(),
         shutdown.cancelled_owned(),
-        args.shutdown_timeout,
+        meshd_server::ServeConfig {
+            shutdown_timeout: args.shutdown_timeout,
+            header_read_timeout: args.header_read_timeout,
+            max_connections: args.max_connections,
+        },
     )
     .await;
     watcher.abort();

@@ -1,0 +1,90 @@
+//! The front door's defences against clients that hold connections: a
+//! header-read timeout (slow or idle HTTP/1 clients) and a cap on open
+//! connections.
+
+use crate::support::{AppsDir, Meshd};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection (or `limit` passes);
+/// returns what arrived and how long it took.
+async fn read_until_closed(socket: &mut TcpStream, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_is_cut_off() {
+    let apps = AppsDir::with(&["hello"]);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--header-read-timeout", "500ms"])
+        .start();
+    let mut socket = TcpStream::connect(meshd.addr()).await.unwrap();
+    // Half a request head, and then nothing (slowloris).
+    socket
+        .write_all(b"GET /hello/ HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    let (_, took) = read_until_closed(&mut socket, Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "the connection stayed open {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
+    let apps = AppsDir::with(&["hello"]);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--header-read-timeout", "500ms"])
+        .start();
+    let mut socket = TcpStream::connect(meshd.addr()).await.unwrap();
+    socket
+        .write_all(b"GET /hello/ HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (received, took) = read_until_closed(&mut socket, Duration::from_secs(10)).await;
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the idle connection stayed open {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let apps = AppsDir::with(&["hello"]);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--max-connections", "2"])
+        .start();
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(meshd.addr()).await.unwrap(),
+        TcpStream::connect(meshd.addr()).await.unwrap(),
+    ];
+    // The third connects (the kernel's backlog) but is not served...
+    let mut third = TcpStream::connect(meshd.addr()).await.unwrap();
+    third
+        .write_all(b"GET /hello/ HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (early, _) = read_until_closed(&mut third, Duration::from_millis(700)).await;
+    assert_eq!(early, "", "served past the connection limit");
+    meshd.wait_for_log(&["connection limit reached", "limit=2"]);
+    // ...until one of the first two closes.
+    drop(held);
+    let (received, _) = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert!(received.starts_with("HTTP/1.1 200"), "{received:?}");
+}
