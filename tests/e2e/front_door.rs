@@ -26,19 +26,22 @@ async fn read_until_closed(socket: &mut TcpStream, limit: Duration) -> (String, 
     )
 }
 
-#[tokio::test]
-async fn a_client_that_never_finishes_its_head_is_cut_off() {
+/// Starts meshd with a 500 ms header-read timeout, sends `bytes` on a new
+/// connection, and reads until meshd closes it (at most 10 s).
+async fn send_and_wait_for_close(bytes: &[u8]) -> (String, Duration) {
     let apps = AppsDir::with(&["hello"]);
     let meshd = Meshd::builder(apps.path())
         .args(&["--header-read-timeout", "500ms"])
         .start();
     let mut socket = TcpStream::connect(meshd.addr()).await.unwrap();
+    socket.write_all(bytes).await.unwrap();
+    read_until_closed(&mut socket, Duration::from_secs(10)).await
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_head_is_cut_off() {
     // Half a request head, and then nothing (slowloris).
-    socket
-        .write_all(b"GET /hello/ HTTP/1.1\r\nhost: localhost\r\n")
-        .await
-        .unwrap();
-    let (_, took) = read_until_closed(&mut socket, Duration::from_secs(10)).await;
+    let (_, took) = send_and_wait_for_close(b"GET /hello/ HTTP/1.1\r\nhost: localhost\r\n").await;
     assert!(
         took < Duration::from_secs(5),
         "the connection stayed open {took:?}"
@@ -47,16 +50,8 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
-    let apps = AppsDir::with(&["hello"]);
-    let meshd = Meshd::builder(apps.path())
-        .args(&["--header-read-timeout", "500ms"])
-        .start();
-    let mut socket = TcpStream::connect(meshd.addr()).await.unwrap();
-    socket
-        .write_all(b"GET /hello/ HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let (received, took) = read_until_closed(&mut socket, Duration::from_secs(10)).await;
+    let (received, took) =
+        send_and_wait_for_close(b"GET /hello/ HTTP/1.1\r\nhost: localhost\r\n\r\n").await;
     assert!(received.starts_with("HTTP/1.1 200"), "{received}");
     assert!(
         took < Duration::from_secs(5),

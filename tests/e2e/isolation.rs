@@ -375,11 +375,12 @@ async fn daemon_defaults_come_from_flags_and_meshd_toml() {
     );
 }
 
-#[tokio::test]
-async fn bad_daemon_config_fails_before_binding() {
+/// Starts meshd on one app with `config` as its meshd.toml, expects it to
+/// exit with an error, and returns its stderr.
+fn fails_to_start_with_config(config: &str) -> String {
     let apps = AppsDir::with(&["hello"]);
-    let config = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(config.path(), "[limits]\nmemroy = \"1MiB\"\n").unwrap();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
         .args([
             "--apps",
@@ -387,11 +388,16 @@ async fn bad_daemon_config_fails_before_binding() {
             "--listen",
             "127.0.0.1:0",
         ])
-        .args(["--config", config.path().to_str().unwrap()])
+        .args(["--config", file.path().to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "meshd started with {config:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn bad_daemon_config_fails_before_binding() {
+    let stderr = fails_to_start_with_config("[limits]\nmemroy = \"1MiB\"\n");
     assert!(stderr.contains("invalid config file"), "{stderr}");
     assert!(stderr.contains("memroy"), "{stderr}");
     assert!(!stderr.contains("listening"), "{stderr}");
@@ -415,6 +421,25 @@ async fn cache_or_data_dir_inside_the_apps_dir_is_refused() {
         assert!(!output.status.success(), "{flag}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("is inside the apps directory"), "{stderr}");
+    }
+}
+
+/// Waits until `url` of an app with `max_concurrency = 1` answers 200 again
+/// (503 meanwhile): its one slot was freed, so the guest holding it stopped.
+/// Fails if that takes 10 s.
+async fn expect_slot_freed(client: &Client, url: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.get(url).await;
+        if reply.status == 200 {
+            return;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest of a client that went away still runs after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -444,19 +469,7 @@ async fn a_client_that_goes_away_before_the_answer_stops_its_guest() {
     );
     drop(socket);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = client.get(&meshd.url("/spin/ok")).await;
-        if reply.status == 200 {
-            break;
-        }
-        assert_eq!(reply.status, 503, "{}", reply.text());
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the guest of a client that went away still runs after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    expect_slot_freed(&client, &meshd.url("/spin/ok")).await;
 }
 
 #[tokio::test]
@@ -493,19 +506,7 @@ async fn a_client_that_goes_away_mid_response_stops_its_guest() {
     );
     drop(socket);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = client.get(&meshd.url("/drip/")).await;
-        if reply.status == 200 {
-            break;
-        }
-        assert_eq!(reply.status, 503, "{}", reply.text());
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the guest streaming to a client that went away still runs after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    expect_slot_freed(&client, &meshd.url("/drip/")).await;
 }
 
 #[tokio::test]
@@ -549,22 +550,8 @@ async fn manifests_cannot_ask_for_more_than_the_operators_ceiling() {
 
 #[tokio::test]
 async fn default_limits_above_the_ceiling_fail_before_binding() {
-    let apps = AppsDir::with(&["hello"]);
-    let config = tempfile::NamedTempFile::new().unwrap();
     // The built-in default memory (128 MiB) is above this ceiling.
-    std::fs::write(config.path(), "[ceiling]\nmemory = \"64MiB\"\n").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
-        .args([
-            "--apps",
-            apps.path().to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--config", config.path().to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = fails_to_start_with_config("[ceiling]\nmemory = \"64MiB\"\n");
     assert!(stderr.contains("do not fit the ceiling"), "{stderr}");
     assert!(stderr.contains("limits.memory"), "{stderr}");
     assert!(!stderr.contains("listening"), "{stderr}");
