@@ -9,6 +9,7 @@ mod bodies;
 mod cache;
 mod front_door;
 mod isolation;
+mod metrics;
 mod platform;
 mod polyglot;
 mod reuse;

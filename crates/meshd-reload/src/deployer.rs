@@ -8,6 +8,7 @@ use meshd_server::Mounts;
 use meshd_tenant::{load_version, AppVersion, Preopen, Runtime, TenantSettings};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Mutex, Semaphore};
@@ -89,6 +90,19 @@ pub struct Deployer {
     mounts: Arc<ArcSwap<Mounts>>,
     /// Serialises reconcile passes; holds what is deployed.
     deployed: Mutex<BTreeMap<String, Deployed>>,
+    /// Every pass's counts added up, for the metrics endpoint.
+    totals: [AtomicU64; 3],
+}
+
+/// What all reconcile passes so far did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// New versions that went live.
+    pub deployed: u64,
+    /// New files refused (a previous version, if any, kept serving).
+    pub refused: u64,
+    /// Apps unmounted because their `.wasm` went away.
+    pub removed: u64,
 }
 
 impl Deployer {
@@ -99,6 +113,17 @@ impl Deployer {
             config,
             mounts: Arc::new(ArcSwap::from_pointee(Mounts::new())),
             deployed: Mutex::new(BTreeMap::new()),
+            totals: Default::default(),
+        }
+    }
+
+    /// What all reconcile passes so far did.
+    pub fn totals(&self) -> Totals {
+        let [deployed, refused, removed] = &self.totals;
+        Totals {
+            deployed: deployed.load(Ordering::Relaxed),
+            refused: refused.load(Ordering::Relaxed),
+            removed: removed.load(Ordering::Relaxed),
         }
     }
 
@@ -215,6 +240,10 @@ impl Deployer {
         for (version, why) in retired {
             retire(version, self.config.drain_timeout, why);
         }
+        let [deployed, refused, removed] = &self.totals;
+        deployed.fetch_add(summary.deployed as u64, Ordering::Relaxed);
+        refused.fetch_add(summary.failed as u64, Ordering::Relaxed);
+        removed.fetch_add(summary.removed as u64, Ordering::Relaxed);
         summary
     }
 

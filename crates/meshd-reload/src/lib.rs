@@ -16,6 +16,6 @@ mod health;
 mod idle;
 mod watch;
 
-pub use deployer::{Deployer, ReloadConfig, Summary};
+pub use deployer::{Deployer, ReloadConfig, Summary, Totals};
 pub use idle::expire_idle_instances;
 pub use watch::DirWatch;

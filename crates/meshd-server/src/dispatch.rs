@@ -9,6 +9,7 @@ use http_body_util::{Either, Full};
 use meshd_routes::RouteTable;
 use meshd_tenant::{AppVersion, ServeError};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The live mount table: which version of which app serves each prefix.
 pub type Mounts = RouteTable<Arc<AppVersion>>;
@@ -56,10 +57,15 @@ where
         headers.insert(FORWARDED_PREFIX, prefix);
     }
 
-    match version.handle(req).await {
+    let started = Instant::now();
+    let resp = match version.handle(req).await {
         Ok(resp) => resp.map(Either::Left),
         Err(e) => error_response(&version, e),
-    }
+    };
+    version
+        .stats()
+        .record(resp.status().as_u16(), started.elapsed());
+    resp
 }
 
 /// The same URI with its path replaced by what the app sees.

@@ -11,6 +11,8 @@
 
 mod dispatch;
 mod listen;
+mod metrics;
 
 pub use dispatch::{dispatch, Mounts, ResponseBody, FORWARDED_PREFIX};
 pub use listen::{serve, ServeConfig};
+pub use metrics::{serve_metrics, MountsCollector};

@@ -20,6 +20,7 @@ mod log_budget;
 mod outbound;
 mod platform;
 mod settings;
+mod stats;
 mod version;
 
 pub use body::ResponseBody;
@@ -28,6 +29,7 @@ pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
 pub use in_flight::{InFlight, InFlightGuard};
 pub use load::{load_version, LoadError};
 pub use settings::{Preopen, TenantSettings};
+pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};
 pub use version::{AppVersion, ServeError};
 
 /// The error type of request and response bodies handed to and from guests.

@@ -17,7 +17,10 @@ pub struct LogBudget {
     app: Arc<str>,
     /// `None`: no limit.
     limiter: Option<DefaultDirectRateLimiter>,
+    /// Dropped since the last line that got through.
     dropped: AtomicU64,
+    /// Dropped in all.
+    dropped_total: AtomicU64,
 }
 
 impl LogBudget {
@@ -32,7 +35,13 @@ impl LogBudget {
             app,
             limiter,
             dropped: AtomicU64::new(0),
+            dropped_total: AtomicU64::new(0),
         }
+    }
+
+    /// Lines dropped since the budget was made.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
     }
 
     /// Whether one more line may be logged now. When it may and lines were
@@ -43,6 +52,7 @@ impl LogBudget {
         };
         if limiter.check().is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
@@ -69,6 +79,7 @@ mod tests {
         // clock refilled while the loop ran.
         assert!((50..=52).contains(&admitted), "{admitted}");
         assert!(budget.dropped.load(Ordering::Relaxed) >= 948);
+        assert_eq!(budget.dropped_total(), 1000 - admitted as u64);
     }
 
     #[test]

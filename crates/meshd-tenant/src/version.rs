@@ -11,6 +11,7 @@ use crate::host::Host;
 use crate::in_flight::{InFlight, InFlightGuard};
 use crate::log_budget::LogBudget;
 use crate::settings::TenantSettings;
+use crate::stats::VersionStats;
 use bytes::Bytes;
 use http_body::Body;
 use meshd_apps::OutboundRule;
@@ -45,6 +46,8 @@ pub struct AppVersion {
     config: Arc<WasiConfigVariables>,
     /// How much its guests may log, shared by all its requests.
     log_budget: Arc<LogBudget>,
+    /// What it has served, for the metrics endpoint.
+    stats: VersionStats,
     in_flight: Arc<InFlight>,
     cancel: CancellationToken,
     cache: CacheOutcome,
@@ -178,6 +181,7 @@ impl AppVersion {
             outbound: settings.outbound.clone().into(),
             config: Arc::new(settings.config.iter().cloned().collect()),
             log_budget,
+            stats: VersionStats::default(),
             settings,
             in_flight: Arc::new(InFlight::default()),
             cancel: CancellationToken::new(),
@@ -229,6 +233,16 @@ impl AppVersion {
     /// How long compiling (or loading from cache) took.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// What this version has served; the front door records each response.
+    pub fn stats(&self) -> &VersionStats {
+        &self.stats
+    }
+
+    /// Guest log lines of this version dropped over `--guest-log-rate`.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_budget.dropped_total()
     }
 
     /// The version's in-flight requests, for draining.

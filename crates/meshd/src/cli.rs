@@ -107,6 +107,13 @@ pub struct Args {
     )]
     pub guest_log_rate: u32,
 
+    /// Serve Prometheus/OpenMetrics metrics at http://ADDR/metrics (per-app
+    /// requests by status class, latency to the response head, requests in
+    /// flight, dropped guest log lines, deploys). A listener of its own, off
+    /// by default; keep it off the public interface.
+    #[arg(long, env = "MESHD_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// How long an HTTP/1 client may take to send a whole request head, and
     /// how long a keep-alive connection may sit idle between requests,
     /// before meshd closes it.

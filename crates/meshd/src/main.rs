@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod logging;
+mod metrics;
 mod signals;
 
 use anyhow::{bail, Context as _, Result};
@@ -164,6 +165,11 @@ async fn run(args: cli::Args) -> Result<()> {
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
     let summary = deployer.reconcile().await;
 
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(metrics::start(addr, &deployer, signals.shutdown.clone()).await?),
+        None => None,
+    };
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -200,6 +206,9 @@ async fn run(args: cli::Args) -> Result<()> {
     .await;
     watcher.abort();
     expiry.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     tracing::info!(all_closed, "meshd stopped");
     Ok(())
 }

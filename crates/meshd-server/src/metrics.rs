@@ -1,0 +1,185 @@
+//! The metrics endpoint: Prometheus/OpenMetrics text at `GET /metrics`, on a
+//! listener of its own (so no app's route can shadow it, and operators can
+//! keep it off the public interface).
+
+use crate::dispatch::Mounts;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Per-app figures of the versions in the mount table, read at each scrape.
+pub struct MountsCollector {
+    mounts: Arc<ArcSwap<Mounts>>,
+}
+
+impl std::fmt::Debug for MountsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountsCollector").finish_non_exhaustive()
+    }
+}
+
+impl MountsCollector {
+    /// A collector over the live mount table.
+    pub fn new(mounts: Arc<ArcSwap<Mounts>>) -> Self {
+        MountsCollector { mounts }
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Collector for MountsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mounts = self.mounts.load();
+        let versions: Vec<_> = mounts
+            .iter()
+            .map(|(_, version)| (version, version.stats().snapshot()))
+            .collect();
+        let labels = |v: &meshd_tenant::AppVersion| {
+            [("app", v.app().to_owned()), ("version", v.id().to_owned())]
+        };
+
+        let gauge = ConstGauge::new(versions.len() as i64);
+        let metric = encoder.encode_descriptor(
+            "meshd_apps_mounted",
+            "Apps in the mount table",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+
+        let mut metric = encoder.encode_descriptor(
+            "meshd_requests",
+            "Responses sent, by app version and status class",
+            None,
+            MetricType::Counter,
+        )?;
+        for (version, stats) in &versions {
+            for (class, count) in STATUS_CLASSES.iter().zip(stats.responses) {
+                let [app, id] = labels(version);
+                let set = [app, id, ("status", (*class).to_owned())];
+                ConstCounter::new(count).encode(metric.encode_family(&set)?)?;
+            }
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "meshd_request_duration_seconds",
+            "Time from routing a request to its response head",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (version, stats) in &versions {
+            let set = labels(version);
+            metric.encode_family(&set)?.encode_histogram::<NoLabelSet>(
+                stats.latency_sum,
+                stats.latency_count,
+                &stats.latency_buckets,
+                None,
+            )?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "meshd_requests_in_flight",
+            "Requests of the version being served now",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (version, _) in &versions {
+            let set = labels(version);
+            let count = version.in_flight().count() as i64;
+            ConstGauge::new(count).encode(metric.encode_family(&set)?)?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "meshd_guest_log_lines_dropped",
+            "Guest log lines dropped over --guest-log-rate",
+            None,
+            MetricType::Counter,
+        )?;
+        for (version, _) in &versions {
+            let set = labels(version);
+            let dropped = version.log_lines_dropped();
+            ConstCounter::new(dropped).encode(metric.encode_family(&set)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `registry` at `GET /metrics` on `listener` until `shutdown`
+/// resolves; every other path is 404.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let registry = registry.clone();
+        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+            let resp = scrape(&registry, req.uri().path());
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn scrape(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
+    if path != "/metrics" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n".into(),
+            "text/plain; charset=utf-8",
+        );
+    }
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => text(
+            StatusCode::OK,
+            body,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+            "text/plain; charset=utf-8",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

@@ -1,0 +1,92 @@
+//! The metrics endpoint (`--metrics-listen`): per-app responses by status
+//! class, latency, deploys, on a listener of its own.
+
+use crate::support::{AppsDir, Client, Meshd};
+
+/// The value of the one sample of `text` whose line starts with `name` and
+/// contains every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
+        .collect();
+    assert_eq!(lines.len(), 1, "{name} {labels:?} in:\n{text}");
+    let value = lines[0].rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("{value:?} is not a number ({e}) in {}", lines[0]))
+}
+
+#[tokio::test]
+async fn metrics_count_responses_per_app_and_status_class_and_deploys() {
+    let apps = AppsDir::with(&["hello", "hostile"]);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--metrics-listen", "127.0.0.1:0"])
+        .start();
+    let line = meshd.wait_for_log(&["metrics listening on http://"]);
+    let metrics_url = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|addr| format!("http://{addr}"))
+        .expect("the log names the metrics address");
+
+    let client = Client::http1();
+    for _ in 0..3 {
+        assert_eq!(client.get(&meshd.url("/hello/")).await.status, 200);
+    }
+    assert_eq!(client.get(&meshd.url("/hostile/trap")).await.status, 500);
+    assert_eq!(client.get(&meshd.url("/hostile/ok")).await.status, 200);
+
+    let reply = client.get(&metrics_url).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = reply.text();
+    let hello = "app=\"hello\"";
+    let hostile = "app=\"hostile\"";
+    assert_eq!(
+        sample(&text, "meshd_requests_total", &[hello, "status=\"2xx\""]),
+        3.0
+    );
+    assert_eq!(
+        sample(&text, "meshd_requests_total", &[hello, "status=\"5xx\""]),
+        0.0
+    );
+    assert_eq!(
+        sample(&text, "meshd_requests_total", &[hostile, "status=\"5xx\""]),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "meshd_requests_total", &[hostile, "status=\"2xx\""]),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "meshd_request_duration_seconds_count", &[hello]),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "meshd_request_duration_seconds_bucket",
+            &[hello, "le=\"+Inf\""]
+        ),
+        3.0
+    );
+    assert_eq!(sample(&text, "meshd_requests_in_flight", &[hello]), 0.0);
+    assert_eq!(sample(&text, "meshd_apps_mounted", &[]), 2.0);
+    assert_eq!(
+        sample(&text, "meshd_deploys_total", &["result=\"deployed\""]),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "meshd_deploys_total", &["result=\"refused\""]),
+        0.0
+    );
+
+    // Nothing else is served there, and the apps are not.
+    let other = client.get(&format!("{metrics_url}/hello/")).await;
+    assert_eq!(other.status, 404);
+}
