@@ -322,3 +322,30 @@ async fn sighup_rescans_the_directory() {
     wait_for_status(&client, &meshd.url("/echo"), 200).await;
     meshd.wait_for_log(&["rescan requested"]);
 }
+
+#[tokio::test]
+async fn a_deploy_while_every_instance_slot_is_busy_waits_for_one() {
+    let apps = AppsDir::new();
+    apps.deploy("warm", "hostile");
+    apps.write("warm.toml", "reuse = 10\n");
+    apps.deploy("busy", "stream");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--max-instances", "1"])
+        .start();
+    let client = Client::http1();
+    // The pool holds two instances per slot: one is now parked for reuse...
+    assert_eq!(client.get(&meshd.url("/warm/seen")).await.text(), "1");
+    // ...and the one instance slot is held by a slow request.
+    let slow = tokio::spawn({
+        let url = meshd.url("/busy/slow?ms=1500");
+        async move { Client::http1().fetch(request("GET", &url, empty())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new app with a health check arrives while the pool is full: its
+    // checks wait for the slot instead of failing a healthy version.
+    apps.write("late.toml", "health = \"/\"\n");
+    apps.deploy("late", "hello");
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    wait_for_status(&client, &meshd.url("/late/"), 200).await;
+    assert_eq!(meshd.count_log(&["app=late", "app not loaded"]), 0);
+}

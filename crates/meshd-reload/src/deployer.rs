@@ -254,10 +254,11 @@ impl Deployer {
         deployed: &BTreeMap<String, Deployed>,
         candidates: &mut BTreeMap<String, Candidate>,
     ) {
-        // Each check holds a pooled instance while it runs (outside the
-        // request slots), so many new apps at once (a start-up with
-        // thousands) must not check all at once: that ran the pool out and
-        // refused apps that were fine.
+        // Each check holds an instance slot while it runs (waiting for one
+        // while traffic holds them all), so many new apps at once (a
+        // start-up with thousands) must not check all at once: that would
+        // take every slot from the traffic (and once ran the pool out and
+        // refused apps that were fine).
         let permits = Arc::new(Semaphore::new(max_concurrent_checks(
             self.runtime.config().max_instances,
         )));

@@ -3,8 +3,9 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use meshd_routes::Prefix;
-use meshd_tenant::{AppVersion, BodyError};
+use meshd_tenant::{AppVersion, BodyError, ServeError};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,16 +17,32 @@ pub async fn check(
     path: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut req = http::Request::get(format!("http://localhost{path}"))
-        .body(Empty::<Bytes>::new().map_err(|never: Infallible| -> BodyError { match never {} }))
-        .map_err(|e| format!("health check path {path:?} is not a valid URI: {e}"))?;
-    if !prefix.is_root() {
-        if let Ok(value) = http::HeaderValue::from_str(prefix.as_str()) {
-            req.headers_mut().insert("x-forwarded-prefix", value);
+    let request = || {
+        let mut req = http::Request::get(format!("http://localhost{path}"))
+            .body(
+                Empty::<Bytes>::new().map_err(|never: Infallible| -> BodyError { match never {} }),
+            )
+            .map_err(|e| format!("health check path {path:?} is not a valid URI: {e}"))?;
+        if !prefix.is_root() {
+            if let Ok(value) = http::HeaderValue::from_str(prefix.as_str()) {
+                req.headers_mut().insert("x-forwarded-prefix", value);
+            }
         }
-    }
+        Ok::<_, String>(req)
+    };
+    // Whether the probe got an instance slot (it waits while traffic holds
+    // them all), to say why if the timeout passes.
+    let got_slot = AtomicBool::new(false);
     let probe = async {
-        let resp = version.handle(req).await.map_err(|e| e.to_string())?;
+        let resp = loop {
+            match version.handle(request()?).await {
+                Err(ServeError::Overloaded(_)) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                other => break other.map_err(|e| e.to_string())?,
+            }
+        };
+        got_slot.store(true, Ordering::Relaxed);
         let status = resp.status();
         // Read the body so the guest runs to completion.
         resp.into_body()
@@ -41,6 +58,9 @@ pub async fn check(
     match tokio::time::timeout(timeout, probe).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(why)) => Err(format!("health check GET {path} failed: {why}")),
+        Err(_) if !got_slot.load(Ordering::Relaxed) => Err(format!(
+            "health check GET {path} found every instance slot of meshd busy for {timeout:?}"
+        )),
         Err(_) => Err(format!(
             "health check GET {path} did not answer within {timeout:?}"
         )),

@@ -260,7 +260,12 @@ impl AppVersion {
     /// pays before the guest runs. Used to check a new version before it takes
     /// traffic (a start function that traps, an initial memory over the
     /// app's limit) and by the benchmarks.
+    ///
+    /// The instance takes one of meshd's instance slots, like a request's,
+    /// waiting (up to the app's timeout) while all are busy: the pool's
+    /// spare instances belong to the traffic.
     pub async fn instantiate_once(&self) -> anyhow::Result<()> {
+        let _slot = self.wait_for_instance_slot().await?;
         let mut store = self.new_store()?;
         let instantiate = self.pre.instantiate_async(&mut store);
         match tokio::time::timeout(self.settings.timeout, instantiate).await {
@@ -271,6 +276,25 @@ impl AppVersion {
                 "instantiation did not finish within {:?}",
                 self.settings.timeout
             ),
+        }
+    }
+
+    /// One of meshd's instance slots, waiting up to the app's timeout.
+    async fn wait_for_instance_slot(&self) -> anyhow::Result<InFlightGuard> {
+        const RETRY: Duration = Duration::from_millis(10);
+        let deadline = Instant::now() + self.settings.timeout;
+        let max = self.runtime.config.max_instances;
+        loop {
+            if let Some(slot) = self.runtime.instance_slots.try_enter(max) {
+                return Ok(slot);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "every instance slot of meshd stayed busy for {:?}",
+                    self.settings.timeout
+                );
+            }
+            tokio::time::sleep(RETRY).await;
         }
     }
 
