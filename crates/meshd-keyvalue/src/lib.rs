@@ -264,6 +264,8 @@ impl KvStore {
         b: BucketRef<'_>,
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError> {
+        // One redb transaction holds the writer that every tenant shares.
+        check_batch(entries.len())?;
         for (key, value) in &entries {
             self.check_entry(key, value)?;
         }
@@ -428,7 +430,12 @@ mod tests {
             Err(KvError::BatchTooLarge(_))
         ));
         assert!(matches!(
-            kv.delete_many(b, many).await,
+            kv.delete_many(b, many.clone()).await,
+            Err(KvError::BatchTooLarge(_))
+        ));
+        let pairs = many.into_iter().map(|k| (k, b"v".to_vec())).collect();
+        assert!(matches!(
+            kv.set_many(b, pairs).await,
             Err(KvError::BatchTooLarge(_))
         ));
         // The same large value asked for again and again.
@@ -442,10 +449,11 @@ mod tests {
     async fn listing_pages_through_every_key() {
         let dir = tempfile::tempdir().unwrap();
         let kv = store(&dir, KvLimits::default());
-        let entries = (0..2500)
-            .map(|i| (format!("key{i:05}"), b"v".to_vec()))
-            .collect();
-        kv.set_many(bucket("a", ""), entries).await.unwrap();
+        let keys: Vec<String> = (0..2500).map(|i| format!("key{i:05}")).collect();
+        for chunk in keys.chunks(MAX_BATCH_KEYS) {
+            let entries = chunk.iter().map(|k| (k.clone(), b"v".to_vec())).collect();
+            kv.set_many(bucket("a", ""), entries).await.unwrap();
+        }
         let mut seen = 0;
         let mut cursor = None;
         loop {
