@@ -590,3 +590,48 @@ async fn a_tenant_flooding_the_log_is_held_to_its_rate_and_others_still_log() {
     let warning = meshd.wait_for_log(&["app=loud", "guest log lines dropped"]);
     assert!(warning.contains("dropped=4"), "{warning}");
 }
+
+#[tokio::test]
+async fn a_guest_that_fails_mid_response_cuts_the_response_visibly() {
+    let apps = AppsDir::with(&["hostile"]);
+    let meshd = Meshd::start(apps.path());
+    for client in [Client::http1(), Client::http2()] {
+        // Either the connection (or stream) fails before the head arrives,
+        // or the head arrives and the body ends with an error: never a
+        // response that reads as complete.
+        let sent = client
+            .send(request("GET", &meshd.url("/hostile/cut"), empty()))
+            .await;
+        if let Ok(resp) = sent {
+            assert_eq!(resp.status(), 200);
+            let body = crate::support::count_body(resp.into_body()).await;
+            assert!(body.is_err(), "a cut response read as complete: {body:?}");
+        }
+    }
+    meshd.wait_for_log(&["app=hostile", "guest trapped"]);
+    let ok = Client::http1().get(&meshd.url("/hostile/ok")).await;
+    assert_eq!(ok.text(), "ok");
+}
+
+#[tokio::test]
+async fn guests_cannot_open_sockets() {
+    let (port, connections) = local_listener().await;
+    let apps = AppsDir::with(&["hostile"]);
+    let meshd = Meshd::start(apps.path());
+    let url = meshd.url(&format!("/hostile/socket?addr=127.0.0.1:{port}"));
+    let text = Client::http1().get(&url).await.text();
+    assert!(text.starts_with("error: "), "{text}");
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_guest_hoarding_resources_hits_the_cap_and_the_app_recovers() {
+    let apps = AppsDir::with(&["hostile"]);
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+    // 20,000 resources against a cap of 10,000 per request.
+    let reply = client.get(&meshd.url("/hostile/resources")).await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    meshd.wait_for_log(&["app=hostile", "guest trapped"]);
+    assert_eq!(client.get(&meshd.url("/hostile/ok")).await.text(), "ok");
+}

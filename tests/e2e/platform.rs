@@ -242,6 +242,11 @@ async fn limits_and_quota_give_clear_errors(backend: Backend) {
     );
     assert_eq!(set("k1", "v").await, "ok"); // frees 15 bytes
     assert_eq!(set("k3", "vvv").await, "ok");
+    let long_bucket = meshd.url(&format!("/platform/set?bucket={}&key=k", "b".repeat(257)));
+    assert_eq!(
+        client.post(&long_bucket, "v").await.text(),
+        "error: bucket name is 257 bytes; the limit is 256"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
