@@ -349,3 +349,31 @@ async fn a_deploy_while_every_instance_slot_is_busy_waits_for_one() {
     wait_for_status(&client, &meshd.url("/late/"), 200).await;
     assert_eq!(meshd.count_log(&["app=late", "app not loaded"]), 0);
 }
+
+#[tokio::test]
+async fn max_concurrency_holds_across_a_swap() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "stream");
+    apps.write("app.toml", "[limits]\nmax_concurrency = 1\n");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--settle", "50ms"])
+        .start();
+    let client = Client::http1();
+    // The app's one request slot, held by the old version.
+    let slow = tokio::spawn({
+        let url = meshd.url("/app/slow?ms=2000");
+        async move { Client::http1().fetch(request("GET", &url, empty())).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    apps.deploy("app", "stream-v2");
+    meshd.wait_for_log(&["app updated", "app=app"]);
+    // The new version serves now, but the old one's request still counts.
+    let reply = client.get(&meshd.url("/app/")).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.text().contains("max_concurrency"), "{}", reply.text());
+    assert_eq!(
+        slow.await.unwrap().unwrap().text(),
+        "stream slept 2000 ms\n"
+    );
+    wait_for_body(&client, &meshd.url("/app/"), "stream-v2").await;
+}

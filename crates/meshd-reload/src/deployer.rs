@@ -402,11 +402,11 @@ fn load_candidate(
         wasm: blake3::hash(&wasm),
         manifest,
     };
-    if let Some(old) = old.filter(|old| old.content.wasm == content.wasm) {
+    if let Some(old) = old.as_ref().filter(|old| old.content.wasm == content.wasm) {
         // Same code: no recompile. Same settings too: keep the running
         // version (no drain); otherwise a new version of the same code.
         let version = if old.version.settings() == &settings {
-            old.version
+            old.version.clone()
         } else {
             Arc::new(old.version.with_settings(settings))
         };
@@ -418,8 +418,12 @@ fn load_candidate(
             version,
         });
     }
-    let version = load_version(runtime, &files.name, &wasm, settings)
+    let mut version = load_version(runtime, &files.name, &wasm, settings)
         .map_err(|e| format!("{}: {e}", files.wasm.display()))?;
+    if let Some(old) = &old {
+        // The old version drains while this one serves: one limit for both.
+        version.succeed(&old.version);
+    }
     Ok(Deployed {
         files,
         stamp,

@@ -1,7 +1,7 @@
 //! Bodies between the front door and a guest: the request body capped at the
 //! app's `max_body`, and the response body that keeps its version in flight.
 
-use crate::in_flight::InFlightGuard;
+use crate::in_flight::RequestGuards;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
@@ -114,14 +114,14 @@ pub struct ResponseBody {
     /// The task of a guest that is still writing this body.
     writer: Option<AbortHandle>,
     guest_failed: Arc<AtomicBool>,
-    _guard: Arc<InFlightGuard>,
+    _guard: Arc<RequestGuards>,
 }
 
 impl ResponseBody {
     pub(crate) fn new(
         body: HyperOutgoingBody,
         guest_failed: Arc<AtomicBool>,
-        guard: Arc<InFlightGuard>,
+        guard: Arc<RequestGuards>,
     ) -> Self {
         ResponseBody {
             body,
@@ -293,7 +293,10 @@ mod tests {
 
     fn response_body(chunks: Vec<Bytes>, ends: bool) -> ResponseBody {
         let frames = chunks.into_iter().map(Frame::data).collect();
-        let guard = Arc::new(InFlight::default()).enter();
+        let guard = RequestGuards::new(
+            Arc::new(InFlight::default()).enter(),
+            Arc::new(InFlight::default()).enter(),
+        );
         ResponseBody::new(
             Scripted { frames, ends }.boxed_unsync(),
             Arc::new(AtomicBool::new(false)),

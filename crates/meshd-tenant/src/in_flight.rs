@@ -1,5 +1,7 @@
-//! Counting what is in flight: one app version's requests (so it can be
-//! drained), or the daemon's live and idle instances (so they stay capped).
+//! Counting what is in flight: one app's requests (so they stay within its
+//! `max_concurrency`, across versions), one app version's requests (so it
+//! can be drained), or the daemon's live and idle instances (so they stay
+//! capped).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +26,24 @@ pub struct InFlight {
 /// Proof that one thing is in flight; dropping it ends it.
 #[derive(Debug)]
 pub struct InFlightGuard(Arc<InFlight>);
+
+/// One request's places: in its app's count (all versions together, which
+/// `max_concurrency` caps) and in its version's (which draining waits on).
+#[derive(Debug)]
+pub struct RequestGuards {
+    _app: InFlightGuard,
+    _version: InFlightGuard,
+}
+
+impl RequestGuards {
+    /// Holds both places until dropped.
+    pub fn new(app: InFlightGuard, version: InFlightGuard) -> Self {
+        RequestGuards {
+            _app: app,
+            _version: version,
+        }
+    }
+}
 
 impl InFlight {
     /// Admits one more.

@@ -8,7 +8,7 @@ use crate::body::{LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
 use crate::engine::{Runtime, SharedCode};
 use crate::host::Host;
-use crate::in_flight::{InFlight, InFlightGuard};
+use crate::in_flight::{InFlight, InFlightGuard, RequestGuards};
 use crate::log_budget::LogBudget;
 use crate::settings::TenantSettings;
 use crate::stats::VersionStats;
@@ -48,7 +48,12 @@ pub struct AppVersion {
     log_budget: Arc<LogBudget>,
     /// What it has served, for the metrics endpoint.
     stats: VersionStats,
+    /// This version's requests, for draining.
     in_flight: Arc<InFlight>,
+    /// The app's requests across all its versions, for `max_concurrency`:
+    /// shared with the version this one replaces (see
+    /// [`AppVersion::succeed`]).
+    app_in_flight: Arc<InFlight>,
     cancel: CancellationToken,
     cache: CacheOutcome,
     compile_time: Duration,
@@ -141,7 +146,7 @@ struct GuestRun {
     request: Resource<HostIncomingRequest>,
     response_out: Resource<HostResponseOutparam>,
     failed: Arc<AtomicBool>,
-    in_flight: Arc<InFlightGuard>,
+    in_flight: Arc<RequestGuards>,
     instance_slot: InFlightGuard,
 }
 
@@ -184,6 +189,7 @@ impl AppVersion {
             stats: VersionStats::default(),
             settings,
             in_flight: Arc::new(InFlight::default()),
+            app_in_flight: Arc::new(InFlight::default()),
             cancel: CancellationToken::new(),
             cache: compiled.cache,
             compile_time: compiled.compile_time,
@@ -200,13 +206,23 @@ impl AppVersion {
             cache: CacheOutcome::Shared,
             compile_time: Duration::ZERO,
         };
-        AppVersion::new(
+        let mut version = AppVersion::new(
             self.app.clone(),
             self.id.clone(),
             self.runtime.clone(),
             compiled,
             settings,
-        )
+        );
+        version.succeed(self);
+        version
+    }
+
+    /// Makes this version the successor of `previous`, the version of the
+    /// same app it replaces: their requests count together against
+    /// `max_concurrency`, so a swap (while the old version drains) never
+    /// lets the app run more than its limit.
+    pub fn succeed(&mut self, previous: &AppVersion) {
+        self.app_in_flight = previous.app_in_flight.clone();
     }
 
     /// The app's name.
@@ -389,11 +405,11 @@ impl AppVersion {
         if declared.is_some_and(|len| len > max_body) {
             return Err(ServeError::BodyTooLarge(max_body));
         }
-        let guard = self
-            .in_flight
+        let app_guard = self
+            .app_in_flight
             .try_enter(self.settings.max_concurrency)
             .ok_or(ServeError::Overloaded("the app is at its max_concurrency"))?;
-        let guard = Arc::new(guard);
+        let guard = Arc::new(RequestGuards::new(app_guard, self.in_flight.enter()));
         let instance_slot = self
             .runtime
             .instance_slots
