@@ -589,6 +589,20 @@ async fn a_tenant_flooding_the_log_is_held_to_its_rate_and_others_still_log() {
     client.get(&meshd.url("/loud/shout?lines=1")).await;
     let warning = meshd.wait_for_log(&["app=loud", "guest log lines dropped"]);
     assert!(warning.contains("dropped=4"), "{warning}");
+
+    // A redeploy (here a manifest change) does not refill the budget: of 50
+    // more lines only the few refilled since get through, not a new burst.
+    let before = meshd.count_log(&["app=loud", "shout "]);
+    apps.write("loud.toml", "[env]\nREDEPLOYED = \"yes\"\n");
+    meshd.wait_for_log(&["app updated", "app=loud"]);
+    client.get(&meshd.url("/loud/shout?lines=50")).await;
+    client.get(&meshd.url("/quiet/shout?lines=1")).await;
+    meshd.wait_for_log_count(&["app=quiet", "shout 0"], 2);
+    let logged = meshd.count_log(&["app=loud", "shout "]) - before;
+    assert!(
+        logged < 50,
+        "{logged} of 50 lines logged right after a redeploy"
+    );
 }
 
 #[tokio::test]

@@ -44,7 +44,8 @@ pub struct AppVersion {
     settings: TenantSettings,
     outbound: Arc<[OutboundRule]>,
     config: Arc<WasiConfigVariables>,
-    /// How much its guests may log, shared by all its requests.
+    /// How much its guests may log, shared by all its requests and by the
+    /// versions of the app that follow it.
     log_budget: Arc<LogBudget>,
     /// What it has served, for the metrics endpoint.
     stats: VersionStats,
@@ -220,9 +221,11 @@ impl AppVersion {
     /// Makes this version the successor of `previous`, the version of the
     /// same app it replaces: their requests count together against
     /// `max_concurrency`, so a swap (while the old version drains) never
-    /// lets the app run more than its limit.
+    /// lets the app run more than its limit, and they log within one budget,
+    /// so a redeploy does not refill it.
     pub fn succeed(&mut self, previous: &AppVersion) {
         self.app_in_flight = previous.app_in_flight.clone();
+        self.log_budget = previous.log_budget.clone();
     }
 
     /// The app's name.
@@ -256,7 +259,8 @@ impl AppVersion {
         &self.stats
     }
 
-    /// Guest log lines of this version dropped over `--guest-log-rate`.
+    /// Guest log lines of the app dropped over `--guest-log-rate`, since its
+    /// first version that is still succeeded by this one.
     pub fn log_lines_dropped(&self) -> u64 {
         self.log_budget.dropped_total()
     }
