@@ -1,7 +1,7 @@
 //! Tenant isolation and limits: one tenant can never read, slow down, crash
 //! or starve another.
 
-use crate::support::{empty, generated, peak_rss, request, AppsDir, Client, Meshd};
+use crate::support::{empty, generated, peak_rss, request, spawn_get, AppsDir, Client, Meshd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +14,7 @@ async fn spinning_guest_gets_504_at_its_deadline_while_others_are_served() {
     let meshd = Meshd::start(apps.path());
 
     // Two spinning requests: as many as the machine has cores.
-    let spinners: Vec<_> = (0..2)
-        .map(|_| {
-            let url = meshd.url("/spin/spin");
-            tokio::spawn(async move { Client::http1().fetch(request("GET", &url, empty())).await })
-        })
-        .collect();
+    let spinners: Vec<_> = (0..2).map(|_| spawn_get(meshd.url("/spin/spin"))).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // While they spin, another tenant keeps answering.
@@ -272,10 +267,7 @@ async fn concurrency_limit_answers_503_with_retry_after() {
     apps.deploy("busy", "stream");
     apps.write("busy.toml", "[limits]\nmax_concurrency = 1\n");
     let meshd = Meshd::start(apps.path());
-    let slow = tokio::spawn({
-        let url = meshd.url("/busy/slow?ms=1500");
-        async move { Client::http1().fetch(request("GET", &url, empty())).await }
-    });
+    let slow = spawn_get(meshd.url("/busy/slow?ms=1500"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let reply = Client::http1().get(&meshd.url("/busy/")).await;
     assert_eq!(reply.status, 503);
@@ -293,10 +285,7 @@ async fn daemon_instance_cap_answers_503_when_every_slot_is_busy() {
         .args(&["--max-instances", "2"])
         .start();
     let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let url = meshd.url("/greedy/slow?ms=1500");
-            tokio::spawn(async move { Client::http1().fetch(request("GET", &url, empty())).await })
-        })
+        .map(|_| spawn_get(meshd.url("/greedy/slow?ms=1500")))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let reply = Client::http1().get(&meshd.url("/hello")).await;

@@ -1,6 +1,6 @@
 //! Zero-downtime hot swap: make before break, one app at a time.
 
-use crate::support::{empty, guest, request, AppsDir, Client, Meshd};
+use crate::support::{empty, guest, request, spawn_get, AppsDir, Client, Meshd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -246,10 +246,7 @@ async fn drain_timeout_cancels_what_is_left_and_counts_it() {
     let meshd = Meshd::builder(apps.path())
         .args(&["--settle", "50ms", "--drain-timeout", "1s"])
         .start();
-    let stuck = tokio::spawn({
-        let url = meshd.url("/app/slow?ms=60000");
-        async move { Client::http1().fetch(request("GET", &url, empty())).await }
-    });
+    let stuck = spawn_get(meshd.url("/app/slow?ms=60000"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     apps.deploy("app", "stream-v2");
     let line = meshd.wait_for_log(&["drain timeout reached", "app=app"]);
@@ -336,10 +333,7 @@ async fn a_deploy_while_every_instance_slot_is_busy_waits_for_one() {
     // The pool holds two instances per slot: one is now parked for reuse...
     assert_eq!(client.get(&meshd.url("/warm/seen")).await.text(), "1");
     // ...and the one instance slot is held by a slow request.
-    let slow = tokio::spawn({
-        let url = meshd.url("/busy/slow?ms=1500");
-        async move { Client::http1().fetch(request("GET", &url, empty())).await }
-    });
+    let slow = spawn_get(meshd.url("/busy/slow?ms=1500"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A new app with a health check arrives while the pool is full: its
     // checks wait for the slot instead of failing a healthy version.
@@ -360,10 +354,7 @@ async fn max_concurrency_holds_across_a_swap() {
         .start();
     let client = Client::http1();
     // The app's one request slot, held by the old version.
-    let slow = tokio::spawn({
-        let url = meshd.url("/app/slow?ms=2000");
-        async move { Client::http1().fetch(request("GET", &url, empty())).await }
-    });
+    let slow = spawn_get(meshd.url("/app/slow?ms=2000"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     apps.deploy("app", "stream-v2");
     meshd.wait_for_log(&["app updated", "app=app"]);

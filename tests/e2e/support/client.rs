@@ -163,3 +163,9 @@ pub async fn count_body(mut body: Incoming) -> Result<u64, String> {
     }
     Ok(total)
 }
+
+/// Starts `GET url` on a connection of its own in the background: for a
+/// request that must be in flight while the test does something else.
+pub fn spawn_get(url: String) -> tokio::task::JoinHandle<Result<Reply, String>> {
+    tokio::spawn(async move { Client::http1().fetch(request("GET", &url, empty())).await })
+}

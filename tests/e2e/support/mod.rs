@@ -6,7 +6,7 @@
 mod client;
 mod meshd;
 
-pub use client::{count_body, empty, generated, request, Client};
+pub use client::{count_body, empty, generated, request, spawn_get, Client};
 pub use meshd::{Meshd, MeshdBuilder};
 
 use std::path::{Path, PathBuf};
