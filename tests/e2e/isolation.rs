@@ -434,23 +434,31 @@ async fn expect_slot_freed(client: &Client, url: &str) {
     }
 }
 
-#[tokio::test]
-async fn a_client_that_goes_away_before_the_answer_stops_its_guest() {
+/// Serves `guest` as app `name` with one request at a time and a deadline
+/// far away (so its slot is free again soon only if an abandoned guest is
+/// stopped), and sends `GET path` on a raw connection the test can drop.
+async fn one_slot_app_with_a_request(
+    name: &str,
+    guest: &str,
+    path: &str,
+) -> (AppsDir, Meshd, tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     let apps = AppsDir::new();
-    apps.deploy("spin", "hostile");
-    // One request at a time and a deadline far away: the app is free again
-    // soon only if the abandoned guest was stopped.
+    apps.deploy(name, guest);
     apps.write(
-        "spin.toml",
+        &format!("{name}.toml"),
         "[limits]\ntimeout = \"60s\"\nmax_concurrency = 1\n",
     );
     let meshd = Meshd::start(apps.path());
     let mut socket = tokio::net::TcpStream::connect(meshd.addr()).await.unwrap();
-    socket
-        .write_all(b"GET /spin/spin HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await
-        .unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    (apps, meshd, socket)
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_before_the_answer_stops_its_guest() {
+    let (_apps, meshd, socket) = one_slot_app_with_a_request("spin", "hostile", "/spin/spin").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let client = Client::http1();
     let busy = client.get(&meshd.url("/spin/ok")).await;
@@ -465,23 +473,11 @@ async fn a_client_that_goes_away_before_the_answer_stops_its_guest() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_mid_response_stops_its_guest() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let apps = AppsDir::new();
-    apps.deploy("drip", "stream");
-    // One request at a time and a deadline far away: the app is free again
-    // soon only if the guest still writing to a departed client was stopped.
-    apps.write(
-        "drip.toml",
-        "[limits]\ntimeout = \"60s\"\nmax_concurrency = 1\n",
-    );
-    let meshd = Meshd::start(apps.path());
-    let mut socket = tokio::net::TcpStream::connect(meshd.addr()).await.unwrap();
+    use tokio::io::AsyncReadExt;
     // The head at once, then 20 s before the first line: the guest is not
     // writing (so no failed write stops it) when the client leaves.
-    socket
-        .write_all(b"GET /drip/drip?chunks=3&ms=20000 HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await
-        .unwrap();
+    let (_apps, meshd, mut socket) =
+        one_slot_app_with_a_request("drip", "stream", "/drip/drip?chunks=3&ms=20000").await;
     let mut head = [0u8; 512];
     let n = socket.read(&mut head).await.unwrap();
     assert!(
