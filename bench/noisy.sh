@@ -21,6 +21,8 @@
 #   THREADS        wrk threads                           (default 1)
 #   NOISY_CLIENTS  concurrent spinning clients           (default 2)
 #   NOISY_TIMEOUT  the noisy app's [limits] timeout      (default 2s)
+#   NOISY_CPU      the noisy app's [limits] cpu, in cores (default: unset, so
+#                  meshd's default applies: half its workers, rounded up)
 #   NOISY_LEAD     seconds the noisy load runs before wrk starts (default 1)
 #   BENCH_OUT      also write the result table (markdown) to this file
 #   MESHD, MESHD_LABEL  measure a given meshd binary (as in bench/rps.sh)
@@ -36,6 +38,7 @@ CONNECTIONS="${CONNECTIONS:-16}"
 THREADS="${THREADS:-1}"
 NOISY_CLIENTS="${NOISY_CLIENTS:-2}"
 NOISY_TIMEOUT="${NOISY_TIMEOUT:-2s}"
+NOISY_CPU="${NOISY_CPU:-}"
 NOISY_LEAD="${NOISY_LEAD:-1}"
 [[ "$DURATION" =~ ^[0-9]+s$ ]] || die "DURATION must be whole seconds, like 10s"
 
@@ -48,6 +51,11 @@ mkdir -p "$WORK/apps"
 cp "$GUESTS/hello.wasm" "$WORK/apps/hello.wasm"
 cp "$GUESTS/hostile.wasm" "$WORK/apps/noisy.wasm"
 printf '[limits]\ntimeout = "%s"\n' "$NOISY_TIMEOUT" >"$WORK/apps/noisy.toml"
+NOISY_LIMITS="timeout = \"$NOISY_TIMEOUT\""
+if [[ -n "$NOISY_CPU" ]]; then
+    printf 'cpu = %s\n' "$NOISY_CPU" >>"$WORK/apps/noisy.toml"
+    NOISY_LIMITS="$NOISY_LIMITS, cpu = $NOISY_CPU"
+fi
 start_meshd "$WORK/meshd.log" --apps "$WORK/apps" --cache-dir "$WORK/cache" --data-dir "$WORK/data"
 HELLO="http://$MESHD_ADDR/hello/"
 NOISY="http://$MESHD_ADDR/noisy/spin"
@@ -89,7 +97,7 @@ log "noisy: $NOISY_TOTAL requests, $NOISY_504 answered 504 ($NOISY_TIME)${NOISY_
 
 report() {
     machine_lines
-    echo "load on /hello/: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after a ${WARMUP} warm-up); noisy: $NOISY_CLIENTS curl loops on /noisy/spin ([limits] timeout = \"$NOISY_TIMEOUT\"), from ${NOISY_LEAD} s before wrk to its end"
+    echo "load on /hello/: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after a ${WARMUP} warm-up); noisy: $NOISY_CLIENTS curl loops on /noisy/spin ([limits] $NOISY_LIMITS), from ${NOISY_LEAD} s before wrk to its end"
     echo
     echo "| /hello/ | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors | other CPU load |"
     echo "|---|---:|---:|---:|---:|---:|---:|"

@@ -1,7 +1,9 @@
 //! Tenant isolation and limits: one tenant can never read, slow down, crash
 //! or starve another.
 
-use crate::support::{empty, generated, peak_rss, request, spawn_get, AppsDir, Client, Meshd};
+use crate::support::{
+    empty, generated, metric_sample, peak_rss, request, spawn_get, AppsDir, Client, Meshd,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,47 @@ async fn spinning_guest_gets_504_at_its_deadline_while_others_are_served() {
     }
     meshd.wait_for_log(&["request timed out", "app=spin"]);
     // The app's next request works.
+    assert_eq!(client.get(&meshd.url("/spin/ok")).await.text(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_over_its_cpu_limit_waits_for_its_share_and_others_do_not() {
+    let apps = AppsDir::with(&["hello"]);
+    apps.deploy("spin", "hostile");
+    apps.write("spin.toml", "[limits]\ntimeout = \"2s\"\ncpu = 0.2\n");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--metrics-listen", "127.0.0.1:0"])
+        .start();
+    let metrics_url = meshd.metrics_url();
+
+    // Two guests spinning until their deadline: without the limit they
+    // would run about 4 s between them (2 s each, on two workers).
+    let spinners: Vec<_> = (0..2).map(|_| spawn_get(meshd.url("/spin/spin"))).collect();
+    let client = Client::http1();
+    while spinners.iter().any(|s| !s.is_finished()) {
+        assert_eq!(client.get(&meshd.url("/hello")).await.status, 200);
+    }
+    for spinner in spinners {
+        assert_eq!(spinner.await.unwrap().unwrap().status, 504);
+    }
+    meshd.wait_for_log(&["app is over its cpu limit", "app=spin"]);
+
+    let text = client.get(&metrics_url).await.text();
+    let spin = "app=\"spin\"";
+    let ran = metric_sample(&text, "meshd_guest_run_seconds_total", &[spin]);
+    let waited = metric_sample(&text, "meshd_guest_cpu_wait_seconds_total", &[spin]);
+    // A fifth of a core for 2 s is 0.4 s, plus a burst of 0.02 s and the
+    // slice each guest runs before it is stopped.
+    assert!(ran > 0.0 && ran < 1.0, "spin ran {ran} s");
+    assert!(waited > 1.0, "spin was told to wait only {waited} s");
+    let hello = "app=\"hello\"";
+    assert!(metric_sample(&text, "meshd_guest_run_seconds_total", &[hello]) > 0.0);
+    assert_eq!(
+        metric_sample(&text, "meshd_guest_cpu_wait_seconds_total", &[hello]),
+        0.0,
+        "hello is within its share and never waits"
+    );
+    // Once its share has caught up the app answers again.
     assert_eq!(client.get(&meshd.url("/spin/ok")).await.text(), "ok");
 }
 

@@ -1,21 +1,7 @@
 //! The metrics endpoint (`--metrics-listen`): per-app responses by status
 //! class, latency, deploys, on a listener of its own.
 
-use crate::support::{AppsDir, Client, Meshd};
-
-/// The value of the one sample of `text` whose line starts with `name` and
-/// contains every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
-        .collect();
-    assert_eq!(lines.len(), 1, "{name} {labels:?} in:\n{text}");
-    let value = lines[0].rsplit(' ').next().unwrap_or_default();
-    value
-        .parse()
-        .unwrap_or_else(|e| panic!("{value:?} is not a number ({e}) in {}", lines[0]))
-}
+use crate::support::{metric_sample as sample, AppsDir, Client, Meshd};
 
 #[tokio::test]
 async fn metrics_count_responses_per_app_and_status_class_and_deploys() {
@@ -23,13 +9,7 @@ async fn metrics_count_responses_per_app_and_status_class_and_deploys() {
     let meshd = Meshd::builder(apps.path())
         .args(&["--metrics-listen", "127.0.0.1:0"])
         .start();
-    let line = meshd.wait_for_log(&["metrics listening on http://"]);
-    let metrics_url = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(|addr| format!("http://{addr}"))
-        .expect("the log names the metrics address");
+    let metrics_url = meshd.metrics_url();
 
     let client = Client::http1();
     for _ in 0..3 {

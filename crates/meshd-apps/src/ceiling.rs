@@ -4,7 +4,7 @@
 //! outbound access to the operator's internal network.
 
 use crate::address::is_internal;
-use crate::limits::{duration, size, Limits};
+use crate::limits::{cores, cores_text, duration, size, Limits};
 use crate::manifest::Manifest;
 use serde::Deserialize;
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub struct Ceiling {
     /// Largest `max_body`, e.g. `"64MiB"`.
     #[serde(default, deserialize_with = "size")]
     pub max_body: Option<u64>,
+    /// Highest `cpu`, in cores (`2`, `0.5`).
+    #[serde(default, deserialize_with = "cores")]
+    pub cpu: Option<u32>,
     /// Highest `reuse` (instance reuse weakens isolation between requests).
     pub reuse: Option<u32>,
     /// Whether an `[outbound] allow` rule may name an internal IP address
@@ -46,6 +49,7 @@ impl Default for Ceiling {
             timeout: None,
             max_concurrency: None,
             max_body: None,
+            cpu: None,
             reuse: None,
             internal_outbound: true,
         }
@@ -69,7 +73,9 @@ impl Ceiling {
             number_text,
         )?;
         let (value, bound) = (limits.max_body, self.max_body);
-        above("limits.max_body", value, bound, "max_body", size_text)
+        above("limits.max_body", value, bound, "max_body", size_text)?;
+        let (value, bound) = (limits.cpu, self.cpu);
+        above("limits.cpu", value, bound, "cpu", cores_text)
     }
 
     /// Checks an app: its limits (`limits`, the manifest's merged over the
@@ -148,17 +154,18 @@ mod tests {
     #[test]
     fn each_limit_above_its_bound_is_refused_with_both_values() {
         let bound = ceiling(
-            "memory = \"64MiB\"\ntimeout = \"10s\"\nmax_concurrency = 10\nmax_body = \"1MiB\"\nreuse = 10\n",
+            "memory = \"64MiB\"\ntimeout = \"10s\"\nmax_concurrency = 10\nmax_body = \"1MiB\"\ncpu = 0.5\nreuse = 10\n",
         );
         let cases = [
             ("[limits]\nmemory = \"65MiB\"", "limits.memory"),
             ("[limits]\ntimeout = \"11s\"", "limits.timeout"),
             ("[limits]\nmax_concurrency = 11", "limits.max_concurrency"),
             ("[limits]\nmax_body = \"2MiB\"", "limits.max_body"),
+            ("[limits]\ncpu = 0.6", "limits.cpu"),
             ("reuse = 11", "reuse"),
         ];
         let within = manifest(
-            "reuse = 10\n[limits]\nmemory = \"64MiB\"\ntimeout = \"10s\"\nmax_concurrency = 10\nmax_body = \"1MiB\"\n",
+            "reuse = 10\n[limits]\nmemory = \"64MiB\"\ntimeout = \"10s\"\nmax_concurrency = 10\nmax_body = \"1MiB\"\ncpu = 0.5\n",
         );
         assert_eq!(bound.check(&within, &limits_of(&within)), Ok(()));
         for (text, key) in cases {

@@ -21,6 +21,11 @@ pub struct Limits {
     /// Largest request body, e.g. `"10MiB"`; larger ones get 413.
     #[serde(default, deserialize_with = "size")]
     pub max_body: Option<u64>,
+    /// Processor time the app's guests may use, in cores averaged over time
+    /// (`0.5`, `2`); kept in thousandths of a core. Guests over it wait
+    /// for their share.
+    #[serde(default, deserialize_with = "cores")]
+    pub cpu: Option<u32>,
 }
 
 impl Limits {
@@ -31,6 +36,8 @@ impl Limits {
         timeout: Some(Duration::from_secs(30)),
         max_concurrency: Some(100),
         max_body: Some(128 << 20),
+        // Depends on the machine: see `Limits::default_cpu`.
+        cpu: None,
     };
 
     /// These limits, with `defaults` filling the keys left unset.
@@ -40,8 +47,43 @@ impl Limits {
             timeout: self.timeout.or(defaults.timeout),
             max_concurrency: self.max_concurrency.or(defaults.max_concurrency),
             max_body: self.max_body.or(defaults.max_body),
+            cpu: self.cpu.or(defaults.cpu),
         }
     }
+
+    /// The `cpu` limit an app gets when nothing sets one: half of meshd's
+    /// worker threads, rounded up, so no single tenant can take the whole
+    /// daemon (on one worker, that worker). In thousandths of a core.
+    pub fn default_cpu(workers: usize) -> u32 {
+        let cores = workers.div_ceil(2).max(1);
+        u32::try_from(cores * 1000).unwrap_or(u32::MAX)
+    }
+}
+
+/// Parses a number of cores (`"0.5"`, `"2"`) into thousandths of a core: at
+/// least 0.001, at most 1,000,000.
+pub fn parse_cores(text: &str) -> Result<u32, String> {
+    let cores: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid cpu {text:?}: expected a number of cores, e.g. 0.5 or 2"))?;
+    cores_to_millis(cores)
+}
+
+fn cores_to_millis(cores: f64) -> Result<u32, String> {
+    let millis = (cores * 1000.0).round();
+    if !(1.0..=1e9).contains(&millis) {
+        return Err(format!(
+            "invalid cpu {cores}: must be between 0.001 and 1000000 cores"
+        ));
+    }
+    // In range, so the conversion is exact.
+    Ok(millis as u32)
+}
+
+/// Thousandths of a core as the number of cores a user writes (`0.5`).
+pub fn cores_text(millis: u32) -> String {
+    format!("{}", f64::from(millis) / 1000.0)
 }
 
 /// A size: a string with a unit (`"64MiB"`, `"10 MB"`) or a number of bytes.
@@ -59,6 +101,15 @@ pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
             .map(|size| Some(size.as_u64()))
             .map_err(|e| serde::de::Error::custom(format!("invalid size {text:?}: {e}"))),
     }
+}
+
+/// A number of cores, integer or not (`cpu = 2`, `cpu = 0.25`), kept in
+/// thousandths of a core.
+pub(crate) fn cores<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let cores = f64::deserialize(d)?;
+    cores_to_millis(cores)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A duration with a unit: `"500ms"`, `"5s"`, `"2m"`.
@@ -99,5 +150,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid duration \"soon\""), "{err}");
+        for bad in ["cpu = 0", "cpu = -1", "cpu = 0.0001", "cpu = \"half\""] {
+            assert!(toml::from_str::<Limits>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_is_kept_in_thousandths_of_a_core() {
+        let limits: Limits = toml::from_str("cpu = 0.25").unwrap();
+        assert_eq!(limits.cpu, Some(250));
+        let limits: Limits = toml::from_str("cpu = 2").unwrap();
+        assert_eq!(limits.cpu, Some(2000));
+        assert_eq!(parse_cores("1.5"), Ok(1500));
+        assert!(parse_cores("0").is_err());
+        assert!(parse_cores("lots").is_err());
+        assert_eq!(cores_text(250), "0.25");
+        assert_eq!(cores_text(2000), "2");
+    }
+
+    #[test]
+    fn default_cpu_is_half_the_workers_rounded_up() {
+        assert_eq!(Limits::default_cpu(1), 1000);
+        assert_eq!(Limits::default_cpu(2), 1000);
+        assert_eq!(Limits::default_cpu(3), 2000);
+        assert_eq!(Limits::default_cpu(16), 8000);
     }
 }

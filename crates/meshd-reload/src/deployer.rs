@@ -460,6 +460,7 @@ fn tenant_settings(
         timeout: limits.timeout.unwrap_or_default(),
         max_concurrency: limits.max_concurrency.unwrap_or(1),
         max_body: limits.max_body.unwrap_or_default(),
+        cpu: limits.cpu,
         env: manifest.env.clone().into_iter().collect(),
         files,
         outbound: manifest.outbound.rules(),

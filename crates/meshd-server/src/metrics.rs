@@ -114,6 +114,30 @@ impl Collector for MountsCollector {
             let dropped = version.log_lines_dropped();
             ConstCounter::new(dropped).encode(metric.encode_family(&set)?)?;
         }
+
+        let mut metric = encoder.encode_descriptor(
+            "meshd_guest_run_seconds",
+            "Time the app's guests ran on meshd's worker threads (instantiation, guest code, its host calls)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (version, _) in &versions {
+            let set = labels(version);
+            let (ran, _) = version.cpu_time();
+            ConstCounter::new(ran.as_secs_f64()).encode(metric.encode_family(&set)?)?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "meshd_guest_cpu_wait_seconds",
+            "Time the app's guests were told to wait because the app was over its cpu limit",
+            None,
+            MetricType::Counter,
+        )?;
+        for (version, _) in &versions {
+            let set = labels(version);
+            let (_, held) = version.cpu_time();
+            ConstCounter::new(held.as_secs_f64()).encode(metric.encode_family(&set)?)?;
+        }
         Ok(())
     }
 }

@@ -30,6 +30,7 @@ fn settings() -> TenantSettings {
         timeout: Duration::from_secs(30),
         max_concurrency: 1000,
         max_body: 1 << 20,
+        cpu: Some(1000),
         env: Vec::new(),
         files: None,
         outbound: Vec::new(),

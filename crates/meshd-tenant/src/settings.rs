@@ -17,6 +17,9 @@ pub struct TenantSettings {
     pub max_concurrency: u32,
     /// Largest request body; larger ones get 413.
     pub max_body: u64,
+    /// Processor time the app's guests may use together, in thousandths of
+    /// a core (see [`crate::CpuBudget`]); `None`: no limit.
+    pub cpu: Option<u32>,
     /// The whole environment the guest sees.
     pub env: Vec<(String, String)>,
     /// A host directory preopened as `/`, if any.
@@ -47,6 +50,7 @@ impl PartialEq for TenantSettings {
             && self.timeout == other.timeout
             && self.max_concurrency == other.max_concurrency
             && self.max_body == other.max_body
+            && self.cpu == other.cpu
             && self.env == other.env
             && self.files == other.files
             && self.outbound == other.outbound

@@ -6,6 +6,7 @@
 
 use crate::body::{LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
+use crate::cpu_budget::CpuBudget;
 use crate::engine::{Runtime, SharedCode};
 use crate::host::Host;
 use crate::in_flight::{InFlight, InFlightGuard, RequestGuards};
@@ -47,6 +48,9 @@ pub struct AppVersion {
     /// How much its guests may log, shared by all its requests and by the
     /// versions of the app that follow it.
     log_budget: Arc<LogBudget>,
+    /// How much processor time its guests may take, shared like the log
+    /// budget (see [`AppVersion::succeed`]).
+    cpu: Arc<CpuBudget>,
     /// What it has served, for the metrics endpoint.
     stats: VersionStats,
     /// This version's requests, for draining.
@@ -178,6 +182,7 @@ impl AppVersion {
         settings: TenantSettings,
     ) -> Self {
         let log_budget = Arc::new(LogBudget::new(app.clone(), runtime.config.guest_log_rate));
+        let cpu = Arc::new(CpuBudget::new(app.clone(), settings.cpu));
         AppVersion {
             app,
             id,
@@ -187,6 +192,7 @@ impl AppVersion {
             outbound: settings.outbound.clone().into(),
             config: Arc::new(settings.config.iter().cloned().collect()),
             log_budget,
+            cpu,
             stats: VersionStats::default(),
             settings,
             in_flight: Arc::new(InFlight::default()),
@@ -221,11 +227,12 @@ impl AppVersion {
     /// Makes this version the successor of `previous`, the version of the
     /// same app it replaces: their requests count together against
     /// `max_concurrency`, so a swap (while the old version drains) never
-    /// lets the app run more than its limit, and they log within one budget,
-    /// so a redeploy does not refill it.
+    /// lets the app run more than its limit, and they log and run within one
+    /// budget each, so a redeploy does not refill them.
     pub fn succeed(&mut self, previous: &AppVersion) {
         self.app_in_flight = previous.app_in_flight.clone();
         self.log_budget = previous.log_budget.clone();
+        self.cpu = previous.cpu.successor(self.settings.cpu);
     }
 
     /// The app's name.
@@ -263,6 +270,13 @@ impl AppVersion {
     /// first version that is still succeeded by this one.
     pub fn log_lines_dropped(&self) -> u64 {
         self.log_budget.dropped_total()
+    }
+
+    /// Time the app's guests have run, and time they were made to wait over
+    /// their `cpu` limit, since its first version that is still succeeded
+    /// by this one.
+    pub fn cpu_time(&self) -> (Duration, Duration) {
+        (self.cpu.ran(), self.cpu.held())
     }
 
     /// The version's in-flight requests, for draining.
@@ -335,12 +349,15 @@ impl AppVersion {
         // yield is tokio's own: it sends the task to the back of the run
         // queue. (wasmtime's plain `Yield` wakes the task at once, which lands
         // it in tokio's LIFO slot and lets it run again before anyone else:
-        // two spinning guests then starve every other tenant.)
-        store.epoch_deadline_callback(|_| {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
+        // two spinning guests then starve every other tenant.) An app over
+        // its `cpu` limit sleeps instead, until its share has caught up.
+        let cpu = self.cpu.clone();
+        store.epoch_deadline_callback(move |_| {
+            let pause: Pin<Box<dyn Future<Output = ()> + Send>> = match cpu.hold_back() {
+                Some(wait) => Box::pin(tokio::time::sleep(wait)),
+                None => Box::pin(tokio::task::yield_now()),
+            };
+            Ok(UpdateDeadline::YieldCustom(1, pause))
         });
         Ok(store)
     }
@@ -414,6 +431,14 @@ impl AppVersion {
             .try_enter(self.settings.max_concurrency)
             .ok_or(ServeError::Overloaded("the app is at its max_concurrency"))?;
         let guard = Arc::new(RequestGuards::new(app_guard, self.in_flight.enter()));
+        // An app over its `cpu` limit waits for its share before it takes
+        // an instance from the pool the other tenants share.
+        if let Some(wait) = self.cpu.hold_back() {
+            if wait >= self.settings.timeout {
+                return Err(ServeError::Overloaded("the app is over its cpu limit"));
+            }
+            tokio::time::sleep(wait).await;
+        }
         let instance_slot = self
             .runtime
             .instance_slots
@@ -566,6 +591,10 @@ impl AppVersion {
                     Ok::<_, wasmtime::Error>(proxy)
                 };
                 let deadline = tokio::time::Instant::now() + self.settings.timeout;
+                let mut call = std::pin::pin!(call);
+                // Every poll of the guest is charged to the app's `cpu`.
+                let cpu = &self.cpu;
+                let call = std::future::poll_fn(|cx| cpu.metered(|| call.as_mut().poll(cx)));
                 let mut call = std::pin::pin!(call);
                 // Most guests finish within their first poll (which lasts at most
                 // FIRST_SLICE_TICKS before the guest yields). Only a guest that

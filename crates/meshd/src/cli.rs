@@ -86,6 +86,13 @@ pub struct Args {
     #[arg(long, env = "MESHD_MAX_BODY", value_name = "SIZE")]
     pub max_body: Option<ByteSize>,
 
+    /// Default processor time one app's guests may use together, in cores
+    /// averaged over time (e.g. 0.5, 2), with bursts of a tenth of a second
+    /// over it. Guests over it wait for their share; other apps are not
+    /// slowed. [default: half of --workers, rounded up]
+    #[arg(long, env = "MESHD_MAX_CPU", value_parser = meshd_apps::parse_cores, value_name = "CORES")]
+    pub max_cpu: Option<u32>,
+
     /// Most instances alive at once across all apps (the size of the
     /// instance pool); a request arriving when all are busy gets 503.
     #[arg(
@@ -188,6 +195,7 @@ impl Args {
             timeout: self.request_timeout,
             max_concurrency: self.max_concurrency,
             max_body: self.max_body.map(|size| size.as_u64()),
+            cpu: self.max_cpu,
         }
     }
 

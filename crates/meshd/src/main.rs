@@ -108,10 +108,17 @@ async fn run(args: cli::Args) -> Result<()> {
         Some(path) => config::DaemonConfig::load(path)?,
         None => config::DaemonConfig::default(),
     };
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    // The machine-dependent default, kept within the operator's ceiling.
+    let default_cpu =
+        meshd_apps::Limits::default_cpu(workers).min(daemon_config.ceiling.cpu.unwrap_or(u32::MAX));
     let default_limits = args
         .limits()
         .or(daemon_config.limits)
-        .or(meshd_apps::Limits::BUILT_IN);
+        .or(meshd_apps::Limits {
+            cpu: Some(default_cpu),
+            ..meshd_apps::Limits::BUILT_IN
+        });
     if default_limits.max_concurrency == Some(0) {
         bail!("the default max_concurrency must be at least 1");
     }
@@ -143,7 +150,7 @@ async fn run(args: cli::Args) -> Result<()> {
         pooling = runtime.pooling(),
         max_instances = args.max_instances,
         guest_log_rate = args.guest_log_rate,
-        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        workers,
         limits = ?default_limits,
         ceiling = ?daemon_config.ceiling,
         "tenant runtime ready"

@@ -60,6 +60,17 @@ impl Meshd {
         self.child.id()
     }
 
+    /// The address of the metrics endpoint of a meshd started with
+    /// `--metrics-listen`, as its log names it.
+    pub fn metrics_url(&self) -> String {
+        let line = self.wait_for_log(&["metrics listening on http://"]);
+        line.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(|addr| format!("http://{addr}"))
+            .expect("the log names the metrics address")
+    }
+
     /// All log lines so far.
     pub fn log(&self) -> Vec<String> {
         self.log.0.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -13,6 +13,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// The value of the one sample of the metrics `text` whose line starts with
+/// `name` and contains every one of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
+        .collect();
+    assert_eq!(lines.len(), 1, "{name} {labels:?} in:\n{text}");
+    let value = lines[0].rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("{value:?} is not a number ({e}) in {}", lines[0]))
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
