@@ -409,7 +409,7 @@ async fn daemon_defaults_come_from_flags_and_meshd_toml() {
 
 /// Starts meshd on one app with `config` as its meshd.toml, expects it to
 /// exit with an error, and returns its stderr.
-fn fails_to_start_with_config(config: &str) -> String {
+pub(crate) fn fails_to_start_with_config(config: &str) -> String {
     let apps = AppsDir::with(&["hello"]);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), config).unwrap();

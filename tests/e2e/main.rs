@@ -10,6 +10,7 @@ mod cache;
 mod front_door;
 mod isolation;
 mod metrics;
+mod outbound_tls;
 mod platform;
 mod polyglot;
 mod reuse;

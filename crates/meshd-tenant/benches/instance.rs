@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
             cache_dir: dir.path().join("cache"),
             max_instances: 1000,
             guest_log_rate: 0,
+            outbound_ca_files: Vec::new(),
         },
         kv,
     )

@@ -41,6 +41,9 @@ pub struct RuntimeConfig {
     /// Lines a second one app may add to meshd's log (stdout, stderr and
     /// wasi:logging together); 0 means no limit.
     pub guest_log_rate: u32,
+    /// PEM files of certificate authorities outbound HTTPS trusts besides
+    /// Mozilla's roots.
+    pub outbound_ca_files: Vec<PathBuf>,
 }
 
 /// The shared engine, linker and compiled-artifact cache.
@@ -52,6 +55,8 @@ pub struct Runtime {
     /// so identical apps hold one copy in memory.
     pub(crate) shared_code: Mutex<HashMap<blake3::Hash, Weak<SharedCode>>>,
     pub(crate) kv: KvStore,
+    /// TLS settings of every outbound HTTPS connection.
+    pub(crate) outbound_tls: Arc<rustls::ClientConfig>,
     pub(crate) config: RuntimeConfig,
     /// Instances serving a request, capped at `max_instances` daemon-wide.
     pub(crate) instance_slots: Arc<InFlight>,
@@ -97,6 +102,7 @@ impl Runtime {
         wasmtime_wasi_config::add_to_linker(&mut linker, Host::config)
             .map_err(anyhow::Error::from)
             .context("cannot add wasi:config to the linker")?;
+        let outbound_tls = crate::outbound::client_config(&config.outbound_ca_files)?;
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
         Ok(Arc::new(Runtime {
@@ -105,6 +111,7 @@ impl Runtime {
             cache,
             shared_code: Mutex::new(HashMap::new()),
             kv,
+            outbound_tls,
             instance_slots: Arc::default(),
             idle_slots: Arc::default(),
             config,

@@ -41,6 +41,7 @@ impl Host {
         config: &Arc<WasiConfigVariables>,
         kv: &KvStore,
         log_budget: &Arc<LogBudget>,
+        outbound_tls: &Arc<rustls::ClientConfig>,
     ) -> anyhow::Result<Self> {
         let mut wasi = WasiCtx::builder();
         let stdout = GuestLog::new(app.clone(), Stream::Stdout, log_budget.clone());
@@ -65,7 +66,12 @@ impl Host {
             config: config.clone(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: OutboundPolicy::new(app.clone(), outbound.clone(), settings.timeout),
+            hooks: OutboundPolicy::new(
+                app.clone(),
+                outbound.clone(),
+                settings.timeout,
+                outbound_tls.clone(),
+            ),
             limiter: TenantLimiter::new(settings.memory),
         })
     }

@@ -341,6 +341,7 @@ impl AppVersion {
             &self.config,
             &self.runtime.kv,
             &self.log_budget,
+            &self.runtime.outbound_tls,
         )?;
         let mut store = Store::new(&self.runtime.engine, host);
         store.limiter(|host| &mut host.limiter);

@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result};
 use meshd_apps::{Ceiling, Limits};
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The daemon settings file. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -18,6 +18,21 @@ pub struct DaemonConfig {
     /// Where wasi:keyvalue data lives.
     #[serde(default)]
     pub keyvalue: KeyValueConfig,
+    /// Daemon-wide settings of apps' outbound HTTP.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+}
+
+/// `[outbound]`: what every app's outbound HTTP shares. (Where each app may
+/// go is its own manifest's `[outbound] allow`.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// PEM files of certificate authorities to trust for outbound HTTPS,
+    /// besides Mozilla's roots (e.g. an internal CA). Relative paths are
+    /// relative to the config file's directory.
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// `[keyvalue]`: the backend and its limits.
@@ -69,13 +84,18 @@ impl DaemonConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
+        let mut config: DaemonConfig = toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "invalid config file {}: {}",
                 path.display(),
                 e.to_string().trim_end().replace('\n', " ")
             )
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in &mut config.outbound.ca_files {
+            *file = base.join(&*file);
+        }
+        Ok(config)
     }
 }
 
@@ -96,5 +116,25 @@ mod tests {
         assert_eq!(config.keyvalue.backend, Backend::Redis);
         assert_eq!(config.keyvalue.limits().quota, 1024);
         assert!(toml::from_str::<DaemonConfig>("[keyvalue]\nbackend = \"etcd\"").is_err());
+    }
+
+    #[test]
+    fn ca_files_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshd.toml");
+        std::fs::write(
+            &path,
+            "[outbound]\nca_files = [\"ca/internal.pem\", \"/etc/ssl/other.pem\"]\n",
+        )
+        .unwrap();
+        let config = DaemonConfig::load(&path).unwrap();
+        assert_eq!(
+            config.outbound.ca_files,
+            [
+                dir.path().join("ca/internal.pem"),
+                PathBuf::from("/etc/ssl/other.pem")
+            ]
+        );
+        assert!(toml::from_str::<DaemonConfig>("[outbound]\nallow = []").is_err());
     }
 }

@@ -142,6 +142,7 @@ async fn run(args: cli::Args) -> Result<()> {
             cache_dir: args.cache_dir(),
             max_instances: args.max_instances,
             guest_log_rate: args.guest_log_rate,
+            outbound_ca_files: daemon_config.outbound.ca_files.clone(),
         },
         kv,
     )?;

@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,12 +39,13 @@ pub(super) struct Timeouts {
     pub between_bytes: Duration,
 }
 
-/// Where to send a request: checked addresses, and the name to verify the
-/// TLS certificate against.
+/// Where to send a request: checked addresses, the name to verify the TLS
+/// certificate against, and the TLS settings for https.
 pub(super) struct Destination<'a> {
     pub addrs: &'a [SocketAddr],
     pub host: &'a str,
     pub https: bool,
+    pub tls: &'a Arc<rustls::ClientConfig>,
 }
 
 /// A TCP or TLS stream, for hyper.
@@ -110,10 +111,10 @@ async fn handshake(to: &Destination<'_>) -> Result<Handshake, Error> {
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Stream> = if to.https {
         let name = ServerName::try_from(to.host.to_owned()).map_err(Error::InvalidDnsNameError)?;
-        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+        let tls = tokio_rustls::TlsConnector::from(to.tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(Error::Tls)?;
+            .map_err(tls_error)?;
         Box::new(tls)
     } else {
         Box::new(tcp)
@@ -121,23 +122,19 @@ async fn handshake(to: &Destination<'_>) -> Result<Handshake, Error> {
     Ok(hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?)
 }
 
-/// The TLS client settings, made once: Mozilla's root certificates
-/// (`webpki-roots`, as wasmtime-wasi-http uses), ring, TLS 1.2 and 1.3.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    if let Some(config) = CONFIG.get() {
-        return Ok(config.clone());
+/// A server certificate that does not verify (unknown issuer, wrong name,
+/// expired) is `tls-certificate-error` for the guest, so it can tell that
+/// from a broken handshake (`tls-protocol-error`).
+fn tls_error(error: std::io::Error) -> Error {
+    let certificate = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+    if certificate {
+        Error::TlsCertificateError
+    } else {
+        Error::Tls(error)
     }
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::InternalError(Some(format!("TLS set-up: {e}"))))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
 }
 
 /// A response body that fails if no frame arrives within `limit` of the
@@ -199,6 +196,10 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    fn tls() -> Arc<rustls::ClientConfig> {
+        crate::outbound::client_config(&[]).expect("the default TLS settings")
+    }
+
     fn timeouts(between_bytes: Duration) -> Timeouts {
         Timeouts {
             connect: SECOND,
@@ -252,6 +253,7 @@ mod tests {
             addrs: &[addr],
             host,
             https: false,
+            tls: &tls(),
         };
         let uri = format!("http://{host}/path?q=1");
         let (response, io) = send(request(&uri, host), to, timeouts(SECOND))
@@ -278,6 +280,7 @@ mod tests {
             addrs: &[addr],
             host: "127.0.0.1",
             https: false,
+            tls: &tls(),
         };
         let limit = Duration::from_millis(200);
         let (response, io) = send(
@@ -305,6 +308,7 @@ mod tests {
             addrs: &[addr],
             host: "127.0.0.1",
             https: false,
+            tls: &tls(),
         };
         let mut limits = timeouts(SECOND);
         limits.first_byte = Duration::from_millis(200);
@@ -330,6 +334,7 @@ mod tests {
             addrs: &[addr],
             host: "example.com",
             https: true,
+            tls: &tls(),
         };
         let result = send(
             request("https://example.com/", "example.com"),

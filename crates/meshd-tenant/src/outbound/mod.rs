@@ -2,6 +2,9 @@
 //! destination, and never to internal addresses through a name.
 
 mod connect;
+mod tls;
+
+pub use tls::client_config;
 
 use connect::{Destination, Timeouts};
 use meshd_apps::{is_internal, OutboundRule};
@@ -22,15 +25,23 @@ pub struct OutboundPolicy {
     rules: Arc<[OutboundRule]>,
     /// Caps every guest-chosen network timeout.
     max_wait: Duration,
+    /// TLS settings for https, the daemon's.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl OutboundPolicy {
     /// The policy for `app`.
-    pub fn new(app: Arc<str>, rules: Arc<[OutboundRule]>, max_wait: Duration) -> Self {
+    pub fn new(
+        app: Arc<str>,
+        rules: Arc<[OutboundRule]>,
+        max_wait: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
         OutboundPolicy {
             app,
             rules,
             max_wait,
+            tls,
         }
     }
 
@@ -77,6 +88,7 @@ impl WasiHttpHooks for OutboundPolicy {
         let check_addresses = !rule.names_address_explicitly();
         let timeouts = self.clamp(options);
         let app = self.app.clone();
+        let tls = self.tls.clone();
         Box::new(async move {
             let addrs: Vec<SocketAddr> =
                 timeout(timeouts.connect, lookup_host((host.as_str(), port)))
@@ -94,6 +106,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 addrs: &addrs,
                 host: &host,
                 https,
+                tls: &tls,
             };
             connect::send(request, to, timeouts).await
         })
