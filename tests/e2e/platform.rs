@@ -216,7 +216,7 @@ async fn limits_and_quota_give_clear_errors(backend: Backend) {
         .meshd(
             &apps,
             dir.path(),
-            "max_key = \"8\"\nmax_value = \"16\"\nquota = \"40\"\n",
+            "max_key = \"8\"\nmax_value = \"16\"\nquota = \"250\"\n",
         )
         .start();
     let client = Client::http1();
@@ -234,14 +234,21 @@ async fn limits_and_quota_give_clear_errors(backend: Backend) {
         set("k", &"v".repeat(17)).await,
         "error: value is 17 bytes; the limit is 16"
     );
-    assert_eq!(set("k1", &"v".repeat(16)).await, "ok"); // 18 bytes
-    assert_eq!(set("k2", &"v".repeat(16)).await, "ok"); // 36 bytes
+    // Each entry is charged 64 bytes, the app's name ("platform", 8), the
+    // bucket's (""), its key and its value.
+    assert_eq!(set("k1", &"v".repeat(16)).await, "ok"); // 90 bytes
+    assert_eq!(set("k2", &"v".repeat(16)).await, "ok"); // 180 bytes
     assert_eq!(
         set("k3", "vvv").await,
-        "error: quota exceeded: the app may store 40 bytes"
+        "error: quota exceeded: the app may store 250 bytes"
     );
-    assert_eq!(set("k1", "v").await, "ok"); // frees 15 bytes
-    assert_eq!(set("k3", "vvv").await, "ok");
+    assert_eq!(set("k1", "v").await, "ok"); // frees 15 bytes: 165
+    assert_eq!(set("k3", "vvv").await, "ok"); // 242
+    assert_eq!(
+        set("k4", "").await,
+        "error: quota exceeded: the app may store 250 bytes",
+        "an empty entry is charged too"
+    );
     let long_bucket = meshd.url(&format!("/platform/set?bucket={}&key=k", "b".repeat(257)));
     assert_eq!(
         client.post(&long_bucket, "v").await.text(),

@@ -10,7 +10,9 @@
 //!   share tenant state.
 //!
 //! Both enforce the same limits: key size, value size and a per-tenant quota
-//! on the bytes stored (keys plus values). Increments are atomic.
+//! on the bytes stored, each entry charged its key, value, bucket name and
+//! app name plus [`ENTRY_OVERHEAD`] (see [`charged_size`]). Increments are
+//! atomic.
 #![deny(missing_docs)]
 
 mod redb_store;
@@ -25,8 +27,8 @@ pub struct KvLimits {
     pub max_key: usize,
     /// Largest value, in bytes.
     pub max_value: usize,
-    /// Most bytes (keys plus values) one tenant may store, all buckets
-    /// together.
+    /// Most bytes one tenant may store, all buckets together, as
+    /// [`charged_size`] counts them.
     pub quota: u64,
 }
 
@@ -103,6 +105,19 @@ pub const MAX_BATCH_KEYS: usize = 1000;
 /// Most bytes one `get_many` may return: the host holds them all before
 /// copying them into the guest, so this bounds meshd's memory per call.
 pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Bytes every entry is charged on top of its contents: what a backend
+/// spends to keep one entry (redb's B-tree slot and length fields, Redis's
+/// key object), rounded up. Without it, empty entries would be free, and a
+/// tenant could fill the disk (or Redis's memory) with them under any quota.
+pub const ENTRY_OVERHEAD: u64 = 64;
+
+/// What one entry counts against its tenant's quota: its key, its value,
+/// the bucket and app names stored with it, and [`ENTRY_OVERHEAD`].
+pub fn charged_size(b: BucketRef<'_>, key: &str, value_len: usize) -> u64 {
+    let contents = b.tenant.len() + b.bucket.len() + key.len() + value_len;
+    ENTRY_OVERHEAD + contents as u64
+}
 
 /// The key-value store shared by all tenants of a meshd.
 #[derive(Clone)]
@@ -369,9 +384,11 @@ mod tests {
             KvLimits {
                 max_key: 4,
                 max_value: 8,
-                quota: 20,
+                quota: 2 * ENTRY_OVERHEAD + 20,
             },
         );
+        // Each entry below is charged 64 + 1 (app "a") + 0 (bucket "") + its
+        // key and value: k1 = 12345678 is 75 bytes.
         let b = bucket("a", "");
         assert!(matches!(
             kv.set(b, "toolong", b"v").await,
@@ -381,20 +398,56 @@ mod tests {
             kv.set(b, "k", b"123456789").await,
             Err(KvError::ValueTooLarge { .. })
         ));
-        kv.set(b, "k1", b"12345678").await.unwrap(); // 10 bytes
-        kv.set(b, "k2", b"12345678").await.unwrap(); // 20 bytes
-        let err = kv.set(b, "k3", b"1").await.unwrap_err();
+        kv.set(b, "k1", b"123456").await.unwrap(); // 73 bytes
+        kv.set(b, "k2", b"123456").await.unwrap(); // 146 of 148
+        let err = kv.set(b, "k3", b"").await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "quota exceeded: the app may store 20 bytes"
+            "quota exceeded: the app may store 148 bytes"
         );
         // Overwriting with something smaller, or deleting, frees room.
-        kv.set(b, "k1", b"1").await.unwrap();
-        kv.set(b, "k3", b"1").await.unwrap();
-        kv.delete(b, "k2").await.unwrap();
-        kv.set(b, "k4", b"1234").await.unwrap();
+        kv.set(b, "k1", b"1").await.unwrap(); // 141
+        kv.delete(b, "k2").await.unwrap(); // 68
+        kv.set(b, "k3", b"12345").await.unwrap(); // 140
+                                                  // Empty entries are not free: this one would be 65 bytes.
+        assert!(matches!(
+            kv.set(b, "", b"").await,
+            Err(KvError::QuotaExceeded { .. })
+        ));
         // Other tenants have their own quota.
         kv.set(bucket("b", ""), "k1", b"12345678").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn empty_entries_are_charged_so_their_number_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let quota = 10 * (ENTRY_OVERHEAD + 4);
+        let kv = store(
+            &dir,
+            KvLimits {
+                quota,
+                ..KvLimits::default()
+            },
+        );
+        // App "a", bucket "bb", one-character keys, empty values: 68 bytes
+        // each, so ten fit and the eleventh does not.
+        let b = bucket("a", "bb");
+        for key in "0123456789".chars() {
+            kv.set(b, &key.to_string(), b"").await.unwrap();
+        }
+        assert!(matches!(
+            kv.set(b, "x", b"").await,
+            Err(KvError::QuotaExceeded { .. })
+        ));
+    }
+
+    #[test]
+    fn a_database_counted_by_the_old_formula_is_recounted_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        redb_store::tests::write_old_format(&path, "a", &[("b", "k", b"v".as_slice())]);
+        let usage = redb_store::tests::usage_after_open(&path, "a");
+        assert_eq!(usage, charged_size(bucket("a", "b"), "k", 1));
     }
 
     #[tokio::test]

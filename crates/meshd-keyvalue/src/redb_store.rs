@@ -1,14 +1,21 @@
 //! The embedded backend: one redb file, every write a durable transaction.
 
-use crate::{parse_counter, BucketRef, KeyPage, KvError, PAGE_SIZE};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use crate::{charged_size, parse_counter, BucketRef, KeyPage, KvError, PAGE_SIZE};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 /// (tenant, bucket, key) → value.
 const ENTRIES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("entries");
-/// tenant → bytes stored (keys plus values).
+/// tenant → bytes stored, as [`charged_size`] counts them.
 const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// Facts about the file itself: `usage-formula` → which way USAGE counts.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The way USAGE counts now: 2 = [`charged_size`]. Files written before it
+/// (no META table) counted keys and values only, and are recounted on open.
+const USAGE_FORMULA: u64 = 2;
 
 #[derive(Clone)]
 pub(crate) struct RedbStore {
@@ -24,8 +31,33 @@ fn used_bytes(usage: &impl ReadableTable<&'static str, u64>, tenant: &str) -> Re
     Ok(usage.get(tenant).map_err(backend)?.map_or(0, |v| v.value()))
 }
 
-fn entry_size(key: &str, value_len: usize) -> u64 {
-    (key.len() + value_len) as u64
+fn entry_size(tenant: &str, bucket: &str, key: &str, value_len: usize) -> u64 {
+    charged_size(BucketRef { tenant, bucket }, key, value_len)
+}
+
+/// Recounts every tenant's usage from its entries, if the file's usage was
+/// counted another way (a file from an older meshd). Returns how many
+/// tenants were recounted, or `None` if nothing needed it.
+fn recount_usage_if_needed(txn: &WriteTransaction) -> Result<Option<usize>, redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get("usage-formula")?.map(|v| v.value()) == Some(USAGE_FORMULA) {
+        return Ok(None);
+    }
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    let entries = txn.open_table(ENTRIES)?;
+    for entry in entries.iter()? {
+        let (id, value) = entry?;
+        let (tenant, bucket, key) = id.value();
+        *totals.entry(tenant.to_owned()).or_default() +=
+            entry_size(tenant, bucket, key, value.value().len());
+    }
+    let mut usage = txn.open_table(USAGE)?;
+    usage.retain(|_, _| false)?;
+    for (tenant, bytes) in &totals {
+        usage.insert(tenant.as_str(), bytes)?;
+    }
+    meta.insert("usage-formula", USAGE_FORMULA)?;
+    Ok(Some(totals.len()))
 }
 
 impl RedbStore {
@@ -42,6 +74,13 @@ impl RedbStore {
         let txn = db.begin_write()?;
         txn.open_table(ENTRIES)?;
         txn.open_table(USAGE)?;
+        if let Some(tenants) = recount_usage_if_needed(&txn)? {
+            tracing::info!(
+                path = %path.display(),
+                tenants,
+                "key-value usage counted (each entry: key, value, bucket and app names, plus 64 bytes)"
+            );
+        }
         txn.commit()?;
         Ok(RedbStore { db: Arc::new(db) })
     }
@@ -87,13 +126,14 @@ impl RedbStore {
                 let mut table = txn.open_table(ENTRIES).map_err(backend)?;
                 let mut usage = txn.open_table(USAGE).map_err(backend)?;
                 let mut used = used_bytes(&usage, &tenant)?;
+                let size = |key: &str, len: usize| entry_size(&tenant, &bucket, key, len);
                 for (key, value) in &entries {
                     let id = (tenant.as_str(), bucket.as_str(), key.as_str());
                     let old = table
                         .get(id)
                         .map_err(backend)?
-                        .map_or(0, |v| entry_size(key, v.value().len()));
-                    used = used - old.min(used) + entry_size(key, value.len());
+                        .map_or(0, |v| size(key, v.value().len()));
+                    used = used - old.min(used) + size(key, value.len());
                     if used > quota {
                         // Dropping the transaction aborts it: nothing is written.
                         return Err(KvError::QuotaExceeded { quota });
@@ -123,7 +163,7 @@ impl RedbStore {
                     let removed = table
                         .remove((tenant.as_str(), bucket.as_str(), key.as_str()))
                         .map_err(backend)?
-                        .map_or(0, |v| entry_size(key, v.value().len()));
+                        .map_or(0, |v| entry_size(&tenant, &bucket, key, v.value().len()));
                     used -= removed.min(used);
                 }
                 usage.insert(tenant.as_str(), used).map_err(backend)?;
@@ -183,7 +223,7 @@ impl RedbStore {
                 let (old, old_size) = match table.get(id).map_err(backend)? {
                     Some(v) => (
                         parse_counter(&key, v.value())?,
-                        entry_size(&key, v.value().len()),
+                        entry_size(&tenant, &bucket, &key, v.value().len()),
                     ),
                     None => (0, 0),
                 };
@@ -192,7 +232,8 @@ impl RedbStore {
                     .ok_or_else(|| KvError::Overflow { key: key.clone() })?;
                 let text = new.to_string();
                 let used = used_bytes(&usage, &tenant)?;
-                let used = used - old_size.min(used) + entry_size(&key, text.len());
+                let used =
+                    used - old_size.min(used) + entry_size(&tenant, &bucket, &key, text.len());
                 if used > quota {
                     return Err(KvError::QuotaExceeded { quota });
                 }
@@ -203,5 +244,36 @@ impl RedbStore {
             Ok(new)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Writes a database as meshd wrote it before META: entries, and usage
+    /// counting keys and values only.
+    pub(crate) fn write_old_format(path: &Path, tenant: &str, entries: &[(&str, &str, &[u8])]) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(ENTRIES).unwrap();
+            let mut usage = txn.open_table(USAGE).unwrap();
+            let mut used = 0;
+            for (bucket, key, value) in entries {
+                table.insert((tenant, *bucket, *key), *value).unwrap();
+                used += (key.len() + value.len()) as u64;
+            }
+            usage.insert(tenant, used).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    /// Opens the database as meshd does and reads `tenant`'s usage.
+    pub(crate) fn usage_after_open(path: &Path, tenant: &str) -> u64 {
+        let store = RedbStore::open(path).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        let usage = txn.open_table(USAGE).unwrap();
+        used_bytes(&usage, tenant).unwrap()
     }
 }

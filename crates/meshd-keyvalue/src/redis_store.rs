@@ -2,7 +2,7 @@
 //! tenant state. Multi-step operations run as Lua scripts, which Redis
 //! executes atomically.
 
-use crate::{BucketRef, KeyPage, KvError, PAGE_SIZE};
+use crate::{charged_size, BucketRef, KeyPage, KvError, PAGE_SIZE};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use std::sync::{Arc, LazyLock};
@@ -13,18 +13,24 @@ pub(crate) struct RedisStore {
     _client: Arc<redis::Client>,
 }
 
-/// SET with quota accounting. KEYS: entry, usage. ARGV: value, key length,
+// Quota accounting: an entry is charged `charged_size` (lib.rs). The scripts
+// get the part that does not depend on the value (overhead, names, key) as
+// `fixed`, and add the value's length. Usage never goes below 0: counts left
+// by an older meshd (keys and values only) would otherwise underflow when
+// such an entry is removed.
+
+/// SET with quota accounting. KEYS: entry, usage. ARGV: value, fixed,
 /// quota. Returns -1 when over quota.
 static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local keylen = tonumber(ARGV[2])
+        local fixed = tonumber(ARGV[2])
         local old = 0
         if redis.call('EXISTS', KEYS[1]) == 1 then
-            old = keylen + redis.call('STRLEN', KEYS[1])
+            old = fixed + redis.call('STRLEN', KEYS[1])
         end
         local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-        local new_used = used - old + keylen + string.len(ARGV[1])
+        local new_used = math.max(0, used - old) + fixed + string.len(ARGV[1])
         if new_used > tonumber(ARGV[3]) then return -1 end
         redis.call('SET', KEYS[1], ARGV[1])
         redis.call('SET', KEYS[2], new_used)
@@ -33,14 +39,15 @@ static SET: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// DEL with quota accounting. KEYS: entry, usage. ARGV: key length.
+/// DEL with quota accounting. KEYS: entry, usage. ARGV: fixed.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         if redis.call('EXISTS', KEYS[1]) == 1 then
             local size = tonumber(ARGV[1]) + redis.call('STRLEN', KEYS[1])
             redis.call('DEL', KEYS[1])
-            redis.call('DECRBY', KEYS[2], size)
+            local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+            redis.call('SET', KEYS[2], math.max(0, used - size))
         end
         return 0
         ",
@@ -48,24 +55,24 @@ static DELETE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Increment of a decimal counter with quota accounting. KEYS: entry, usage.
-/// ARGV: delta, key length, quota. Errors: 'nan', 'overflow', 'quota'.
+/// ARGV: delta, fixed, quota. Errors: 'nan', 'overflow', 'quota'.
 static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        local keylen = tonumber(ARGV[2])
+        local fixed = tonumber(ARGV[2])
         local current = redis.call('GET', KEYS[1])
         local old = 0
         local value = 0
         if current then
             if not string.match(current, '^%d+$') then return redis.error_reply('nan') end
             value = tonumber(current)
-            old = keylen + string.len(current)
+            old = fixed + string.len(current)
         end
         local new = value + tonumber(ARGV[1])
         if new >= 9007199254740992 then return redis.error_reply('overflow') end
         local text = string.format('%d', new)
         local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-        local new_used = used - old + keylen + string.len(text)
+        local new_used = math.max(0, used - old) + fixed + string.len(text)
         if new_used > tonumber(ARGV[3]) then return redis.error_reply('quota') end
         redis.call('SET', KEYS[1], text)
         redis.call('SET', KEYS[2], new_used)
@@ -137,7 +144,7 @@ impl RedisStore {
             .key(format!("{}{key}", prefix(b)))
             .key(usage_key(b.tenant))
             .arg(value)
-            .arg(key.len())
+            .arg(charged_size(b, key, 0))
             .arg(quota)
             .invoke_async(&mut conn)
             .await
@@ -153,7 +160,7 @@ impl RedisStore {
         let _: i64 = DELETE
             .key(format!("{}{key}", prefix(b)))
             .key(usage_key(b.tenant))
-            .arg(key.len())
+            .arg(charged_size(b, key, 0))
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
@@ -172,7 +179,7 @@ impl RedisStore {
             .key(format!("{}{key}", prefix(b)))
             .key(usage_key(b.tenant))
             .arg(delta)
-            .arg(key.len())
+            .arg(charged_size(b, key, 0))
             .arg(quota)
             .invoke_async(&mut conn)
             .await;
