@@ -633,6 +633,47 @@ async fn a_tenant_flooding_the_log_is_held_to_its_rate_and_others_still_log() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_a_tenant_causes_are_held_to_a_rate_per_app() {
+    let apps = AppsDir::new();
+    apps.deploy("failing", "hostile");
+    apps.deploy("other", "hostile");
+    let meshd = Meshd::start(apps.path());
+    let client = Client::http1();
+    // 300 trapping requests: each would be a WARN line of meshd's.
+    let callers: Vec<_> = (0..6)
+        .map(|_| {
+            let client = client.clone();
+            let url = meshd.url("/failing/trap");
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    assert_eq!(client.get(&url).await.status, 500);
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    // Another app's warnings have their own budget, and come after.
+    assert_eq!(client.get(&meshd.url("/other/trap")).await.status, 500);
+    meshd.wait_for_log(&["request failed: guest trapped", "app=other"]);
+    // A burst of ten seconds' worth (100), and the few refilled meanwhile.
+    let logged = meshd.count_log(&["request failed: guest trapped", "app=failing"]);
+    assert!(
+        (100..=150).contains(&logged),
+        "{logged} of 300 trap warnings logged"
+    );
+    // Once the budget refills, the next warning says how many were held.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.get(&meshd.url("/failing/trap")).await.status, 500);
+    let line = meshd.wait_for_log(&[
+        "app=failing",
+        "warnings about the app's requests suppressed",
+    ]);
+    assert!(line.contains("suppressed="), "{line}");
+}
+
 #[tokio::test]
 async fn a_guest_that_fails_mid_response_cuts_the_response_visibly() {
     let apps = AppsDir::with(&["hostile"]);

@@ -71,6 +71,7 @@ impl Host {
                 outbound.clone(),
                 settings.timeout,
                 outbound_tls.clone(),
+                log_budget.clone(),
             ),
             limiter: TenantLimiter::new(settings.memory),
         })

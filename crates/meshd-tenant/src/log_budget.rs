@@ -1,8 +1,10 @@
 //! How many lines an app may add to meshd's log per second: its stdout,
-//! stderr and wasi:logging together. One tenant printing in a loop must not
-//! flood the log (and the disk behind it) or spend meshd's CPU on it. Lines
-//! over the rate are dropped and counted; the count is logged when a line of
-//! the app next gets through.
+//! stderr and wasi:logging together, and, on a budget of their own, meshd's
+//! warnings about its requests (traps, timeouts, denied outbound requests),
+//! which a tenant can also cause at will. One tenant printing or failing in
+//! a loop must not flood the log (and the disk behind it) or spend meshd's
+//! CPU on it. Lines over the rate are dropped and counted; the count is
+//! logged when a line of the same kind next gets through.
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -12,31 +14,61 @@ use std::sync::Arc;
 /// An app may log this many seconds' worth of lines at once.
 const BURST_SECONDS: u32 = 10;
 
+/// meshd's own warnings about one app's requests, a second.
+pub const WARNINGS_PER_SECOND: u32 = 10;
+
 /// The log budget of one app version, shared by all its requests.
 pub struct LogBudget {
     app: Arc<str>,
-    /// `None`: no limit.
+    /// The guest's lines; `None`: no limit.
     limiter: Option<DefaultDirectRateLimiter>,
     /// Dropped since the last line that got through.
     dropped: AtomicU64,
     /// Dropped in all.
     dropped_total: AtomicU64,
+    /// meshd's warnings about the app's requests.
+    warnings: DefaultDirectRateLimiter,
+    /// Warnings suppressed since the last one that got through.
+    warnings_dropped: AtomicU64,
+}
+
+fn limiter(per_second: NonZeroU32) -> DefaultDirectRateLimiter {
+    let burst = per_second.saturating_mul(NonZeroU32::MIN.saturating_add(BURST_SECONDS - 1));
+    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
 }
 
 impl LogBudget {
     /// `lines_per_second` lines a second on average, with bursts of
     /// [`BURST_SECONDS`] seconds' worth; 0 means no limit.
     pub fn new(app: Arc<str>, lines_per_second: u32) -> Self {
-        let limiter = NonZeroU32::new(lines_per_second).map(|rate| {
-            let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(BURST_SECONDS - 1));
-            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-        });
+        let warnings_per_second = NonZeroU32::new(WARNINGS_PER_SECOND).unwrap_or(NonZeroU32::MIN);
         LogBudget {
             app,
-            limiter,
+            limiter: NonZeroU32::new(lines_per_second).map(limiter),
             dropped: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
+            warnings: limiter(warnings_per_second),
+            warnings_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Whether meshd may log one more warning about the app's requests now
+    /// ([`WARNINGS_PER_SECOND`], bursts of ten seconds' worth). When it may
+    /// and warnings were suppressed before it, says how many first.
+    pub fn admit_warning(&self) -> bool {
+        if self.warnings.check().is_err() {
+            self.warnings_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let suppressed = self.warnings_dropped.swap(0, Ordering::Relaxed);
+        if suppressed > 0 {
+            tracing::warn!(
+                app = %self.app,
+                suppressed,
+                "warnings about the app's requests suppressed: more than {WARNINGS_PER_SECOND} a second"
+            );
+        }
+        true
     }
 
     /// Lines dropped since the budget was made.
@@ -80,6 +112,16 @@ mod tests {
         assert!((50..=52).contains(&admitted), "{admitted}");
         assert!(budget.dropped.load(Ordering::Relaxed) >= 948);
         assert_eq!(budget.dropped_total(), 1000 - admitted as u64);
+    }
+
+    #[test]
+    fn warnings_have_a_budget_of_their_own() {
+        let budget = LogBudget::new("app".into(), 0);
+        let admitted = (0..1000).filter(|_| budget.admit_warning()).count();
+        let burst = (WARNINGS_PER_SECOND * BURST_SECONDS) as usize;
+        assert!((burst..=burst + 2).contains(&admitted), "{admitted}");
+        // The guest's lines are not held back by them.
+        assert!(budget.admit());
     }
 
     #[test]

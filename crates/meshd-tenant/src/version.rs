@@ -636,6 +636,11 @@ impl AppVersion {
     }
 
     fn log_failure(&self, failure: &GuestFailure) {
+        // A tenant can fail its requests at will: these warnings are held to
+        // a rate per app, like its own output.
+        if !self.log_budget.admit_warning() {
+            return;
+        }
         match failure {
             GuestFailure::Trap(message) => tracing::warn!(
                 app = %self.app, version = %self.id, error = %message,

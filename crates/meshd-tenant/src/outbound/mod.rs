@@ -6,6 +6,7 @@ mod tls;
 
 pub use tls::client_config;
 
+use crate::log_budget::LogBudget;
 use connect::{Destination, Timeouts};
 use meshd_apps::{is_internal, OutboundRule};
 use std::future::Future;
@@ -27,6 +28,8 @@ pub struct OutboundPolicy {
     max_wait: Duration,
     /// TLS settings for https, the daemon's.
     tls: Arc<rustls::ClientConfig>,
+    /// Holds the warnings about denied requests to the app's rate.
+    log_budget: Arc<LogBudget>,
 }
 
 impl OutboundPolicy {
@@ -36,13 +39,23 @@ impl OutboundPolicy {
         rules: Arc<[OutboundRule]>,
         max_wait: Duration,
         tls: Arc<rustls::ClientConfig>,
+        log_budget: Arc<LogBudget>,
     ) -> Self {
         OutboundPolicy {
             app,
             rules,
             max_wait,
             tls,
+            log_budget,
         }
+    }
+
+    /// Refuses a request, with a warning if the app's warning budget allows.
+    fn deny(&self, uri: &http::Uri, why: &str) -> Box<dyn Future<Output = SendResult> + Send> {
+        if self.log_budget.admit_warning() {
+            tracing::warn!(app = %self.app, %uri, "outbound request denied: {why}");
+        }
+        Box::new(async { Err(Error::HttpRequestDenied) })
     }
 
     /// The guest's timeouts, each capped at (and by default) the app's.
@@ -55,11 +68,6 @@ impl OutboundPolicy {
             between_bytes: clamp(options.between_bytes_timeout),
         }
     }
-}
-
-fn denied(app: &str, uri: &http::Uri, why: &str) -> Box<dyn Future<Output = SendResult> + Send> {
-    tracing::warn!(%app, %uri, "outbound request denied: {why}");
-    Box::new(async { Err(Error::HttpRequestDenied) })
 }
 
 impl WasiHttpHooks for OutboundPolicy {
@@ -75,11 +83,11 @@ impl WasiHttpHooks for OutboundPolicy {
             .host()
             .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
         else {
-            return denied(&self.app, &uri, "no host");
+            return self.deny(&uri, "no host");
         };
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let Some(rule) = self.rules.iter().find(|r| r.allows(https, &host, port)) else {
-            return denied(&self.app, &uri, "not in the app's [outbound] allow list");
+            return self.deny(&uri, "not in the app's [outbound] allow list");
         };
         // A rule naming a domain must not become a way into this machine or
         // its network: refuse names that resolve to internal addresses. The
@@ -89,6 +97,7 @@ impl WasiHttpHooks for OutboundPolicy {
         let timeouts = self.clamp(options);
         let app = self.app.clone();
         let tls = self.tls.clone();
+        let log_budget = self.log_budget.clone();
         Box::new(async move {
             let addrs: Vec<SocketAddr> =
                 timeout(timeouts.connect, lookup_host((host.as_str(), port)))
@@ -98,7 +107,9 @@ impl WasiHttpHooks for OutboundPolicy {
                     .collect();
             if check_addresses {
                 if let Some(addr) = addrs.iter().find(|a| is_internal(a.ip())) {
-                    tracing::warn!(app = %app, %uri, resolved = %addr.ip(), "outbound request denied: the name resolves to an internal address");
+                    if log_budget.admit_warning() {
+                        tracing::warn!(app = %app, %uri, resolved = %addr.ip(), "outbound request denied: the name resolves to an internal address");
+                    }
                     return Err(Error::HttpRequestDenied);
                 }
             }
