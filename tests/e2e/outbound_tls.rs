@@ -4,39 +4,11 @@
 //! that CA its certificate is refused.
 
 use crate::isolation::fails_to_start_with_config;
-use crate::support::{AppsDir, Client, Meshd};
+use crate::support::{AppsDir, Client, Meshd, TestPki};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// A throwaway CA, and a certificate it signed for 127.0.0.1 with its key.
-struct TestPki {
-    ca_pem: String,
-    server_chain: Vec<CertificateDer<'static>>,
-    server_key: PrivateKeyDer<'static>,
-}
-
-fn test_pki() -> TestPki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Steelmesh test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    TestPki {
-        ca_pem: ca.pem(),
-        server_chain: vec![server_cert.der().clone()],
-        server_key: PrivatePkcs8KeyDer::from(server_key.serialize_der()).into(),
-    }
-}
 
 /// An HTTPS server on a loopback port that answers every request 200 and
 /// counts the TLS handshakes that completed.
@@ -46,7 +18,7 @@ async fn https_server(pki: &TestPki) -> (u16, Arc<AtomicUsize>) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())
+        .with_single_cert(vec![pki.server.cert_der.clone()], pki.server.key())
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -78,7 +50,7 @@ async fn https_server(pki: &TestPki) -> (u16, Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_https_trusts_the_operators_ca_files() {
-    let pki = test_pki();
+    let pki = TestPki::new();
     let (port, handshakes) = https_server(&pki).await;
     let apps = AppsDir::new();
     apps.deploy("caller", "hostile");

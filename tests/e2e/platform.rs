@@ -1,7 +1,8 @@
 //! The platform services of wit/app.wit: wasi:keyvalue (per tenant, durable,
 //! atomic, limited), wasi:config and wasi:logging, on both backends.
 
-use crate::support::{AppsDir, Client, Meshd, MeshdBuilder};
+use crate::isolation::fails_to_start_with_config;
+use crate::support::{AppsDir, Client, Meshd, MeshdBuilder, TestPki};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +16,35 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(|port, _| vec!["--port".into(), port.to_string()])
+    }
+
+    /// A redis-server that speaks only TLS, with `pki`'s server certificate,
+    /// and asks clients for a certificate `pki`'s CA signed.
+    fn start_tls(pki: &TestPki) -> Redis {
+        Redis::start_with(|port, dir| {
+            pki.write_to(dir);
+            let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                file("server.pem"),
+                "--tls-key-file".into(),
+                file("server.key"),
+                "--tls-ca-cert-file".into(),
+                file("ca.pem"),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ]
+        })
+    }
+
+    /// Starts redis-server on a free port with the arguments `listen` gives
+    /// for that port and the server's own directory.
+    fn start_with(listen: impl FnOnce(u16, &Path) -> Vec<String>) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -22,14 +52,8 @@ impl Redis {
             .port();
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+            .args(listen(port, dir.path()))
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--dir"])
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -294,6 +318,45 @@ async fn limits_and_quota_on_redb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_quota_on_redis() {
     limits_and_quota_give_clear_errors(Backend::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca_and_a_client_certificate() {
+    let pki = TestPki::new();
+    let redis = Redis::start_tls(&pki);
+    let config_dir = tempfile::tempdir().unwrap();
+    let dir = pki.write_to(config_dir.path());
+    let keyvalue = format!(
+        "[keyvalue]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:{}/\"\n",
+        redis.port
+    );
+    let tls = "ca_file = \"ca.pem\"\nclient_cert_file = \"client.pem\"\nclient_key_file = \"client.key\"\n";
+    let config = dir.join("meshd.toml");
+    std::fs::write(&config, format!("{keyvalue}{tls}")).unwrap();
+
+    let apps = AppsDir::with(&["counter"]);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--config", config.to_str().unwrap()])
+        .start();
+    let client = Client::http1();
+    for n in 1..=3 {
+        let reply = client.post(&meshd.url("/counter/incr"), "").await;
+        assert_eq!(reply.text(), n.to_string());
+    }
+    drop(meshd);
+
+    // Without the CA the server's certificate is unknown: meshd stops before
+    // it binds (after the connection manager's retries, about 9 s), naming
+    // the address and not the URL (which may hold a password).
+    let stderr = fails_to_start_with_config(&keyvalue);
+    let address = format!("cannot connect to Redis at 127.0.0.1:{}", redis.port);
+    assert!(stderr.contains(&address), "{stderr}");
+    let ca = dir.join("ca.pem");
+    // TLS files with a plain redis:// URL are a mistake, said before
+    // connecting.
+    let plain = keyvalue.replace("rediss://", "redis://");
+    let stderr = fails_to_start_with_config(&format!("{plain}ca_file = \"{}\"\n", ca.display()));
+    assert!(stderr.contains("need a rediss:// url"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

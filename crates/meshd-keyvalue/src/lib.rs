@@ -20,6 +20,8 @@ mod redis_store;
 
 use std::path::Path;
 
+pub use redis_store::RedisTls;
+
 /// Size limits and the per-tenant quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLimits {
@@ -150,10 +152,16 @@ impl KvStore {
         })
     }
 
-    /// Connects to the Redis server at `url` (e.g. `redis://127.0.0.1/`).
-    pub async fn connect_redis(url: &str, limits: KvLimits) -> anyhow::Result<Self> {
+    /// Connects to the Redis server at `url` (e.g. `redis://127.0.0.1/`, or
+    /// `rediss://` for TLS, with `tls` for a private CA or a client
+    /// certificate).
+    pub async fn connect_redis(
+        url: &str,
+        tls: &RedisTls,
+        limits: KvLimits,
+    ) -> anyhow::Result<Self> {
         Ok(KvStore {
-            backend: Backend::Redis(redis_store::RedisStore::connect(url).await?),
+            backend: Backend::Redis(redis_store::RedisStore::connect(url, tls).await?),
             limits,
         })
     }

@@ -4,8 +4,57 @@
 
 use crate::{charged_size, BucketRef, KeyPage, KvError, PAGE_SIZE};
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, IntoConnectionInfo, Script};
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
+
+/// TLS settings for Redis beyond what a `rediss://` URL does alone (which
+/// verifies the server against the system's trusted roots and shows no
+/// client certificate).
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// A PEM CA to trust for the server's certificate, instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate, for servers that ask for one
+    /// (`tls-auth-clients`); needs `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl RedisTls {
+    /// The files' contents for the redis client, or `None` if none is set.
+    fn certificates(&self) -> anyhow::Result<Option<redis::TlsCertificates>> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read {} ([keyvalue] {what}): {e}", path.display())
+            })
+        };
+        let client_tls = match (&self.client_cert_file, &self.client_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert, "client_cert_file")?,
+                client_key: read(key, "client_key_file")?,
+            }),
+            _ => anyhow::bail!(
+                "[keyvalue] client_cert_file and client_key_file go together: set both or neither"
+            ),
+        };
+        let root_cert = self
+            .ca_file
+            .as_ref()
+            .map(|path| read(path, "ca_file"))
+            .transpose()?;
+        if client_tls.is_none() && root_cert.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct RedisStore {
@@ -108,13 +157,28 @@ fn glob_escape(text: &str) -> String {
 }
 
 impl RedisStore {
-    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("invalid Redis URL {url:?}: {e}"))?;
+    pub(crate) async fn connect(url: &str, tls: &RedisTls) -> anyhow::Result<Self> {
+        // The URL may hold a password: errors name only its address.
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("invalid Redis URL in [keyvalue] url: {e}"))?;
+        let addr = info.addr().to_string();
+        let client = match tls.certificates()? {
+            None => redis::Client::open(info),
+            Some(certificates) => {
+                if !url.starts_with("rediss://") {
+                    anyhow::bail!(
+                        "[keyvalue] ca_file, client_cert_file and client_key_file need a rediss:// url (TLS); the url is not one"
+                    );
+                }
+                redis::Client::build_with_tls(info, certificates)
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("cannot set up the Redis client for {addr}: {e}"))?;
         let conn = client
             .get_connection_manager()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {addr}: {e}"))?;
         Ok(RedisStore {
             conn,
             _client: Arc::new(client),

@@ -50,6 +50,13 @@ pub struct KeyValueConfig {
     pub max_value: Option<bytesize::ByteSize>,
     /// Most bytes one app may store, e.g. "64MiB".
     pub quota: Option<bytesize::ByteSize>,
+    /// Redis over TLS (`rediss://`): a PEM CA to trust instead of the
+    /// system's roots. Relative to the config file's directory.
+    pub ca_file: Option<PathBuf>,
+    /// Redis over TLS: a PEM client certificate (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// Redis over TLS: the client certificate's PEM private key.
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// The key-value backend.
@@ -64,6 +71,15 @@ pub enum Backend {
 }
 
 impl KeyValueConfig {
+    /// The TLS files for Redis.
+    pub fn redis_tls(&self) -> meshd_keyvalue::RedisTls {
+        meshd_keyvalue::RedisTls {
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+        }
+    }
+
     /// The limits, with built-in defaults for unset keys.
     pub fn limits(&self) -> meshd_keyvalue::KvLimits {
         let defaults = meshd_keyvalue::KvLimits::default();
@@ -92,7 +108,17 @@ impl DaemonConfig {
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for file in &mut config.outbound.ca_files {
+        let keyvalue = &mut config.keyvalue;
+        let files = config.outbound.ca_files.iter_mut().chain(
+            [
+                &mut keyvalue.ca_file,
+                &mut keyvalue.client_cert_file,
+                &mut keyvalue.client_key_file,
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        for file in files {
             *file = base.join(&*file);
         }
         Ok(config)
@@ -119,12 +145,13 @@ mod tests {
     }
 
     #[test]
-    fn ca_files_are_relative_to_the_config_file() {
+    fn tls_files_are_relative_to_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meshd.toml");
         std::fs::write(
             &path,
-            "[outbound]\nca_files = [\"ca/internal.pem\", \"/etc/ssl/other.pem\"]\n",
+            "[outbound]\nca_files = [\"ca/internal.pem\", \"/etc/ssl/other.pem\"]\n\
+             [keyvalue]\nca_file = \"redis-ca.pem\"\nclient_key_file = \"/k.pem\"\n",
         )
         .unwrap();
         let config = DaemonConfig::load(&path).unwrap();
@@ -135,6 +162,10 @@ mod tests {
                 PathBuf::from("/etc/ssl/other.pem")
             ]
         );
+        let redis = config.keyvalue.redis_tls();
+        assert_eq!(redis.ca_file, Some(dir.path().join("redis-ca.pem")));
+        assert_eq!(redis.client_key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(redis.client_cert_file, None);
         assert!(toml::from_str::<DaemonConfig>("[outbound]\nallow = []").is_err());
     }
 }

@@ -83,7 +83,7 @@ async fn open_keyvalue(
                 .url
                 .as_deref()
                 .context("[keyvalue] backend = \"redis\" needs a url")?;
-            meshd_keyvalue::KvStore::connect_redis(url, limits).await?
+            meshd_keyvalue::KvStore::connect_redis(url, &config.redis_tls(), limits).await?
         }
     };
     tracing::info!(

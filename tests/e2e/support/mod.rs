@@ -5,9 +5,11 @@
 
 mod client;
 mod meshd;
+mod pki;
 
 pub use client::{count_body, empty, generated, request, spawn_get, Client};
 pub use meshd::{Meshd, MeshdBuilder};
+pub use pki::TestPki;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

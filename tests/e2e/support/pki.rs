@@ -1,0 +1,74 @@
+//! Throwaway certificates for TLS tests: a CA, a server certificate for
+//! 127.0.0.1 and a client certificate, all made with rcgen for each test.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::{Path, PathBuf};
+
+/// One certificate and its private key.
+pub struct Leaf {
+    pub cert_der: CertificateDer<'static>,
+    pub cert_pem: String,
+    pub key_der: Vec<u8>,
+    pub key_pem: String,
+}
+
+impl Leaf {
+    /// The key as rustls takes it.
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivatePkcs8KeyDer::from(self.key_der.clone()).into()
+    }
+}
+
+/// A CA and two certificates it signed.
+pub struct TestPki {
+    pub ca_pem: String,
+    /// For 127.0.0.1.
+    pub server: Leaf,
+    /// For a client that authenticates with a certificate.
+    pub client: Leaf,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Steelmesh test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf = |names: Vec<String>, common_name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+            let cert = params.signed_by(&key, &ca).unwrap();
+            Leaf {
+                cert_der: cert.der().clone(),
+                cert_pem: cert.pem(),
+                key_der: key.serialize_der(),
+                key_pem: key.serialize_pem(),
+            }
+        };
+        TestPki {
+            ca_pem: ca.pem(),
+            server: leaf(vec!["127.0.0.1".to_owned()], "127.0.0.1"),
+            client: leaf(Vec::new(), "meshd test client"),
+        }
+    }
+
+    /// Writes the CA as `ca.pem` and each certificate and key as
+    /// `NAME.pem` / `NAME.key` into `dir`; returns `dir`.
+    pub fn write_to(&self, dir: &Path) -> PathBuf {
+        std::fs::write(dir.join("ca.pem"), &self.ca_pem).unwrap();
+        for (name, leaf) in [("server", &self.server), ("client", &self.client)] {
+            std::fs::write(dir.join(format!("{name}.pem")), &leaf.cert_pem).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
+        }
+        dir.to_owned()
+    }
+}
