@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 struct Redis {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
@@ -51,11 +51,29 @@ impl Redis {
             .unwrap()
             .port();
         let dir = tempfile::tempdir().unwrap();
+        let child = Redis::spawn(listen(port, dir.path()), port, dir.path());
+        Redis { child, port, dir }
+    }
+
+    /// Kills the server (as a crash would) and waits until it is gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new, empty server on the same port.
+    fn restart(&mut self) {
+        self.kill();
+        let args = vec!["--port".to_owned(), self.port.to_string()];
+        self.child = Redis::spawn(args, self.port, self.dir.path());
+    }
+
+    fn spawn(listen: Vec<String>, port: u16, dir: &Path) -> Child {
         let child = Command::new("redis-server")
-            .args(listen(port, dir.path()))
+            .args(listen)
             .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--dir"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -68,18 +86,13 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
+        child
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -318,6 +331,53 @@ async fn limits_and_quota_on_redb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_quota_on_redis() {
     limits_and_quota_give_clear_errors(Backend::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_fails_keyvalue_calls_until_it_is_back() {
+    let mut redis = Redis::start();
+    let apps = AppsDir::with(&["counter", "hello"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meshd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keyvalue]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/\"\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--config", config.to_str().unwrap()])
+        .start();
+    let client = Client::http1();
+    let url = meshd.url("/counter/incr");
+    let incr = || client.post(&url, "");
+    assert_eq!(incr().await.text(), "1");
+
+    // Redis dies: the app's calls fail (its own 500), other apps are served.
+    redis.kill();
+    let reply = incr().await;
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert!(reply.text().contains("storage error"), "{}", reply.text());
+    assert_eq!(client.get(&meshd.url("/hello")).await.status, 200);
+
+    // A new (empty) Redis on the same address: meshd reconnects by itself.
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let reply = incr().await;
+        if reply.status == 200 {
+            assert_eq!(reply.text(), "1", "a fresh Redis starts the count again");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "keyvalue calls still fail 30 s after Redis came back: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
