@@ -26,7 +26,8 @@
 #   IDLE         seconds idle before the idle reading      (default 2)
 #   LIMIT        the cgroup's memory limit                 (default 200M)
 #   BENCH_OUT    also write the result tables (markdown) to this file
-#   MESHD, MESHD_LABEL  measure a given meshd binary (as in bench/rps.sh)
+#   MESHD, MESHD_LABEL, MESHD_PROFILE  measure a given meshd binary, or the
+#                  work tree built in another profile (as in bench/rps.sh)
 #
 # meshd listens on 127.0.0.1 only; the cgroup is removed at exit.
 set -euo pipefail

@@ -25,7 +25,8 @@
 #                  meshd's default applies: half its workers, rounded up)
 #   NOISY_LEAD     seconds the noisy load runs before wrk starts (default 1)
 #   BENCH_OUT      also write the result table (markdown) to this file
-#   MESHD, MESHD_LABEL  measure a given meshd binary (as in bench/rps.sh)
+#   MESHD, MESHD_LABEL, MESHD_PROFILE  measure a given meshd binary, or the
+#                  work tree built in another profile (as in bench/rps.sh)
 #
 # meshd listens on 127.0.0.1 only; all load is bounded in time.
 set -euo pipefail

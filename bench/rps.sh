@@ -12,6 +12,8 @@
 #   THREADS      wrk threads                              (default 1)
 #   BENCH_PORT   first loopback port to try               (default 18080)
 #   BENCH_OUT    also write the result table (markdown) to this file
+#   MESHD_PROFILE  the cargo profile meshd is built in (default release-lto,
+#                the build to deploy; `release` builds much faster)
 #   MESHD        a meshd binary to measure instead of building the work tree's
 #                (e.g. one built from a given commit)
 #   MESHD_LABEL  how the report names that binary (e.g. "at commit abc1234")
@@ -25,6 +27,10 @@
 #   REUSE        instance reuse: N > 1 gives meshd's app `reuse = N` and runs
 #                `wasmtime serve --max-instance-reuse-count N` (default 1:
 #                a fresh instance per request for both)
+#   PIN          1: give the load generator a core of its own, as a separate
+#                load machine would: every server runs on CPU 0 only
+#                (`taskset -c 0`, so each starts one worker thread) and wrk
+#                on CPU 1. Default 0: servers and wrk share every core.
 #
 # It installs what it lacks: wrk and curl with apt-get, and the wasmtime CLI at
 # the workspace's wasmtime version with `cargo install`, into
@@ -114,10 +120,10 @@ if [[ -n "${MESHD:-}" ]]; then
     log "measuring the given meshd: $MESHD"
     MESHD_REV="${MESHD_LABEL:-given binary $MESHD}"
 else
-    log "building meshd (release)"
-    nice -n 10 cargo build --release -p meshd
-    MESHD="$REPO/target/release/meshd"
-    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    log "building meshd ($MESHD_PROFILE)"
+    nice -n 10 cargo build --profile "$MESHD_PROFILE" -p meshd
+    MESHD="$REPO/target/$MESHD_PROFILE/meshd"
+    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), $MESHD_PROFILE profile"
     if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
         MESHD_REV="$MESHD_REV with uncommitted changes"
     fi
@@ -159,6 +165,14 @@ wait_ready() {
     die "no answer from $url after 60 s"
 }
 
+# PIN=1: servers on CPU 0, wrk on CPU 1.
+SERVER_PREFIX=() WRK_PREFIX=() PIN_NOTE=""
+if [[ "${PIN:-0}" == 1 ]]; then
+    (($(nproc) >= 2)) || die "PIN=1 needs at least 2 CPUs"
+    SERVER_PREFIX=(taskset -c 0) WRK_PREFIX=(taskset -c 1)
+    PIN_NOTE="; servers pinned to CPU 0 (taskset -c 0), wrk to CPU 1"
+fi
+
 declare -A RPS P50 P99 NON2XX SOCKERR OTHER
 
 # User and system time of one process and all its threads, in clock ticks.
@@ -171,7 +185,7 @@ bench() {
     shift 2
     local log_file="$WORK/$name.log" out="$WORK/$name.wrk"
     log "$name: starting (${*})"
-    "$@" >"$log_file" 2>&1 &
+    "${SERVER_PREFIX[@]}" "$@" >"$log_file" 2>&1 &
     SERVER_PID=$!
     wait_ready "$url" "$log_file"
     local body
@@ -179,14 +193,14 @@ bench() {
     [[ "$body" == "Hello from Steelmesh!" ]] || die "$name answered '$body', not the hello greeting"
 
     log "$name: warming up for $WARMUP"
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+    "${WRK_PREFIX[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
     log "$name: measuring for $DURATION"
     # CPU time of the whole machine, of the server and of wrk over the run:
     # what is left was spent by something else and skews the figures.
     local busy0 server0 t0 busy1 server1 t1 wrk_s
     busy0="$(machine_jiffies)" server0="$(process_jiffies "$SERVER_PID")" t0="$(date +%s.%N)"
     local TIMEFORMAT='%U %S'
-    { time wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out"; } 2>"$WORK/$name.time"
+    { time "${WRK_PREFIX[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out"; } 2>"$WORK/$name.time"
     busy1="$(machine_jiffies)" server1="$(process_jiffies "$SERVER_PID")" t1="$(date +%s.%N)"
     stop_server
     wrk_s="$(awk 'END { print $1 + $2 }' "$WORK/$name.time")"
@@ -248,7 +262,7 @@ MEM_TOTAL="$(free -h | awk '/^Mem:/ { print $2 }')"
 report() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $MEM_TOTAL memory, $(uname -sr)"
-    echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), on the same machine"
+    echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), on the same machine$PIN_NOTE"
     echo "versions: $("$WASMTIME" --version), meshd $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
     echo "CPU busy just before the runs: ${BUSY_BEFORE}%; other CPU load = CPU time spent by anything but the server and wrk during a run, in % of one core"
     echo

@@ -34,7 +34,8 @@
 #   THREADS      wrk threads                                 (default 1)
 #   IDLE         seconds idle before the idle RSS reading    (default 2)
 #   BENCH_OUT    also write the result tables (markdown) to this file
-#   MESHD, MESHD_LABEL  measure a given meshd binary (as in bench/rps.sh)
+#   MESHD, MESHD_LABEL, MESHD_PROFILE  measure a given meshd binary, or the
+#                  work tree built in another profile (as in bench/rps.sh)
 #
 # meshd listens on 127.0.0.1 only; all load is bounded in time.
 set -euo pipefail

@@ -34,7 +34,8 @@
 #   SWAP_INTERVAL  seconds between swaps in (b)             (default 0.1)
 #   LOAD_SETTLE    --settle in (b)                          (default 50ms)
 #   BENCH_OUT      also write the result tables (markdown) to this file
-#   MESHD, MESHD_LABEL  measure a given meshd binary (as in bench/rps.sh)
+#   MESHD, MESHD_LABEL, MESHD_PROFILE  measure a given meshd binary, or the
+#                  work tree built in another profile (as in bench/rps.sh)
 #
 # Every server listens on 127.0.0.1 only; all load is bounded in time or count.
 set -euo pipefail
