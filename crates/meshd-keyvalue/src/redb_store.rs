@@ -74,7 +74,9 @@ impl RedbStore {
         let txn = db.begin_write()?;
         txn.open_table(ENTRIES)?;
         txn.open_table(USAGE)?;
-        if let Some(tenants) = recount_usage_if_needed(&txn)? {
+        // A new, empty file is "recounted" too (to record the formula);
+        // only a file with data is worth a line.
+        if let Some(tenants @ 1..) = recount_usage_if_needed(&txn)? {
             tracing::info!(
                 path = %path.display(),
                 tenants,
