@@ -20,47 +20,69 @@ pub const WARNINGS_PER_SECOND: u32 = 10;
 /// The log budget of one app version, shared by all its requests.
 pub struct LogBudget {
     app: Arc<str>,
-    /// The guest's lines; `None`: no limit.
-    limiter: Option<DefaultDirectRateLimiter>,
-    /// Dropped since the last line that got through.
-    dropped: AtomicU64,
-    /// Dropped in all.
+    /// The guest's lines.
+    lines: Gate,
+    /// Guest lines dropped in all.
     dropped_total: AtomicU64,
     /// meshd's warnings about the app's requests.
-    warnings: DefaultDirectRateLimiter,
-    /// Warnings suppressed since the last one that got through.
-    warnings_dropped: AtomicU64,
+    warnings: Gate,
 }
 
-fn limiter(per_second: NonZeroU32) -> DefaultDirectRateLimiter {
-    let burst = per_second.saturating_mul(NonZeroU32::MIN.saturating_add(BURST_SECONDS - 1));
-    RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst))
+/// A rate limit that counts what it turns away until a line gets through.
+struct Gate {
+    /// `None`: no limit.
+    limiter: Option<DefaultDirectRateLimiter>,
+    dropped: AtomicU64,
 }
 
-impl LogBudget {
-    /// `lines_per_second` lines a second on average, with bursts of
-    /// [`BURST_SECONDS`] seconds' worth; 0 means no limit.
-    pub fn new(app: Arc<str>, lines_per_second: u32) -> Self {
-        let warnings_per_second = NonZeroU32::new(WARNINGS_PER_SECOND).unwrap_or(NonZeroU32::MIN);
-        LogBudget {
-            app,
-            limiter: NonZeroU32::new(lines_per_second).map(limiter),
+impl Gate {
+    /// `per_second` lines a second, with bursts of [`BURST_SECONDS`]
+    /// seconds' worth; 0 means no limit.
+    fn new(per_second: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::MIN.saturating_add(BURST_SECONDS - 1));
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        Gate {
+            limiter,
             dropped: AtomicU64::new(0),
-            dropped_total: AtomicU64::new(0),
-            warnings: limiter(warnings_per_second),
-            warnings_dropped: AtomicU64::new(0),
         }
     }
 
-    /// Whether meshd may log one more warning about the app's requests now
-    /// ([`WARNINGS_PER_SECOND`], bursts of ten seconds' worth). When it may
-    /// and warnings were suppressed before it, says how many first.
-    pub fn admit_warning(&self) -> bool {
-        if self.warnings.check().is_err() {
-            self.warnings_dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
+    /// `Some(n)` if one more line may pass now, `n` being how many were
+    /// turned away since the last one passed; `None` if it may not.
+    fn pass(&self) -> Option<u64> {
+        let Some(limiter) = &self.limiter else {
+            return Some(0);
+        };
+        if limiter.check().is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
-        let suppressed = self.warnings_dropped.swap(0, Ordering::Relaxed);
+        Some(self.dropped.swap(0, Ordering::Relaxed))
+    }
+}
+
+impl LogBudget {
+    /// `lines_per_second` guest lines a second on average, with bursts of
+    /// [`BURST_SECONDS`] seconds' worth (0 means no limit), and
+    /// [`WARNINGS_PER_SECOND`] of meshd's warnings.
+    pub fn new(app: Arc<str>, lines_per_second: u32) -> Self {
+        LogBudget {
+            app,
+            lines: Gate::new(lines_per_second),
+            dropped_total: AtomicU64::new(0),
+            warnings: Gate::new(WARNINGS_PER_SECOND),
+        }
+    }
+
+    /// Whether meshd may log one more warning about the app's requests now.
+    /// When it may and warnings were suppressed before it, says how many
+    /// first.
+    pub fn admit_warning(&self) -> bool {
+        let Some(suppressed) = self.warnings.pass() else {
+            return false;
+        };
         if suppressed > 0 {
             tracing::warn!(
                 app = %self.app,
@@ -76,18 +98,13 @@ impl LogBudget {
         self.dropped_total.load(Ordering::Relaxed)
     }
 
-    /// Whether one more line may be logged now. When it may and lines were
-    /// dropped before it, says how many first.
+    /// Whether one more guest line may be logged now. When it may and lines
+    /// were dropped before it, says how many first.
     pub fn admit(&self) -> bool {
-        let Some(limiter) = &self.limiter else {
-            return true;
-        };
-        if limiter.check().is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(dropped) = self.lines.pass() else {
             self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return false;
-        }
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        };
         if dropped > 0 {
             tracing::warn!(
                 app = %self.app,
@@ -110,7 +127,7 @@ mod tests {
         // 10 s worth of 5 lines a second, and perhaps one more that the
         // clock refilled while the loop ran.
         assert!((50..=52).contains(&admitted), "{admitted}");
-        assert!(budget.dropped.load(Ordering::Relaxed) >= 948);
+        assert!(budget.lines.dropped.load(Ordering::Relaxed) >= 948);
         assert_eq!(budget.dropped_total(), 1000 - admitted as u64);
     }
 
