@@ -98,3 +98,27 @@ async fn app_that_cannot_instantiate_within_its_limits_is_refused_at_load() {
     assert_eq!(client.get(&meshd.url("/tiny")).await.status, 404);
     assert_eq!(client.get(&meshd.url("/echo")).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_wasm_over_the_size_limit_is_refused_unread_and_the_old_version_serves() {
+    let apps = AppsDir::new();
+    apps.deploy("app", "hello");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--max-wasm-size", "200KiB", "--settle", "50ms"])
+        .start();
+    let client = Client::http1();
+    let hello = "Hello from Steelmesh!\n";
+    assert_eq!(client.get(&meshd.url("/app")).await.text(), hello);
+
+    // A file past the limit replaces it: refused, naming the file and the
+    // limit, and the running version keeps serving.
+    let mut big = std::fs::read(guest("hello")).unwrap();
+    big.resize(300 << 10, 0);
+    apps.write_atomically("app.wasm", &big);
+    let line = meshd.wait_for_log(&["larger than --max-wasm-size"]);
+    assert!(
+        line.contains("app.wasm") && line.contains("200.0 KiB"),
+        "{line}"
+    );
+    assert_eq!(client.get(&meshd.url("/app")).await.text(), hello);
+}

@@ -32,6 +32,9 @@ pub struct ReloadConfig {
     /// The most any app may run with; an app whose manifest asks for more
     /// is refused (its previous version keeps serving).
     pub ceiling: Ceiling,
+    /// Largest `.wasm` meshd reads; a larger one is refused without being
+    /// read whole (its previous version keeps serving).
+    pub max_wasm_size: u64,
 }
 
 /// What one [`Deployer::reconcile`] did.
@@ -338,12 +341,14 @@ impl Deployer {
             let permits = permits.clone();
             let defaults = self.config.default_limits;
             let ceiling = self.config.ceiling;
+            let max_wasm_size = self.config.max_wasm_size;
             let apps_dir = self.config.apps_dir.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let name = files.name.clone();
                 let candidate = tokio::task::spawn_blocking(move || {
-                    load_candidate(&runtime, &apps_dir, (defaults, ceiling), files, stamp, old)
+                    let limits = (defaults, ceiling, max_wasm_size);
+                    load_candidate(&runtime, &apps_dir, limits, files, stamp, old)
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
@@ -376,7 +381,7 @@ fn max_concurrent_checks(max_instances: u32) -> usize {
 fn load_candidate(
     runtime: &Arc<Runtime>,
     apps_dir: &Path,
-    (defaults, ceiling): (Limits, Ceiling),
+    (defaults, ceiling, max_wasm_size): (Limits, Ceiling, u64),
     files: AppFiles,
     stamp: Stamp,
     old: Option<Deployed>,
@@ -397,7 +402,7 @@ fn load_candidate(
     );
     let settings = tenant_settings(&manifest, defaults, ceiling, apps_dir)
         .map_err(|e| format!("{manifest_name}: {e}"))?;
-    let wasm = std::fs::read(&files.wasm).map_err(|e| describe(&files.wasm, e))?;
+    let wasm = read_wasm(&files.wasm, max_wasm_size)?;
     let content = Content {
         wasm: blake3::hash(&wasm),
         manifest,
@@ -467,6 +472,25 @@ fn tenant_settings(
         config: manifest.config.clone().into_iter().collect(),
         reuse: manifest.reuse.unwrap_or(1),
     })
+}
+
+/// Reads a `.wasm` of at most `max` bytes. Reading stops one byte past the
+/// limit, so a huge (or still growing) file never sits whole in memory.
+fn read_wasm(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| describe(path, e))?;
+    let mut wasm = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut wasm)
+        .map_err(|e| describe(path, e))?;
+    if wasm.len() as u64 > max {
+        return Err(format!(
+            "{} is larger than --max-wasm-size ({}); not read",
+            path.display(),
+            bytesize::ByteSize(max)
+        ));
+    }
+    Ok(wasm)
 }
 
 fn describe(path: &Path, e: std::io::Error) -> String {

@@ -93,6 +93,16 @@ pub struct Args {
     #[arg(long, env = "MESHD_MAX_CPU", value_parser = meshd_apps::parse_cores, value_name = "CORES")]
     pub max_cpu: Option<u32>,
 
+    /// Largest .wasm file meshd loads. A larger one is refused without being
+    /// read whole (a working version of the app keeps serving).
+    #[arg(
+        long,
+        env = "MESHD_MAX_WASM_SIZE",
+        default_value = "256MiB",
+        value_name = "SIZE"
+    )]
+    pub max_wasm_size: ByteSize,
+
     /// Most instances alive at once across all apps (the size of the
     /// instance pool); a request arriving when all are busy gets 503.
     #[arg(

@@ -166,6 +166,7 @@ async fn run(args: cli::Args) -> Result<()> {
             health_timeout: args.health_timeout,
             default_limits,
             ceiling: daemon_config.ceiling,
+            max_wasm_size: args.max_wasm_size.as_u64(),
         },
     ));
     // Watch before the first scan, so nothing that changes in between is
