@@ -93,6 +93,9 @@ impl CpuBudget {
     /// How long the app's guests must wait now before running again, if
     /// they are over their share; counted as time held back.
     pub fn hold_back(&self) -> Option<Duration> {
+        // Every request and every epoch tick asks: an app without a limit
+        // answers without reading the clock.
+        self.millicores?;
         let now = self.nanos(Instant::now());
         let wait = self.wait_at(now)?;
         self.held_ns
