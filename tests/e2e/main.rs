@@ -15,5 +15,6 @@ mod platform;
 mod polyglot;
 mod reuse;
 mod routing;
+mod service;
 mod shutdown;
 mod swap;

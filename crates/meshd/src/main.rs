@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod logging;
 mod metrics;
+mod service;
 mod signals;
 
 use anyhow::{bail, Context as _, Result};
@@ -188,6 +189,19 @@ async fn run(args: cli::Args) -> Result<()> {
         failed = summary.failed,
         "meshd listening on http://{addr}"
     );
+
+    service::ready(&format!(
+        "serving {} apps on http://{addr} ({} refused)",
+        summary.serving, summary.failed
+    ));
+    service::spawn_watchdog(signals.shutdown.clone());
+    {
+        let shutdown = signals.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            service::stopping();
+        });
+    }
 
     let shutdown = signals.shutdown.clone();
     let watcher = tokio::spawn(dir_watch.run(
