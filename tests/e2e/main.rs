@@ -16,4 +16,5 @@ mod polyglot;
 mod reuse;
 mod routing;
 mod shutdown;
+mod slow_clients;
 mod swap;
