@@ -135,6 +135,15 @@ async fn run(args: cli::Args) -> Result<()> {
     if max_total_memory.as_u64() == 0 {
         bail!("--max-total-memory must be more than 0");
     }
+    if default_limits
+        .memory
+        .is_some_and(|memory| memory > max_total_memory.as_u64())
+    {
+        tracing::warn!(
+            %max_total_memory,
+            "the default memory limit of one instance is above --max-total-memory: an app using all of it would be refused"
+        );
+    }
     // Apps without a manifest run with the defaults: they must fit too.
     daemon_config
         .ceiling
