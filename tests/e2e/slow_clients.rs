@@ -139,7 +139,14 @@ async fn a_client_that_does_not_read_holds_none_of_its_app_s_concurrency() {
 async fn an_h2_stream_whose_window_stays_shut_is_dropped_after_the_write_timeout() {
     let apps = AppsDir::with(&["stream"]);
     let meshd = Meshd::builder(apps.path())
-        .args(&["--max-concurrency", "2", "--write-timeout", "1s"])
+        .args(&[
+            "--max-concurrency",
+            "2",
+            "--write-timeout",
+            "1s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .start();
 
     // Large responses: their guests block writing, since nothing is taken.
@@ -160,6 +167,9 @@ async fn an_h2_stream_whose_window_stays_shut_is_dropped_after_the_write_timeout
     }
     // ...and stops its guests, so the app serves others again.
     eventually_ok(&meshd.url("/stream/")).await;
+    let text = Client::http1().get(&meshd.metrics_url()).await.text();
+    let closed = "meshd_connections_closed_total";
+    assert_eq!(metric_sample(&text, closed, &["write_timeout"]), 1.0);
 }
 
 #[tokio::test]
@@ -191,7 +201,14 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     // A header-read timeout far beyond the test's bound: only the idle
     // timeout can close the HTTP/1 connection in time.
     let meshd = Meshd::builder(apps.path())
-        .args(&["--idle-timeout", "1s", "--header-read-timeout", "10m"])
+        .args(&[
+            "--idle-timeout",
+            "1s",
+            "--header-read-timeout",
+            "10m",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .start();
 
     // HTTP/1.1 keep-alive, after one request.
@@ -220,6 +237,9 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
         assert!(ended.is_ok(), "an idle HTTP/2 connection is still open");
     }
     drop(client);
+    let text = Client::http1().get(&meshd.metrics_url()).await.text();
+    let idle = metric_sample(&text, "meshd_connections_closed_total", &["idle"]);
+    assert!(idle >= 3.0, "{idle} idle connections closed");
 }
 
 /// Bytes of guest memory while one `stream` instance is serving a request,

@@ -15,5 +15,7 @@ mod listen;
 mod metrics;
 
 pub use dispatch::{dispatch, Mounts, ResponseBody, FORWARDED_PREFIX};
-pub use listen::{serve, ServeConfig};
-pub use metrics::{serve_metrics, MountsCollector, MAX_METRICS_CONNECTIONS};
+pub use listen::{serve, ClosedConnections, ServeConfig};
+pub use metrics::{
+    serve_metrics, ClosedConnectionsCollector, MountsCollector, MAX_METRICS_CONNECTIONS,
+};

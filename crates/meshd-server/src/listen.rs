@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -44,6 +45,18 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Most concurrent streams of one HTTP/2 connection.
     pub max_streams: u32,
+    /// Where the listener counts the connections it closed itself.
+    pub closed: Arc<ClosedConnections>,
+}
+
+/// Connections a listener closed on its own initiative, by reason: the
+/// figures that show clients that stop reading or hold connections idle.
+#[derive(Debug, Default)]
+pub struct ClosedConnections {
+    /// Dropped because a response made no progress for the write timeout.
+    pub write_timeout: AtomicU64,
+    /// Closed because no request was in progress for the idle timeout.
+    pub idle: AtomicU64,
 }
 
 /// Serves HTTP/1.1 and h2c on `listener` until `shutdown` resolves, then stops
@@ -153,6 +166,7 @@ where
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let stop = stop.clone();
+        let closed = config.closed.clone();
         // Runs the connection to its end, closing it gracefully when it
         // falls idle or meshd shuts down, and dropping it when a response
         // stalls.
@@ -176,12 +190,14 @@ where
                                 "closing a connection: a response made no progress within the write timeout"
                             );
                             watch.set_stalled();
+                            closed.write_timeout.fetch_add(1, Ordering::Relaxed);
                             break; // drops the connection and its bodies
                         }
                         // Asked to close and still idle: the client does not
                         // cooperate.
                         Verdict::Idle if closing => break,
                         Verdict::Idle => {
+                            closed.idle.fetch_add(1, Ordering::Relaxed);
                             conn.as_mut().graceful_shutdown();
                             closing = true;
                             check.as_mut().reset(watch.idle_deadline_from(Instant::now()).into());

@@ -3,7 +3,7 @@
 //! keep it off the public interface).
 
 use crate::dispatch::Mounts;
-use crate::listen::{serve_with, ServeConfig};
+use crate::listen::{serve_with, ClosedConnections, ServeConfig};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -145,6 +145,42 @@ impl Collector for MountsCollector {
 /// connections to it cannot take meshd's file descriptors.
 pub const MAX_METRICS_CONNECTIONS: usize = 32;
 
+/// `meshd_connections_closed_total{reason}`: front-door connections meshd
+/// closed itself, for a write timeout or for being idle.
+pub struct ClosedConnectionsCollector(Arc<ClosedConnections>);
+
+impl ClosedConnectionsCollector {
+    /// A collector over the front door's counts.
+    pub fn new(closed: Arc<ClosedConnections>) -> Self {
+        ClosedConnectionsCollector(closed)
+    }
+}
+
+impl std::fmt::Debug for ClosedConnectionsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClosedConnectionsCollector")
+    }
+}
+
+impl Collector for ClosedConnectionsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "meshd_connections_closed",
+            "Client connections meshd closed itself: a response made no progress for --write-timeout, or no request for --idle-timeout",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in [
+            ("write_timeout", &self.0.write_timeout),
+            ("idle", &self.0.idle),
+        ] {
+            let count = count.load(std::sync::atomic::Ordering::Relaxed);
+            ConstCounter::new(count).encode(metric.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Serves `registry` at `GET /metrics` on `listener` until `shutdown`
 /// resolves; every other path is 404. The listener has the front door's
 /// protections (`front_door`'s timeouts; the same accept loop and connection
@@ -157,6 +193,7 @@ pub async fn serve_metrics(
 ) {
     let config = ServeConfig {
         max_connections: MAX_METRICS_CONNECTIONS,
+        closed: Arc::default(),
         ..front_door.clone()
     };
     let handler = move |req: Request<hyper::body::Incoming>| {

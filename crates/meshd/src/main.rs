@@ -199,6 +199,7 @@ async fn run(args: cli::Args) -> Result<()> {
         write_timeout: args.write_timeout,
         idle_timeout: args.idle_timeout,
         max_streams: args.http2_max_streams,
+        closed: Arc::default(),
     };
     let metrics = match args.metrics_listen {
         Some(addr) => Some(

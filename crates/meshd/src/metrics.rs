@@ -37,6 +37,9 @@ pub async fn start(
     )));
     registry.register_collector(Box::new(DeployCollector(deployer.clone())));
     registry.register_collector(Box::new(MemoryCollector(runtime.clone())));
+    registry.register_collector(Box::new(meshd_server::ClosedConnectionsCollector::new(
+        serve_config.closed.clone(),
+    )));
     tracing::info!("metrics listening on http://{bound}/metrics");
     let serve_config = serve_config.clone();
     Ok(tokio::spawn(async move {
