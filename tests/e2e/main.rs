@@ -17,4 +17,5 @@ mod reuse;
 mod routing;
 mod service;
 mod shutdown;
+mod slow_clients;
 mod swap;

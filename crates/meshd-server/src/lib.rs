@@ -9,10 +9,13 @@
 //! machinery publishes a new table without ever blocking a request.
 #![deny(missing_docs)]
 
+mod conn_watch;
 mod dispatch;
 mod listen;
 mod metrics;
 
 pub use dispatch::{dispatch, Mounts, ResponseBody, FORWARDED_PREFIX};
-pub use listen::{serve, ServeConfig};
-pub use metrics::{serve_metrics, MountsCollector};
+pub use listen::{serve, ClosedConnections, ServeConfig};
+pub use metrics::{
+    serve_metrics, ClosedConnectionsCollector, MountsCollector, MAX_METRICS_CONNECTIONS,
+};

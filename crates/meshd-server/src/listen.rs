@@ -1,19 +1,31 @@
-//! The accept loop, connection limits and graceful shutdown.
+//! The accept loop, connection limits, timeouts and graceful shutdown, for
+//! the front door and for every other listener of meshd (metrics).
 
+use crate::conn_watch::{Abandon, ConnWatch, Verdict, Watched};
 use crate::dispatch::{dispatch, Mounts};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-/// How the front door treats client connections.
+/// How often an HTTP/2 connection is pinged, and how long the client has to
+/// answer before the connection is closed: a peer that vanished (no FIN, no
+/// RST) does not keep its connection and streams forever.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How a listener treats client connections.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// How long in-flight requests may take to finish at shutdown.
@@ -24,6 +36,27 @@ pub struct ServeConfig {
     /// Most client connections open at once; further ones wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
+    /// How long a response may wait for its client to take more of it
+    /// (the client does not read, or its HTTP/2 window stays shut) before
+    /// the connection is dropped and the guest still writing it stopped.
+    pub write_timeout: Duration,
+    /// How long a connection with no request in progress (HTTP/1 between
+    /// requests, HTTP/2 with no open stream) stays open.
+    pub idle_timeout: Duration,
+    /// Most concurrent streams of one HTTP/2 connection.
+    pub max_streams: u32,
+    /// Where the listener counts the connections it closed itself.
+    pub closed: Arc<ClosedConnections>,
+}
+
+/// Connections a listener closed on its own initiative, by reason: the
+/// figures that show clients that stop reading or hold connections idle.
+#[derive(Debug, Default)]
+pub struct ClosedConnections {
+    /// Dropped because a response made no progress for the write timeout.
+    pub write_timeout: AtomicU64,
+    /// Closed because no request was in progress for the idle timeout.
+    pub idle: AtomicU64,
 }
 
 /// Serves HTTP/1.1 and h2c on `listener` until `shutdown` resolves, then stops
@@ -36,6 +69,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     config: ServeConfig,
 ) -> bool {
+    let handler = move |req: Request<Incoming>| {
+        let mounts = mounts.clone();
+        async move { dispatch(&mounts, req).await }
+    };
+    serve_with(listener, shutdown, &config, "front door", handler).await
+}
+
+/// Serves `handler` on `listener` with the protections of `config`, until
+/// `shutdown`; see [`serve`]. `name` tells the listener's log lines apart.
+pub(crate) async fn serve_with<H, Fut, B>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    config: &ServeConfig,
+    name: &'static str,
+    handler: H,
+) -> bool
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Abandon + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Without a timer hyper enforces no header timeout at all: a client
     // could hold a connection open forever with half a request head.
@@ -43,7 +98,13 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
-    let graceful = GracefulShutdown::new();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_streams)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let stop = CancellationToken::new();
     let connections = Arc::new(Semaphore::new(config.max_connections));
     // Whether the last accept found the limit reached: logged once per
     // episode, not once per connection.
@@ -55,13 +116,14 @@ pub async fn serve(
         let permit = match connections.clone().try_acquire_owned() {
             Ok(permit) => {
                 if std::mem::take(&mut at_limit) {
-                    tracing::info!("below the connection limit again");
+                    tracing::info!(listener = name, "below the connection limit again");
                 }
                 permit
             }
             Err(_) => {
                 if !std::mem::replace(&mut at_limit, true) {
                     tracing::warn!(
+                        listener = name,
                         limit = config.max_connections,
                         "connection limit reached; new connections wait until one closes"
                     );
@@ -81,7 +143,7 @@ pub async fn serve(
                 Err(e) => {
                     // Usually out of file descriptors: back off instead of
                     // spinning, and keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(listener = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -90,34 +152,86 @@ pub async fn serve(
         };
         // Nagle would delay small streamed chunks by up to 40 ms.
         let _ = stream.set_nodelay(true);
-        let mounts = mounts.clone();
-        let service = service_fn(move |req| {
-            let mounts = mounts.clone();
-            async move { Ok::<_, Infallible>(dispatch(&mounts, req).await) }
-        });
+        let watch = ConnWatch::new(config.write_timeout, config.idle_timeout);
+        let service = {
+            let watch = watch.clone();
+            let handler = handler.clone();
+            service_fn(move |req| {
+                let ticket = watch.open();
+                let response = handler(req);
+                async move { Ok::<_, Infallible>(response.await.map(|b| Watched::new(b, ticket))) }
+            })
+        };
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let conn = graceful.watch(conn);
+        let stop = stop.clone();
+        let closed = config.closed.clone();
+        // Runs the connection to its end, closing it gracefully when it
+        // falls idle or meshd shuts down, and dropping it when a response
+        // stalls.
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::pin!(conn);
+            let check = tokio::time::sleep_until(watch.first_check().into());
+            tokio::pin!(check);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = &mut check => match watch.check(Instant::now()) {
+                        Verdict::Stalled => {
+                            tracing::debug!(
+                                listener = name, %peer,
+                                "closing a connection: a response made no progress within the write timeout"
+                            );
+                            watch.set_stalled();
+                            closed.write_timeout.fetch_add(1, Ordering::Relaxed);
+                            break; // drops the connection and its bodies
+                        }
+                        // Asked to close and still idle: the client does not
+                        // cooperate.
+                        Verdict::Idle if closing => break,
+                        Verdict::Idle => {
+                            closed.idle.fetch_add(1, Ordering::Relaxed);
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            check.as_mut().reset(watch.idle_deadline_from(Instant::now()).into());
+                        }
+                        Verdict::CheckAt(at) => check.as_mut().reset(at.into()),
+                    },
+                    () = stop.cancelled(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
-    let open = graceful.count();
+    stop.cancel();
     tracing::info!(
-        connections = open,
+        listener = name,
+        connections = config.max_connections - connections.available_permits(),
         timeout = ?config.shutdown_timeout,
         "stopped accepting connections; waiting for in-flight requests"
     );
-    match tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await {
-        Ok(()) => true,
-        Err(_) => {
-            tracing::warn!("shutdown timeout reached; closing the remaining connections");
-            false
-        }
+    // Every connection holds a permit until it ends: all permits back means
+    // all connections closed.
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let all_closed = tokio::time::timeout(config.shutdown_timeout, connections.acquire_many(all))
+        .await
+        .is_ok();
+    if !all_closed {
+        tracing::warn!(
+            listener = name,
+            "shutdown timeout reached; closing the remaining connections"
+        );
     }
+    all_closed
 }

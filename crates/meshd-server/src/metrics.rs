@@ -3,20 +3,18 @@
 //! keep it off the public interface).
 
 use crate::dispatch::Mounts;
+use crate::listen::{serve_with, ClosedConnections, ServeConfig};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -142,39 +140,67 @@ impl Collector for MountsCollector {
     }
 }
 
+/// Most connections the metrics listener keeps open at once: enough for a
+/// few scrapers and a person with curl, and no more, so a flood of
+/// connections to it cannot take meshd's file descriptors.
+pub const MAX_METRICS_CONNECTIONS: usize = 32;
+
+/// `meshd_connections_closed_total{reason}`: front-door connections meshd
+/// closed itself, for a write timeout or for being idle.
+pub struct ClosedConnectionsCollector(Arc<ClosedConnections>);
+
+impl ClosedConnectionsCollector {
+    /// A collector over the front door's counts.
+    pub fn new(closed: Arc<ClosedConnections>) -> Self {
+        ClosedConnectionsCollector(closed)
+    }
+}
+
+impl std::fmt::Debug for ClosedConnectionsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClosedConnectionsCollector")
+    }
+}
+
+impl Collector for ClosedConnectionsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "meshd_connections_closed",
+            "Client connections meshd closed itself: a response made no progress for --write-timeout, or no request for --idle-timeout",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in [
+            ("write_timeout", &self.0.write_timeout),
+            ("idle", &self.0.idle),
+        ] {
+            let count = count.load(std::sync::atomic::Ordering::Relaxed);
+            ConstCounter::new(count).encode(metric.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Serves `registry` at `GET /metrics` on `listener` until `shutdown`
-/// resolves; every other path is 404.
+/// resolves; every other path is 404. The listener has the front door's
+/// protections (`front_door`'s timeouts; the same accept loop and connection
+/// handling), with its own connection cap, [`MAX_METRICS_CONNECTIONS`].
 pub async fn serve_metrics(
     listener: TcpListener,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()>,
+    front_door: &ServeConfig,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let registry = registry.clone();
-        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-            let resp = scrape(&registry, req.uri().path());
-            async move { Ok::<_, Infallible>(resp) }
-        });
-        tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
+    let config = ServeConfig {
+        max_connections: MAX_METRICS_CONNECTIONS,
+        closed: Arc::default(),
+        ..front_door.clone()
+    };
+    let handler = move |req: Request<hyper::body::Incoming>| {
+        let resp = scrape(&registry, req.uri().path());
+        async move { resp }
+    };
+    serve_with(listener, shutdown, &config, "metrics", handler).await;
 }
 
 fn scrape(registry: &Registry, path: &str) -> Response<Full<Bytes>> {

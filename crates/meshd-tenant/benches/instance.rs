@@ -47,6 +47,7 @@ fn bench(c: &mut Criterion) {
         RuntimeConfig {
             cache_dir: dir.path().join("cache"),
             max_instances: 1000,
+            max_total_memory: u64::MAX,
             guest_log_rate: 0,
             outbound_ca_files: Vec::new(),
         },

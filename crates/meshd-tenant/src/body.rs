@@ -1,7 +1,7 @@
 //! Bodies between the front door and a guest: the request body capped at the
 //! app's `max_body`, and the response body that keeps its version in flight.
 
-use crate::in_flight::RequestGuards;
+use crate::in_flight::InFlightGuard;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
@@ -85,6 +85,9 @@ const COLLECT_LIMIT: u64 = 64 * 1024;
 
 /// A guest's response body. While it exists the request counts as in flight
 /// for its version, so a version is only retired once its bodies are sent.
+/// It does not hold the app's `max_concurrency` place nor an instance slot:
+/// those belong to the guest and are given back when the guest ends, however
+/// slowly the client reads what it wrote.
 ///
 /// If the guest fails after sending the head (trap, timeout, cancel), the
 /// body ends with an error rather than a clean end, so the client sees a cut
@@ -95,7 +98,9 @@ const COLLECT_LIMIT: u64 = 64 * 1024;
 /// before it had all of it (the client went away), the guest still writing it
 /// is stopped. A body hyper never reads (a HEAD request, a 204 or 304) or
 /// stops reading at its declared length leaves the guest running: it may
-/// still have work to do after its response.
+/// still have work to do after its response. The front door stops it with
+/// [`ResponseBody::stop_guest`] when it closes a connection whose client
+/// stopped reading.
 pub struct ResponseBody {
     body: HyperOutgoingBody,
     /// Frames already taken from `body` (see [`ResponseBody::collect_ready`]),
@@ -114,14 +119,15 @@ pub struct ResponseBody {
     /// The task of a guest that is still writing this body.
     writer: Option<AbortHandle>,
     guest_failed: Arc<AtomicBool>,
-    _guard: Arc<RequestGuards>,
+    /// The request's place in its version's in-flight count (draining).
+    _version_slot: Arc<InFlightGuard>,
 }
 
 impl ResponseBody {
     pub(crate) fn new(
         body: HyperOutgoingBody,
         guest_failed: Arc<AtomicBool>,
-        guard: Arc<RequestGuards>,
+        version_slot: Arc<InFlightGuard>,
     ) -> Self {
         ResponseBody {
             body,
@@ -134,7 +140,16 @@ impl ResponseBody {
             declared: None,
             writer: None,
             guest_failed,
-            _guard: guard,
+            _version_slot: version_slot,
+        }
+    }
+
+    /// Stops the guest still writing this body, if there is one. For a
+    /// client that stopped reading: nobody will read what it writes, and its
+    /// instance must not outlive the connection.
+    pub fn stop_guest(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.abort();
         }
     }
 
@@ -293,14 +308,10 @@ mod tests {
 
     fn response_body(chunks: Vec<Bytes>, ends: bool) -> ResponseBody {
         let frames = chunks.into_iter().map(Frame::data).collect();
-        let guard = RequestGuards::new(
-            Arc::new(InFlight::default()).enter(),
-            Arc::new(InFlight::default()).enter(),
-        );
         ResponseBody::new(
             Scripted { frames, ends }.boxed_unsync(),
             Arc::new(AtomicBool::new(false)),
-            Arc::new(guard),
+            Arc::new(Arc::new(InFlight::default()).enter()),
         )
     }
 
@@ -399,5 +410,14 @@ mod tests {
         assert!(matches!(poll_once(&mut body), Poll::Ready(None)));
         drop(body);
         assert!(!aborted(task).await);
+    }
+
+    #[tokio::test]
+    async fn stop_guest_stops_an_unread_body_s_guest() {
+        let task = writer_task();
+        let mut body = response_body(vec!["x".into()], false);
+        body.set_writer(task.abort_handle(), None);
+        body.stop_guest();
+        assert!(aborted(task).await);
     }
 }

@@ -4,6 +4,7 @@
 use crate::cache::{ArtifactCache, CacheOutcome};
 use crate::host::Host;
 use crate::in_flight::InFlight;
+use crate::limiter::MemoryCeiling;
 use anyhow::{Context as _, Result};
 use meshd_keyvalue::KvStore;
 use std::collections::HashMap;
@@ -38,6 +39,10 @@ pub struct RuntimeConfig {
     /// Most instances alive at once, across all tenants (pool size). A
     /// request arriving when all are busy gets 503.
     pub max_instances: u32,
+    /// Most bytes of linear memory all live instances may hold together
+    /// (`--max-total-memory`): past it new instances are refused (503) and
+    /// growing memory fails.
+    pub max_total_memory: u64,
     /// Lines a second one app may add to meshd's log (stdout, stderr and
     /// wasi:logging together); 0 means no limit.
     pub guest_log_rate: u32,
@@ -63,6 +68,9 @@ pub struct Runtime {
     /// Idle instances kept for reuse, a separate budget (also
     /// `max_instances`) so idle instances never take the slots of active ones.
     pub(crate) idle_slots: Arc<InFlight>,
+    /// The linear memory of every live instance, capped at
+    /// `max_total_memory`.
+    pub(crate) memory: Arc<MemoryCeiling>,
     pooling: bool,
     _ticker: EpochTicker,
 }
@@ -114,6 +122,7 @@ impl Runtime {
             outbound_tls,
             instance_slots: Arc::default(),
             idle_slots: Arc::default(),
+            memory: Arc::new(MemoryCeiling::new(config.max_total_memory)),
             config,
             pooling,
             _ticker: ticker,
@@ -128,6 +137,12 @@ impl Runtime {
     /// The daemon-wide settings.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
+    }
+
+    /// Bytes of linear memory all live instances hold now (those serving a
+    /// request and those kept for reuse).
+    pub fn guest_memory(&self) -> usize {
+        self.memory.used()
     }
 }
 

@@ -10,7 +10,9 @@ use tokio::sync::Notify;
 /// A count of things in flight, with an optional limit checked on entry. For
 /// an app version: its requests, each counted from the moment it is admitted
 /// until its guest has ended *and* its response body has been fully sent (or
-/// dropped).
+/// dropped, at the latest when the front door's write timeout closes a
+/// connection that stopped reading). For an app (`max_concurrency`): its
+/// requests until their guests have ended, however slowly the clients read.
 ///
 /// Entering and leaving are one atomic operation each, with no lock: every
 /// request passes through two of these.
@@ -26,24 +28,6 @@ pub struct InFlight {
 /// Proof that one thing is in flight; dropping it ends it.
 #[derive(Debug)]
 pub struct InFlightGuard(Arc<InFlight>);
-
-/// One request's places: in its app's count (all versions together, which
-/// `max_concurrency` caps) and in its version's (which draining waits on).
-#[derive(Debug)]
-pub struct RequestGuards {
-    _app: InFlightGuard,
-    _version: InFlightGuard,
-}
-
-impl RequestGuards {
-    /// Holds both places until dropped.
-    pub fn new(app: InFlightGuard, version: InFlightGuard) -> Self {
-        RequestGuards {
-            _app: app,
-            _version: version,
-        }
-    }
-}
 
 impl InFlight {
     /// Admits one more.

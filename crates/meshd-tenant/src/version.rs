@@ -9,7 +9,7 @@ use crate::cache::CacheOutcome;
 use crate::cpu_budget::CpuBudget;
 use crate::engine::{Runtime, SharedCode};
 use crate::host::Host;
-use crate::in_flight::{InFlight, InFlightGuard, RequestGuards};
+use crate::in_flight::{InFlight, InFlightGuard};
 use crate::log_budget::LogBudget;
 use crate::settings::TenantSettings;
 use crate::stats::VersionStats;
@@ -106,8 +106,8 @@ pub enum ServeError {
     /// The request body is larger than the app's `max_body`.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
-    /// The app is at its concurrency limit, or every instance slot of the
-    /// daemon is busy.
+    /// The app is at its concurrency limit, every instance slot of the
+    /// daemon is busy, or its guests together hold `--max-total-memory`.
     #[error("overloaded: {0}")]
     Overloaded(&'static str),
     /// The guest trapped, panicked, returned an error code or never answered.
@@ -151,7 +151,13 @@ struct GuestRun {
     request: Resource<HostIncomingRequest>,
     response_out: Resource<HostResponseOutparam>,
     failed: Arc<AtomicBool>,
-    in_flight: Arc<RequestGuards>,
+    /// The request's place in its app's count (`max_concurrency`): held by
+    /// the guest alone, so it is given back when the guest ends, not when the
+    /// client has read the response.
+    app_slot: InFlightGuard,
+    /// The request's place in its version's count (draining), shared with
+    /// the response body.
+    version_slot: Arc<InFlightGuard>,
     instance_slot: InFlightGuard,
 }
 
@@ -169,9 +175,15 @@ enum Progress {
 
 enum GuestFailure {
     Trap(String),
+    /// Its memory could not grow (or be allocated) because meshd's guests
+    /// together hold `--max-total-memory`.
+    MemoryCeiling,
     Timeout,
     Cancelled,
 }
+
+/// Why a request is refused when meshd's memory ceiling is reached.
+const MEMORY_CEILING_REACHED: &str = "meshd's guests hold all of --max-total-memory";
 
 impl AppVersion {
     pub(crate) fn new(
@@ -344,6 +356,10 @@ impl AppVersion {
             &self.runtime.outbound_tls,
         )?;
         let mut store = Store::new(&self.runtime.engine, host);
+        store
+            .data_mut()
+            .limiter
+            .count_against(self.runtime.memory.clone());
         store.limiter(|host| &mut host.limiter);
         // Yield to the async runtime at every epoch tick, so a spinning guest
         // shares its worker thread and the request timeout can fire. The
@@ -431,7 +447,7 @@ impl AppVersion {
             .app_in_flight
             .try_enter(self.settings.max_concurrency)
             .ok_or(ServeError::Overloaded("the app is at its max_concurrency"))?;
-        let guard = Arc::new(RequestGuards::new(app_guard, self.in_flight.enter()));
+        let version_slot = Arc::new(self.in_flight.enter());
         // An app over its `cpu` limit waits for its share before it takes
         // an instance from the pool the other tenants share.
         if let Some(wait) = self.cpu.hold_back() {
@@ -447,6 +463,10 @@ impl AppVersion {
             .ok_or(ServeError::Overloaded(
                 "every instance slot of meshd is busy",
             ))?;
+        // Cheapest first: a new instance would be refused its memory anyway.
+        if self.runtime.memory.is_full() {
+            return Err(ServeError::Overloaded(MEMORY_CEILING_REACHED));
+        }
 
         let (mut store, proxy, served) = match self.take_idle() {
             Some(idle) => (idle.store, Some(idle.proxy), idle.served),
@@ -478,7 +498,8 @@ impl AppVersion {
             request: wasi_req,
             response_out: out,
             failed: guest_failed.clone(),
-            in_flight: guard.clone(),
+            app_slot: app_guard,
+            version_slot: version_slot.clone(),
             instance_slot,
         });
 
@@ -526,6 +547,9 @@ impl AppVersion {
                         ServeError::Guest("the app returned without sending a response".into())
                     }
                     Err(GuestFailure::Trap(message)) => ServeError::Guest(message),
+                    Err(GuestFailure::MemoryCeiling) => {
+                        ServeError::Overloaded(MEMORY_CEILING_REACHED)
+                    }
                     Err(GuestFailure::Timeout) => ServeError::Timeout(self.settings.timeout),
                     Err(GuestFailure::Cancelled) => ServeError::Cancelled,
                 }),
@@ -535,7 +559,7 @@ impl AppVersion {
             Ok(Ok(resp)) => {
                 let declared = content_length(resp.headers());
                 Ok(resp.map(|body| {
-                    let mut body = ResponseBody::new(body, guest_failed, guard);
+                    let mut body = ResponseBody::new(body, guest_failed, version_slot);
                     if guest_returned {
                         body.collect_ready();
                     }
@@ -574,7 +598,8 @@ impl AppVersion {
                 request,
                 response_out,
                 failed,
-                in_flight: _in_flight,
+                app_slot: _app_slot,
+                version_slot: _version_slot,
                 instance_slot: _instance_slot,
             } = run;
             // The call borrows the Store; it ends (and is dropped) before
@@ -625,6 +650,12 @@ impl AppVersion {
                     Ok(())
                 }
                 Err(failure) => {
+                    let failure = match failure {
+                        GuestFailure::Trap(_) if store.data().limiter.refused_by_ceiling() => {
+                            GuestFailure::MemoryCeiling
+                        }
+                        other => other,
+                    };
                     // Set before the Store (which feeds the response body) is
                     // dropped, so the body sees the failure when it ends.
                     failed.store(true, Ordering::Release);
@@ -645,6 +676,10 @@ impl AppVersion {
             GuestFailure::Trap(message) => tracing::warn!(
                 app = %self.app, version = %self.id, error = %message,
                 "request failed: guest trapped"
+            ),
+            GuestFailure::MemoryCeiling => tracing::warn!(
+                app = %self.app, version = %self.id,
+                "request refused: meshd's guests hold all of --max-total-memory"
             ),
             GuestFailure::Timeout => tracing::warn!(
                 app = %self.app, version = %self.id, timeout = ?self.settings.timeout,

@@ -147,6 +147,43 @@ pub struct Args {
     )]
     pub max_connections: usize,
 
+    /// How long a response may wait for its client to take more of it (an
+    /// HTTP/1 client that stops reading, an HTTP/2 stream whose window stays
+    /// shut) before meshd drops the connection and stops the app instance
+    /// still writing it. A slow reader holds no instance past it. On HTTP/2
+    /// the whole connection is closed, with its other streams.
+    #[arg(long, env = "MESHD_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub write_timeout: Duration,
+
+    /// How long a connection with no request in progress stays open: an
+    /// HTTP/2 connection with no open stream, an HTTP/1 keep-alive
+    /// connection between requests (which --header-read-timeout bounds
+    /// too: HTTP/1 idle connections close at the shorter of the two).
+    #[arg(long, env = "MESHD_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Most requests one HTTP/2 connection may have open at once (its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS). Meshd also pings HTTP/2 clients
+    /// every 20s and closes the connection of one that does not answer
+    /// within 20s.
+    #[arg(
+        long,
+        env = "MESHD_HTTP2_MAX_STREAMS",
+        default_value_t = 100,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub http2_max_streams: u32,
+
+    /// Most linear memory all app instances may hold together. Past it a
+    /// request that needs a new instance gets 503 (Retry-After), and a
+    /// guest growing its memory fails that request with 503; running
+    /// instances keep what they have. [default: half of the machine's
+    /// memory (MemTotal in /proc/meminfo), or 4GiB where that cannot be
+    /// read]
+    #[arg(long, env = "MESHD_MAX_TOTAL_MEMORY", value_name = "SIZE")]
+    pub max_total_memory: Option<ByteSize>,
+
     /// How long an instance kept for reuse (manifest `reuse = N`) may sit
     /// idle before it is dropped and its memory given back.
     #[arg(long, env = "MESHD_REUSE_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -209,6 +246,17 @@ impl Args {
         }
     }
 
+    /// The daemon-wide ceiling of guest memory, with the default resolved.
+    pub fn max_total_memory(&self) -> ByteSize {
+        self.max_total_memory.unwrap_or_else(|| {
+            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+            match mem_total(&meminfo) {
+                Some(total) => ByteSize::b(total / 2),
+                None => ByteSize::gib(4),
+            }
+        })
+    }
+
     /// The cache directory, with the default resolved.
     pub fn cache_dir(&self) -> PathBuf {
         if let Some(dir) = &self.cache_dir {
@@ -221,6 +269,19 @@ impl Args {
             .unwrap_or_else(std::env::temp_dir);
         base.join("meshd")
     }
+}
+
+/// The machine's memory, from the text of /proc/meminfo.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]
@@ -239,5 +300,15 @@ mod tests {
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.max_memory, None);
         assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(args.write_timeout, Duration::from_secs(30));
+        assert_eq!(args.http2_max_streams, 100);
+        assert!(args.max_total_memory().as_u64() > 0);
+    }
+
+    #[test]
+    fn mem_total_reads_meminfo() {
+        let meminfo = "MemTotal:       24576000 kB\nMemFree:  1 kB\n";
+        assert_eq!(mem_total(meminfo), Some(24_576_000 * 1024));
+        assert_eq!(mem_total("nothing"), None);
     }
 }

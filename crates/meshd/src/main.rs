@@ -129,6 +129,22 @@ async fn run(args: cli::Args) -> Result<()> {
     if args.header_read_timeout.is_zero() {
         bail!("--header-read-timeout must be longer than 0");
     }
+    if args.write_timeout.is_zero() || args.idle_timeout.is_zero() {
+        bail!("--write-timeout and --idle-timeout must be longer than 0");
+    }
+    let max_total_memory = args.max_total_memory();
+    if max_total_memory.as_u64() == 0 {
+        bail!("--max-total-memory must be more than 0");
+    }
+    if default_limits
+        .memory
+        .is_some_and(|memory| memory > max_total_memory.as_u64())
+    {
+        tracing::warn!(
+            %max_total_memory,
+            "the default memory limit of one instance is above --max-total-memory: an app using all of it would be refused"
+        );
+    }
     // Apps without a manifest run with the defaults: they must fit too.
     daemon_config
         .ceiling
@@ -142,6 +158,7 @@ async fn run(args: cli::Args) -> Result<()> {
         RuntimeConfig {
             cache_dir: args.cache_dir(),
             max_instances: args.max_instances,
+            max_total_memory: max_total_memory.as_u64(),
             guest_log_rate: args.guest_log_rate,
             outbound_ca_files: daemon_config.outbound.ca_files.clone(),
         },
@@ -151,6 +168,7 @@ async fn run(args: cli::Args) -> Result<()> {
         cache_dir = %runtime.config().cache_dir.display(),
         pooling = runtime.pooling(),
         max_instances = args.max_instances,
+        max_total_memory = %max_total_memory,
         guest_log_rate = args.guest_log_rate,
         workers,
         limits = ?default_limits,
@@ -159,7 +177,7 @@ async fn run(args: cli::Args) -> Result<()> {
     );
 
     let deployer = Arc::new(Deployer::new(
-        runtime,
+        runtime.clone(),
         ReloadConfig {
             apps_dir: args.apps.clone(),
             drain_timeout: args.drain_timeout,
@@ -175,8 +193,26 @@ async fn run(args: cli::Args) -> Result<()> {
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
     let summary = deployer.reconcile().await;
 
+    let serve_config = meshd_server::ServeConfig {
+        shutdown_timeout: args.shutdown_timeout,
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections,
+        write_timeout: args.write_timeout,
+        idle_timeout: args.idle_timeout,
+        max_streams: args.http2_max_streams,
+        closed: Arc::default(),
+    };
     let metrics = match args.metrics_listen {
-        Some(addr) => Some(metrics::start(addr, &deployer, signals.shutdown.clone()).await?),
+        Some(addr) => Some(
+            metrics::start(
+                addr,
+                &deployer,
+                &runtime,
+                signals.shutdown.clone(),
+                &serve_config,
+            )
+            .await?,
+        ),
         None => None,
     };
 
@@ -220,11 +256,7 @@ async fn run(args: cli::Args) -> Result<()> {
         listener,
         deployer.mounts(),
         shutdown.cancelled_owned(),
-        meshd_server::ServeConfig {
-            shutdown_timeout: args.shutdown_timeout,
-            header_read_timeout: args.header_read_timeout,
-            max_connections: args.max_connections,
-        },
+        serve_config,
     )
     .await;
     watcher.abort();

@@ -1,11 +1,16 @@
 //! Wires the metrics endpoint (`--metrics-listen`): the per-app figures of
-//! the mount table, and the deploy counters of the reload machinery.
+//! the mount table, the deploy counters of the reload machinery, and the
+//! guest memory of the tenant runtime. It is served by the front door's own
+//! connection code (timeouts, a connection cap).
 
 use anyhow::{Context as _, Result};
 use meshd_reload::Deployer;
+use meshd_server::ServeConfig;
+use meshd_tenant::Runtime;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
@@ -13,11 +18,14 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Binds `addr` and serves the metrics there until `shutdown`.
+/// Binds `addr` and serves the metrics there until `shutdown`, with the
+/// timeouts of the front door's `serve_config`.
 pub async fn start(
     addr: SocketAddr,
     deployer: &Arc<Deployer>,
+    runtime: &Arc<Runtime>,
     shutdown: CancellationToken,
+    serve_config: &ServeConfig,
 ) -> Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -28,12 +36,55 @@ pub async fn start(
         deployer.mounts(),
     )));
     registry.register_collector(Box::new(DeployCollector(deployer.clone())));
+    registry.register_collector(Box::new(MemoryCollector(runtime.clone())));
+    registry.register_collector(Box::new(meshd_server::ClosedConnectionsCollector::new(
+        serve_config.closed.clone(),
+    )));
     tracing::info!("metrics listening on http://{bound}/metrics");
-    Ok(tokio::spawn(meshd_server::serve_metrics(
-        listener,
-        Arc::new(registry),
-        shutdown.cancelled_owned(),
-    )))
+    let serve_config = serve_config.clone();
+    Ok(tokio::spawn(async move {
+        meshd_server::serve_metrics(
+            listener,
+            Arc::new(registry),
+            shutdown.cancelled_owned(),
+            &serve_config,
+        )
+        .await
+    }))
+}
+
+/// `meshd_guest_memory_bytes` and `meshd_guest_memory_limit_bytes`: the
+/// linear memory all instances hold now, and `--max-total-memory`.
+struct MemoryCollector(Arc<Runtime>);
+
+impl std::fmt::Debug for MemoryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryCollector")
+    }
+}
+
+impl Collector for MemoryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let used = i64::try_from(self.0.guest_memory()).unwrap_or(i64::MAX);
+        let limit = i64::try_from(self.0.config().max_total_memory).unwrap_or(i64::MAX);
+        for (name, help, value) in [
+            (
+                "meshd_guest_memory_bytes",
+                "Linear memory of all live app instances (serving or kept for reuse)",
+                used,
+            ),
+            (
+                "meshd_guest_memory_limit_bytes",
+                "The ceiling of that memory (--max-total-memory)",
+                limit,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// `meshd_deploys_total{result}`: what every reconcile pass did.
