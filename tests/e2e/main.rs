@@ -8,6 +8,7 @@ mod bad_apps;
 mod bodies;
 mod cache;
 mod front_door;
+mod harness;
 mod isolation;
 mod metrics;
 mod outbound_tls;
