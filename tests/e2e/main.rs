@@ -12,6 +12,7 @@ mod harness;
 mod isolation;
 mod metrics;
 mod outbound_tls;
+mod paths;
 mod platform;
 mod polyglot;
 mod reuse;
