@@ -432,7 +432,7 @@ async fn data_survives_hot_swap_restart_and_kill_9() {
     };
     let client = Client::http1();
 
-    let meshd = start();
+    let mut meshd = start();
     for _ in 0..5 {
         client
             .post(&meshd.url("/kv/incr?bucket=&key=counter"), "")
@@ -452,8 +452,12 @@ async fn data_survives_hot_swap_restart_and_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Graceful restart.
+    // Graceful restart: SIGTERM, and meshd exits by itself, cleanly (a
+    // kill would skip the graceful path this step is about).
     meshd.signal("TERM");
+    let status = meshd.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    meshd.wait_for_log(&["meshd stopped", "all_closed=true"]);
     drop(meshd);
     let mut meshd = start();
     assert_eq!(client.get(&meshd.url("/kv/")).await.text(), "5");

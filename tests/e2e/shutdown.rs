@@ -72,7 +72,9 @@ async fn shutdown_timeout_bounds_the_wait_for_a_stuck_request() {
         async move { client.fetch(request("GET", &url, empty())).await }
     });
     // Wait until the request is inside the guest.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    meshd
+        .wait_for_log_async(&["app=stream", "slow request started"])
+        .await;
     meshd.signal("TERM");
     let status = meshd.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");

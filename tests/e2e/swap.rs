@@ -41,70 +41,269 @@ async fn wait_for_status(client: &Client, url: &str, status: u16) {
     }
 }
 
+/// The two protocols of the swap test's load.
+const PROTOCOLS: [&str; 2] = ["HTTP/1.1", "h2"];
+
+/// Slow requests of the swap test: streamed for 4 s, far longer than a swap.
+const SLOW_CHUNKS: usize = 40;
+const SLOW_PATH: &str = "/app/drip?chunks=40&ms=100";
+/// Quick requests, so that every swap window has completed requests.
+const QUICK_PATH: &str = "/app/drip?chunks=2&ms=10";
+
+/// What the swap test's load saw, shared between the clients and the test.
+#[derive(Default)]
+struct SwapTally {
+    /// Swaps triggered (a new version written) so far.
+    triggered: AtomicUsize,
+    /// Swaps done (the new version answers) so far.
+    done: AtomicUsize,
+    /// Per protocol: slow responses whose head arrived at the client and
+    /// whose body has not ended, each with the swaps triggered before its
+    /// head arrived.
+    slow_heads: [Mutex<Vec<usize>>; 2],
+    /// Per swap, per protocol: slow requests whose head arrived before the
+    /// swap was triggered and whose body was still streaming after the swap
+    /// was done.
+    spanned: Mutex<Vec<[usize; 2]>>,
+    /// Per swap window (window `w` ends when swap `w` is done): requests
+    /// completed in it.
+    completed: Mutex<Vec<usize>>,
+    failures: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl SwapTally {
+    fn fail(&self, what: String) {
+        self.failures.lock().unwrap().push(what);
+    }
+}
+
+/// One client of the swap test: `GET path` again and again on its own
+/// connection, with retries off. Every response must be a whole `drip` of
+/// `chunks` lines from one version.
+async fn swap_client(
+    tally: Arc<SwapTally>,
+    client: Client,
+    protocol: usize,
+    url: String,
+    chunks: usize,
+    slow: bool,
+    start_after: Duration,
+) {
+    use http_body_util::BodyExt as _;
+    // Load shaping, not synchronisation: slow clients start at different
+    // times so that fresh slow requests arrive all along.
+    tokio::time::sleep(start_after).await;
+    while !tally.stop.load(Ordering::SeqCst) {
+        let resp = match client.send(request("GET", &url, empty())).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tally.fail(format!("{} {url}: {e}", PROTOCOLS[protocol]));
+                continue;
+            }
+        };
+        if resp.status() != 200 {
+            tally.fail(format!(
+                "{} {url}: status {}",
+                PROTOCOLS[protocol],
+                resp.status()
+            ));
+            continue;
+        }
+        // The head is here: this request is in flight until its body ends.
+        let head_triggered = tally.triggered.load(Ordering::SeqCst);
+        if slow {
+            tally.slow_heads[protocol]
+                .lock()
+                .unwrap()
+                .push(head_triggered);
+        }
+        let mut body = resp.into_body();
+        let mut text = Vec::new();
+        // Swaps done before the last frame arrived (read before waiting for
+        // it, so a swap counted here was done while the body still streamed).
+        let mut done_before_end;
+        let result = loop {
+            done_before_end = tally.done.load(Ordering::SeqCst);
+            match body.frame().await {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(format!("{e:?}")),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        text.extend_from_slice(data);
+                    }
+                }
+            }
+        };
+        if slow {
+            let mut heads = tally.slow_heads[protocol].lock().unwrap();
+            let mine = heads.iter().position(|&h| h == head_triggered).unwrap();
+            heads.swap_remove(mine);
+        }
+        if let Err(e) = result {
+            tally.fail(format!("{} {url}: body cut: {e}", PROTOCOLS[protocol]));
+            continue;
+        }
+        let text = String::from_utf8_lossy(&text);
+        let tag = text.split(' ').next().unwrap_or_default();
+        let expected: String = (0..chunks).map(|i| format!("{tag} chunk {i}\n")).collect();
+        if !matches!(tag, "stream" | "stream-v2") || text != expected {
+            tally.fail(format!("{} {url}: body {text:?}", PROTOCOLS[protocol]));
+            continue;
+        }
+        if slow {
+            let mut spanned = tally.spanned.lock().unwrap();
+            for swap in head_triggered..done_before_end {
+                spanned[swap][protocol] += 1;
+            }
+        }
+        tally.completed.lock().unwrap()[done_before_end] += 1;
+    }
+}
+
+/// Waits until `ready` holds, checking every 10 ms; panics with `what` after
+/// [`SWAP_WAIT`].
+async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < SWAP_WAIT, "{what} within {SWAP_WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fifty swaps under load of HTTP/1.1 and h2 clients with retries off. Slow
+/// requests (streaming for 4 s) are in flight at every swap: each swap is
+/// triggered right after a slow response head of each protocol arrived, and
+/// the test asserts that for every swap at least one request of each
+/// protocol started before it and was still streaming after it. Every
+/// request of the load completes whole, and every swap window has completed
+/// requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_swaps_under_load_drop_no_request() {
+    const SWAPS: usize = 50;
+    /// Requests that complete in each window before the next swap starts.
+    const MIN_COMPLETED_PER_WINDOW: usize = 4;
     let apps = AppsDir::new();
     apps.deploy("app", "stream");
     let meshd = Meshd::builder(apps.path())
         .args(&["--settle", "50ms"])
         .start();
-    let url = meshd.url("/app/");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tally = Arc::new(SwapTally {
+        spanned: Mutex::new(vec![[0; 2]; SWAPS]),
+        completed: Mutex::new(vec![0; SWAPS + 1]),
+        ..SwapTally::default()
+    });
     let mut load = tokio::task::JoinSet::new();
-    for _ in 0..16 {
-        let (stop, served, failures, url) =
-            (stop.clone(), served.clone(), failures.clone(), url.clone());
-        load.spawn(async move {
-            // One keep-alive connection per client.
-            let client = Client::http1();
-            while !stop.load(Ordering::Relaxed) {
-                match client.fetch(request("GET", &url, empty())).await {
-                    Ok(reply)
-                        if reply.status == 200
-                            && matches!(reply.text().as_str(), "stream" | "stream-v2") =>
-                    {
-                        served.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(reply) => failures.lock().unwrap().push(format!(
-                        "{} {:?}",
-                        reply.status,
-                        reply.text()
-                    )),
-                    Err(e) => failures.lock().unwrap().push(e),
-                }
-            }
-        });
-    }
-
-    let client = Client::http1();
-    for swap in 0..50 {
-        let tag = if swap % 2 == 0 { "stream-v2" } else { "stream" };
-        apps.deploy("app", tag);
-        wait_for_body(&client, &url, tag).await;
-        // Once the swap has settled, every new request gets the new version.
-        for _ in 0..5 {
-            assert_eq!(client.get(&url).await.text(), tag, "after swap {swap}");
+    for protocol in 0..2 {
+        let new_client = || match protocol {
+            0 => Client::http1_no_retries(),
+            _ => Client::http2_no_retries(),
+        };
+        // Each client on a connection of its own.
+        for n in 0..6 {
+            load.spawn(swap_client(
+                tally.clone(),
+                new_client(),
+                protocol,
+                meshd.url(SLOW_PATH),
+                SLOW_CHUNKS,
+                true,
+                Duration::from_millis(n * 650),
+            ));
+        }
+        for _ in 0..2 {
+            load.spawn(swap_client(
+                tally.clone(),
+                new_client(),
+                protocol,
+                meshd.url(QUICK_PATH),
+                2,
+                false,
+                Duration::ZERO,
+            ));
         }
     }
-    stop.store(true, Ordering::Relaxed);
+
+    let probe = Client::http1_no_retries();
+    let url = meshd.url("/app/");
+    for swap in 0..SWAPS {
+        // A fresh slow request of each protocol: its head arrived after the
+        // previous swap was done, so it has most of its 4 s still to stream.
+        wait_until(
+            &format!("a slow request of each protocol before swap {swap}"),
+            || {
+                tally
+                    .slow_heads
+                    .iter()
+                    .all(|heads| heads.lock().unwrap().contains(&swap))
+            },
+        )
+        .await;
+        let tag = if swap % 2 == 0 { "stream-v2" } else { "stream" };
+        tally.triggered.store(swap + 1, Ordering::SeqCst);
+        apps.deploy("app", tag);
+        // The swap is done when new requests get the new version; until then
+        // they get the old one, and never anything else.
+        let started = Instant::now();
+        loop {
+            let reply = probe
+                .fetch(request("GET", &url, empty()))
+                .await
+                .unwrap_or_else(|e| panic!("swap {swap}: {e}"));
+            assert_eq!(reply.status, 200, "swap {swap}: {}", reply.text());
+            if reply.text() == tag {
+                break;
+            }
+            assert!(
+                started.elapsed() < SWAP_WAIT,
+                "swap {swap} not done within {SWAP_WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tally.done.store(swap + 1, Ordering::SeqCst);
+        // Once the swap has settled, every new request gets the new version.
+        for _ in 0..5 {
+            assert_eq!(probe.get(&url).await.text(), tag, "after swap {swap}");
+        }
+        wait_until(
+            &format!("{MIN_COMPLETED_PER_WINDOW} requests completed after swap {swap}"),
+            || tally.completed.lock().unwrap()[swap + 1] >= MIN_COMPLETED_PER_WINDOW,
+        )
+        .await;
+    }
+    tally.stop.store(true, Ordering::SeqCst);
     while load.join_next().await.is_some() {}
 
-    let failures = failures.lock().unwrap();
+    let failures = tally.failures.lock().unwrap();
     assert!(
         failures.is_empty(),
         "{} failed requests, e.g. {:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );
-    let served = served.load(Ordering::Relaxed);
-    assert!(
-        served > 500,
-        "only {served} requests served during the swaps"
+    let spanned = tally.spanned.lock().unwrap();
+    for (swap, per_protocol) in spanned.iter().enumerate() {
+        for (protocol, count) in per_protocol.iter().enumerate() {
+            assert!(
+                *count >= 1,
+                "no {} request was in flight across swap {swap}: {spanned:?}",
+                PROTOCOLS[protocol]
+            );
+        }
+    }
+    let completed = tally.completed.lock().unwrap();
+    eprintln!(
+        "swap load: in flight across each swap (HTTP/1.1, h2): {spanned:?}; \
+         completed per window: {completed:?}"
     );
-    assert_eq!(meshd.count_log(&["app updated", "app=app"]), 50);
+    assert!(
+        completed[1..]
+            .iter()
+            .all(|&n| n >= MIN_COMPLETED_PER_WINDOW),
+        "completed per swap window: {completed:?}"
+    );
+    assert_eq!(meshd.count_log(&["app updated", "app=app"]), SWAPS);
 }
 
 #[tokio::test]
@@ -247,7 +446,9 @@ async fn drain_timeout_cancels_what_is_left_and_counts_it() {
         .args(&["--settle", "50ms", "--drain-timeout", "1s"])
         .start();
     let stuck = spawn_get(meshd.url("/app/slow?ms=60000"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    meshd
+        .wait_for_log_async(&["app=app", "slow request started"])
+        .await;
     apps.deploy("app", "stream-v2");
     let line = meshd.wait_for_log(&["drain timeout reached", "app=app"]);
     assert!(line.contains("cancelled=1"), "{line}");
@@ -334,7 +535,9 @@ async fn a_deploy_while_every_instance_slot_is_busy_waits_for_one() {
     assert_eq!(client.get(&meshd.url("/warm/seen")).await.text(), "1");
     // ...and the one instance slot is held by a slow request.
     let slow = spawn_get(meshd.url("/busy/slow?ms=1500"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    meshd
+        .wait_for_log_async(&["app=busy", "slow request started"])
+        .await;
     // A new app with a health check arrives while the pool is full: its
     // checks wait for the slot instead of failing a healthy version.
     apps.write("late.toml", "health = \"/\"\n");
@@ -355,7 +558,9 @@ async fn max_concurrency_holds_across_a_swap() {
     let client = Client::http1();
     // The app's one request slot, held by the old version.
     let slow = spawn_get(meshd.url("/app/slow?ms=2000"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    meshd
+        .wait_for_log_async(&["app=app", "slow request started"])
+        .await;
     apps.deploy("app", "stream-v2");
     meshd.wait_for_log(&["app updated", "app=app"]);
     // The new version serves now, but the old one's request still counts.

@@ -10,8 +10,16 @@
 //! mounted apps: the table is a hash map of prefixes, and a lookup probes the
 //! path's own prefixes from longest to shortest.
 //!
+//! Before routing, [`check_path`] refuses request paths that a proxy in front
+//! may read differently (dot segments, `//`, encoded separators): see
+//! [`path_check`].
+//!
 //! This crate is pure data: no I/O, no async, no wasmtime.
 #![deny(missing_docs)]
+
+pub mod path_check;
+
+pub use path_check::{check_path, AmbiguousPath};
 
 use std::collections::HashMap;
 use std::fmt;

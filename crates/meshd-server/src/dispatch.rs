@@ -28,6 +28,16 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<meshd_tenant::BodyError>,
 {
+    // Refused rather than normalised: a proxy in front must read the path
+    // exactly as meshd routes it, and proxies normalise in different ways
+    // (see meshd_routes::path_check and docs/operations.md).
+    if let Err(why) = meshd_routes::check_path(req.uri().path()) {
+        tracing::debug!(path = req.uri().path(), %why, "ambiguous request path refused");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!("ambiguous request path: {why}\n"),
+        );
+    }
     let (version, prefix_header) = {
         let mounts = mounts.load();
         let Some(route) = mounts.route(req.uri().path()) else {

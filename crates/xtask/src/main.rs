@@ -6,9 +6,12 @@
 //!   workspace (the end-to-end tests build the guests they need once).
 //! - `apps`: only build the example apps into `target/apps-example/`.
 
+mod summary;
+
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use summary::Summary;
 
 /// The Rust apps `cargo xtask run` serves (the rest of apps-example/ are
 /// test fixtures).
@@ -143,8 +146,10 @@ fn run(meshd_args: &[String]) -> Result<()> {
     status(cmd)
 }
 
-/// Runs `cargo test --workspace`, echoing its output, and ends with one
-/// summary line over every test binary (`tests: N passed, N failed`).
+/// Runs `cargo test --workspace --no-fail-fast` (every test binary runs even
+/// when an earlier one fails), echoing its output, and ends with one summary
+/// over every test binary: a binary that crashed is named and counts as a
+/// failure. Fails if any test failed, any binary crashed or cargo failed.
 fn test(cargo_test_args: &[String]) -> Result<()> {
     use std::io::BufRead as _;
     ensure_wasm_target()?;
@@ -157,39 +162,46 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
             "the Redis tests need redis-server: `apt-get install redis-server` (.ci/run does this)"
         );
     }
+    // One pipe for stdout and stderr: cargo's `Running ...` lines (stderr)
+    // and the binaries' `test result:` lines (stdout) must be read in the
+    // order they were written to tell which binary ended without a result.
+    let (output, writer) = std::io::pipe().context("cannot create a pipe")?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"])
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_test_args)
-        .stdout(std::process::Stdio::piped());
+        .stdout(writer.try_clone().context("cannot clone the pipe")?)
+        .stderr(writer);
     let mut child = cmd.spawn().context("cannot run cargo test")?;
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line?;
+    // Our copies of the pipe's write end are gone with `cmd`: the read below
+    // ends when cargo and its test binaries have exited.
+    drop(cmd);
+    let mut summary = Summary::default();
+    for line in std::io::BufReader::new(output).lines() {
+        let line = line.context("reading cargo test's output")?;
         println!("{line}");
-        if let Some(counts) = line.strip_prefix("test result: ") {
-            passed += count(counts, "passed");
-            failed += count(counts, "failed");
-            ignored += count(counts, "ignored");
-        }
+        summary.line(&line);
     }
+    summary.finish();
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    println!(
+        "tests: {} passed, {} failed, {} skipped, in {} test binaries; {} crashed",
+        summary.passed,
+        summary.failed,
+        summary.ignored,
+        summary.binaries,
+        summary.crashed.len()
+    );
+    for name in &summary.failing {
+        println!("failed tests in: {name}");
+    }
+    for crash in &summary.crashed {
+        println!("crashed (no test result): {crash}");
+    }
+    if !summary.all_passed() {
+        bail!("tests failed");
+    }
     if !status.success() {
         bail!("cargo test failed with {status}");
     }
     Ok(())
-}
-
-/// The number before `word` in a line like `ok. 3 passed; 0 failed; ...`.
-fn count(counts: &str, word: &str) -> u64 {
-    let tokens: Vec<&str> = counts
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|t| !t.is_empty())
-        .collect();
-    tokens
-        .windows(2)
-        .find(|pair| pair[1] == word)
-        .and_then(|pair| pair[0].parse().ok())
-        .unwrap_or(0)
 }

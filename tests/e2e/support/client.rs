@@ -58,6 +58,28 @@ impl Client {
         }
     }
 
+    /// HTTP/1.1 with keep-alive, without hyper-util's default retry of a
+    /// request whose connection closed before it was sent: a connection
+    /// meshd closes shows as an error instead of being hidden.
+    pub fn http1_no_retries() -> Self {
+        Client {
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .retry_canceled_requests(false)
+                .build_http(),
+        }
+    }
+
+    /// HTTP/2 (h2c, prior knowledge) without retries, as
+    /// [`Client::http1_no_retries`].
+    pub fn http2_no_retries() -> Self {
+        Client {
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .retry_canceled_requests(false)
+                .build_http(),
+        }
+    }
+
     /// Sends `req` and returns the response with its body still streaming.
     pub async fn send(&self, req: Request<ReqBody>) -> Result<Response<Incoming>, String> {
         self.inner.request(req).await.map_err(|e| format!("{e:?}"))

@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,11 +22,21 @@ pub struct MeshdBuilder {
 
 /// A running meshd, killed when dropped. Its stderr is collected so tests can
 /// wait for and assert on log lines; it is printed if the test fails.
+///
+/// Dropping it ends the test with two checks (see [`Meshd::check_healthy`]):
+/// meshd is still running, and no line of its own log says "panicked". A test
+/// that stops meshd on purpose says so with [`Meshd::expect_exit`] (sending
+/// TERM, INT, QUIT or KILL and [`Meshd::wait_exit`] say it too); a test that
+/// makes meshd panic on purpose says so with [`Meshd::allow_panics`].
 pub struct Meshd {
     child: Child,
     addr: SocketAddr,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
     _temp_dirs: Vec<tempfile::TempDir>,
+    /// The test stops meshd itself: do not require it alive at the end.
+    may_exit: AtomicBool,
+    /// The test makes meshd panic: do not look for "panicked" at the end.
+    may_panic: AtomicBool,
 }
 
 impl Meshd {
@@ -113,8 +124,95 @@ impl Meshd {
         }
     }
 
-    /// Sends a signal (`TERM`, `INT`, `HUP`, ...) to meshd.
+    /// Whether meshd has exited (without saying the test expected it: see
+    /// [`Meshd::expect_exit`]).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Says that this test stops meshd on purpose: the end-of-test check
+    /// does not require it to be alive.
+    pub fn expect_exit(&self) {
+        self.may_exit.store(true, Ordering::Relaxed);
+    }
+
+    /// Says that this test makes meshd panic on purpose: the end-of-test
+    /// check does not look for "panicked" in its log.
+    pub fn allow_panics(&self) {
+        self.may_panic.store(true, Ordering::Relaxed);
+    }
+
+    /// Lines of meshd's own log (not a guest's stdout or stderr, which meshd
+    /// logs with a `stream` field) that say something panicked.
+    pub fn panic_lines(&self) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|line| line.contains("panicked"))
+            .filter(|line| !is_guest_output(line))
+            .collect()
+    }
+
+    /// Panics unless meshd is still running (when the test did not stop it)
+    /// and no line of its own log says "panicked" (when the test did not
+    /// ask for a panic). Every test ends with this check: `Drop` runs it.
+    pub fn check_healthy(&mut self) {
+        if !self.may_exit.load(Ordering::Relaxed) {
+            match self.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => panic!(
+                    "meshd exited during the test ({status}); log:\n{}",
+                    self.log().join("\n")
+                ),
+                Err(e) => panic!("cannot tell whether meshd runs: {e}"),
+            }
+        }
+        if !self.may_panic.load(Ordering::Relaxed) {
+            let panics = self.panic_lines();
+            assert!(
+                panics.is_empty(),
+                "meshd panicked during the test:\n{}\nlog:\n{}",
+                panics.join("\n"),
+                self.log().join("\n")
+            );
+        }
+    }
+
+    /// [`Meshd::wait_for_log`] for async tests: waits without blocking the
+    /// runtime's thread, so the test's own tasks (a request in flight on a
+    /// single-threaded runtime) keep running meanwhile.
+    pub async fn wait_for_log_async(&self, needles: &[&str]) -> String {
+        self.wait_for_log_count_async(needles, 1).await
+    }
+
+    /// [`Meshd::wait_for_log_count`] for async tests (see
+    /// [`Meshd::wait_for_log_async`]).
+    pub async fn wait_for_log_count_async(&self, needles: &[&str], count: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let matching: Vec<String> = self
+                .log()
+                .into_iter()
+                .filter(|line| needles.iter().all(|n| line.contains(n)))
+                .collect();
+            if matching.len() >= count {
+                return matching[count - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line containing {needles:?} (wanted {count}) within {WAIT:?}; log:\n{}",
+                self.log().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `HUP`, ...) to meshd. A signal that
+    /// stops it (`TERM`, `INT`, `QUIT`, `KILL`) counts as
+    /// [`Meshd::expect_exit`].
     pub fn signal(&self, name: &str) {
+        if matches!(name, "TERM" | "INT" | "QUIT" | "KILL") {
+            self.expect_exit();
+        }
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.pid().to_string())
@@ -123,8 +221,10 @@ impl Meshd {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Waits for meshd to exit, at most `timeout`.
+    /// Waits for meshd to exit, at most `timeout` (the test expects the exit:
+    /// see [`Meshd::expect_exit`]).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        self.expect_exit();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -215,6 +315,8 @@ impl MeshdBuilder {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
             _temp_dirs: temp_dirs,
+            may_exit: AtomicBool::new(false),
+            may_panic: AtomicBool::new(false),
         };
         let line = meshd.wait_for_log(&["meshd listening on http://"]);
         let addr = line
@@ -228,12 +330,33 @@ impl MeshdBuilder {
     }
 }
 
+/// Whether a log line is a guest's stdout or stderr (text or JSON format).
+fn is_guest_output(line: &str) -> bool {
+    [
+        "stream=stdout",
+        "stream=stderr",
+        r#""stream":"stdout""#,
+        r#""stream":"stderr""#,
+    ]
+    .iter()
+    .any(|tag| line.contains(tag))
+}
+
 impl Drop for Meshd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            eprintln!("--- meshd log ---\n{}\n--- end ---", self.log().join("\n"));
+            return;
+        }
+        // The test passed so far: it ends by checking that meshd survived it.
+        let healthy =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check_healthy()));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- meshd log ---\n{}\n--- end ---", self.log().join("\n"));
+        if let Err(panic) = healthy {
+            std::panic::resume_unwind(panic);
         }
     }
 }
