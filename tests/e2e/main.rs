@@ -4,6 +4,7 @@
 
 mod support;
 
+mod access_log;
 mod bad_apps;
 mod bodies;
 mod cache;

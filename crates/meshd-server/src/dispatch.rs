@@ -23,7 +23,20 @@ pub type ResponseBody = Either<meshd_tenant::ResponseBody, Full<Bytes>>;
 
 /// Routes `req` through the current mounts and serves it. Never fails: every
 /// error becomes a response.
-pub async fn dispatch<B>(mounts: &ArcSwap<Mounts>, mut req: Request<B>) -> Response<ResponseBody>
+pub async fn dispatch<B>(mounts: &ArcSwap<Mounts>, req: Request<B>) -> Response<ResponseBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<meshd_tenant::BodyError>,
+{
+    dispatch_to(mounts, req).await.0
+}
+
+/// [`dispatch`], also saying which version served the request (`None` when
+/// meshd answered itself: no route, a refused path).
+pub(crate) async fn dispatch_to<B>(
+    mounts: &ArcSwap<Mounts>,
+    mut req: Request<B>,
+) -> (Response<ResponseBody>, Option<Arc<AppVersion>>)
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<meshd_tenant::BodyError>,
@@ -33,18 +46,20 @@ where
     // (see meshd_routes::path_check and docs/operations.md).
     if let Err(why) = meshd_routes::check_path(req.uri().path()) {
         tracing::debug!(path = req.uri().path(), %why, "ambiguous request path refused");
-        return plain(
+        let resp = plain(
             StatusCode::BAD_REQUEST,
             format!("ambiguous request path: {why}\n"),
         );
+        return (resp, None);
     }
     let (version, prefix_header) = {
         let mounts = mounts.load();
         let Some(route) = mounts.route(req.uri().path()) else {
-            return plain(
+            let resp = plain(
                 StatusCode::NOT_FOUND,
                 format!("no app is mounted at {}\n", req.uri().path()),
             );
+            return (resp, None);
         };
         let prefix_header = if route.prefix.is_root() {
             None
@@ -53,7 +68,10 @@ where
         };
         let uri = match rewrite_uri(req.uri(), route.app_path) {
             Ok(uri) => uri,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("bad request URI: {e}\n")),
+            Err(e) => {
+                let resp = plain(StatusCode::BAD_REQUEST, format!("bad request URI: {e}\n"));
+                return (resp, None);
+            }
         };
         let version = route.value.clone();
         *req.uri_mut() = uri;
@@ -75,7 +93,7 @@ where
     version
         .stats()
         .record(resp.status().as_u16(), started.elapsed());
-    resp
+    (resp, Some(version))
 }
 
 /// The same URI with its path replaced by what the app sees.

@@ -9,11 +9,13 @@
 //! machinery publishes a new table without ever blocking a request.
 #![deny(missing_docs)]
 
+mod access_log;
 mod conn_watch;
 mod dispatch;
 mod listen;
 mod metrics;
 
+pub use access_log::{AccessLogged, ACCESS_TARGET};
 pub use dispatch::{dispatch, Mounts, ResponseBody, FORWARDED_PREFIX};
 pub use listen::{serve, ClosedConnections, ServeConfig};
 pub use metrics::{

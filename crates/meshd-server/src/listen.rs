@@ -1,8 +1,9 @@
 //! The accept loop, connection limits, timeouts and graceful shutdown, for
 //! the front door and for every other listener of meshd (metrics).
 
+use crate::access_log::{AccessLogged, Arrival};
 use crate::conn_watch::{Abandon, ConnWatch, Verdict, Watched};
-use crate::dispatch::{dispatch, Mounts};
+use crate::dispatch::{dispatch, dispatch_to, Mounts};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -47,6 +48,9 @@ pub struct ServeConfig {
     pub max_streams: u32,
     /// Where the listener counts the connections it closed itself.
     pub closed: Arc<ClosedConnections>,
+    /// Whether the front door writes an access-log event per request
+    /// (target [`crate::ACCESS_TARGET`]).
+    pub access_log: bool,
 }
 
 /// Connections a listener closed on its own initiative, by reason: the
@@ -69,9 +73,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     config: ServeConfig,
 ) -> bool {
+    let access_log = config.access_log;
     let handler = move |req: Request<Incoming>| {
         let mounts = mounts.clone();
-        async move { dispatch(&mounts, req).await }
+        async move {
+            if !access_log {
+                return dispatch(&mounts, req).await.map(AccessLogged::off);
+            }
+            let arrival = Arrival::of(&req);
+            let (resp, served_by) = dispatch_to(&mounts, req).await;
+            let entry = arrival.answered(resp.status().as_u16(), served_by);
+            resp.map(|body| AccessLogged::logged(body, entry))
+        }
     };
     serve_with(listener, shutdown, &config, "front door", handler).await
 }

@@ -205,9 +205,46 @@ pub struct Args {
     #[arg(long, env = "MESHD_NO_WATCH")]
     pub no_watch: bool,
 
-    /// Log format.
+    /// Log format (of meshd's log on stderr and of the access log).
     #[arg(long, env = "MESHD_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Access log: one line per request (app, version, method, path without
+    /// the query, status, bytes sent, duration, whether the whole body was
+    /// sent), written when the response ends. `off`, `stdout`, or a file
+    /// path (appended to; created with mode 0640). Lines are queued to a
+    /// writer thread: if it falls more than 128,000 lines behind, lines are
+    /// dropped rather than requests slowed.
+    #[arg(
+        long,
+        env = "MESHD_ACCESS_LOG",
+        default_value = "off",
+        value_name = "off|stdout|FILE"
+    )]
+    pub access_log: AccessLog,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    /// No access log.
+    Off,
+    /// meshd's standard output.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for AccessLog {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "off" => AccessLog::Off,
+            "stdout" => AccessLog::Stdout,
+            path => AccessLog::File(PathBuf::from(path)),
+        })
+    }
 }
 
 /// How log lines are written to stderr.

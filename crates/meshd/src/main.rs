@@ -25,7 +25,14 @@ fn main() -> ExitCode {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     let args = cli::Args::parse();
-    logging::init(args.log_format);
+    // Held until meshd exits: dropping it flushes the access log.
+    let _log_guard = match logging::init(args.log_format, &args.access_log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(workers) = args.workers {
@@ -201,6 +208,7 @@ async fn run(args: cli::Args) -> Result<()> {
         idle_timeout: args.idle_timeout,
         max_streams: args.http2_max_streams,
         closed: Arc::default(),
+        access_log: args.access_log != cli::AccessLog::Off,
     };
     let metrics = match args.metrics_listen {
         Some(addr) => Some(

@@ -77,7 +77,7 @@ impl Meshd {
         let line = self.wait_for_log(&["metrics listening on http://"]);
         line.split("http://")
             .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+            .map(address_prefix)
             .map(|addr| format!("http://{addr}"))
             .expect("the log names the metrics address")
     }
@@ -322,7 +322,7 @@ impl MeshdBuilder {
         let addr = line
             .split("http://")
             .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+            .map(address_prefix)
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("cannot parse the listen address from {line:?}"));
         meshd.addr = addr;
@@ -359,4 +359,13 @@ impl Drop for Meshd {
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// The socket address at the start of `text` (a log line goes on after it
+/// with a space in text format, with `"` in JSON).
+fn address_prefix(text: &str) -> &str {
+    let end = text
+        .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+        .unwrap_or(text.len());
+    &text[..end]
 }

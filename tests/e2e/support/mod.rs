@@ -7,7 +7,7 @@ mod client;
 mod meshd;
 mod pki;
 
-pub use client::{count_body, empty, generated, request, spawn_get, Client};
+pub use client::{count_body, empty, full, generated, request, spawn_get, Client};
 pub use meshd::{Meshd, MeshdBuilder};
 pub use pki::TestPki;
 
