@@ -13,6 +13,7 @@ mod metrics;
 mod outbound_tls;
 mod platform;
 mod polyglot;
+mod resources;
 mod reuse;
 mod routing;
 mod shutdown;

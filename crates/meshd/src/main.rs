@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod fd_limit;
 mod logging;
 mod metrics;
 mod signals;
@@ -25,6 +26,8 @@ fn main() -> ExitCode {
     }
     let args = cli::Args::parse();
     logging::init(args.log_format);
+    // Before any thread starts: threads inherit the limit.
+    let open_file_limit = fd_limit::raise();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(workers) = args.workers {
@@ -37,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, open_file_limit)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -94,7 +97,7 @@ async fn open_keyvalue(
     Ok(kv)
 }
 
-async fn run(args: cli::Args) -> Result<()> {
+async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     // Check everything we can before binding, so a bad flag fails fast.
     if !args.apps.is_dir() {
         bail!(
@@ -128,6 +131,10 @@ async fn run(args: cli::Args) -> Result<()> {
     if args.header_read_timeout.is_zero() {
         bail!("--header-read-timeout must be longer than 0");
     }
+    let guest_descriptors = args
+        .max_guest_descriptors
+        .unwrap_or_else(|| fd_limit::default_guest_descriptors(open_file_limit));
+    fd_limit::check(open_file_limit, args.max_connections, guest_descriptors);
     // Apps without a manifest run with the defaults: they must fit too.
     daemon_config
         .ceiling
@@ -143,6 +150,23 @@ async fn run(args: cli::Args) -> Result<()> {
             max_instances: args.max_instances,
             guest_log_rate: args.guest_log_rate,
             outbound_ca_files: daemon_config.outbound.ca_files.clone(),
+            descriptors: meshd_tenant::DescriptorLimits {
+                per_request: args.max_request_descriptors,
+                per_app: args.max_app_descriptors,
+                all_guests: guest_descriptors,
+            },
+            outbound: meshd_tenant::OutboundLimits {
+                max_requests: args.max_app_outbound,
+                max_lookups: args.max_app_lookups,
+            },
+            resolver: meshd_tenant::ResolverSettings {
+                nameservers: daemon_config.outbound.nameservers.clone(),
+                timeout: daemon_config
+                    .outbound
+                    .lookup_timeout
+                    .unwrap_or(meshd_tenant::DEFAULT_LOOKUP_TIMEOUT),
+            },
+            files_quota: Some(args.files_quota.as_u64()).filter(|&quota| quota > 0),
         },
         kv,
     )?;
@@ -151,6 +175,8 @@ async fn run(args: cli::Args) -> Result<()> {
         pooling = runtime.pooling(),
         max_instances = args.max_instances,
         guest_log_rate = args.guest_log_rate,
+        open_file_limit,
+        max_guest_descriptors = guest_descriptors,
         workers,
         limits = ?default_limits,
         ceiling = ?daemon_config.ceiling,
