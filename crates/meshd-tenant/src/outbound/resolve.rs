@@ -45,12 +45,21 @@ impl Resolver {
     pub fn new(settings: &ResolverSettings) -> anyhow::Result<Self> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if settings.nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read the system's DNS settings (/etc/resolv.conf): {e}; \
-                     set [outbound] nameservers in meshd.toml"
-                )
-            })?
+            match TokioResolver::builder(provider.clone()) {
+                Ok(builder) => builder,
+                Err(e) => {
+                    // Names then resolve from /etc/hosts only.
+                    tracing::warn!(
+                        "cannot read the system's DNS settings (/etc/resolv.conf): {e}; apps' \
+                         outbound HTTP resolves names from /etc/hosts only (set [outbound] \
+                         nameservers in meshd.toml)"
+                    );
+                    TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(Vec::new()),
+                        provider,
+                    )
+                }
+            }
         } else {
             let servers = settings
                 .nameservers
