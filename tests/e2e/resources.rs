@@ -87,7 +87,6 @@ async fn a_guest_opening_files_without_end_gets_errors_and_the_daemon_goes_on() 
     // 256 descriptors in all: without a budget, three requests opening the
     // same file 3,000 times each would take every one of them.
     let meshd = Meshd::builder(apps.path()).max_open_files(256).start();
-    meshd.wait_for_log(&["tenant runtime ready", "open_file_limit=256"]);
 
     // All guests together get a quarter of the limit, 64; each request's
     // [files] directory is one of them.
@@ -140,6 +139,7 @@ async fn a_guest_opening_files_without_end_gets_errors_and_the_daemon_goes_on() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(meshd.log().iter().all(|line| !line.contains("panicked")));
+    meshd.wait_for_log(&["tenant runtime ready", "open_file_limit=256"]);
 }
 
 #[tokio::test]
