@@ -16,6 +16,7 @@ mod outbound_tls;
 mod paths;
 mod platform;
 mod polyglot;
+mod resources;
 mod reuse;
 mod routing;
 mod service;

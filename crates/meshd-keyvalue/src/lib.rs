@@ -15,10 +15,12 @@
 //! atomic.
 #![deny(missing_docs)]
 
+mod cursor;
 mod redb_store;
 mod redis_store;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use redis_store::RedisTls;
 
@@ -84,10 +86,16 @@ pub enum KvError {
         /// The key.
         key: String,
     },
+    /// A `list_keys` cursor that this meshd did not issue for this bucket,
+    /// or that expired (see [`CURSOR_TTL`]).
+    #[error("unknown or expired cursor: list the keys again from the start")]
+    UnknownCursor,
     /// The storage itself failed.
     #[error("storage error: {0}")]
     Backend(String),
 }
+
+pub use cursor::TTL as CURSOR_TTL;
 
 /// One page of a key listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +134,8 @@ pub fn charged_size(b: BucketRef<'_>, key: &str, value_len: usize) -> u64 {
 pub struct KvStore {
     backend: Backend,
     limits: KvLimits,
+    /// Where each open listing stopped (see `cursor.rs`).
+    cursors: Arc<cursor::Cursors>,
 }
 
 #[derive(Clone)]
@@ -149,6 +159,7 @@ impl KvStore {
         Ok(KvStore {
             backend: Backend::Redb(redb_store::RedbStore::open(path)?),
             limits,
+            cursors: Arc::default(),
         })
     }
 
@@ -163,6 +174,7 @@ impl KvStore {
         Ok(KvStore {
             backend: Backend::Redis(redis_store::RedisStore::connect(url, tls).await?),
             limits,
+            cursors: Arc::default(),
         })
     }
 
@@ -236,16 +248,27 @@ impl KvStore {
         Ok(self.get(b, key).await?.is_some())
     }
 
-    /// One page of the bucket's keys, starting at `cursor`.
+    /// One page of the bucket's keys (at most [`PAGE_SIZE`], in byte
+    /// order), starting after where `cursor` stopped. Each page reads only
+    /// its own keys and the one after them, in the caller's bucket.
     pub async fn list_keys(
         &self,
         b: BucketRef<'_>,
         cursor: Option<u64>,
     ) -> Result<KeyPage, KvError> {
-        match &self.backend {
-            Backend::Redb(s) => s.list_keys(b, cursor.unwrap_or(0)).await,
-            Backend::Redis(s) => s.list_keys(b, cursor.unwrap_or(0)).await,
-        }
+        let after = cursor
+            .map(|token| self.cursors.resume(b, token))
+            .transpose()?;
+        let after = after.as_deref();
+        let (keys, more) = match &self.backend {
+            Backend::Redb(s) => s.list_keys(b, after).await?,
+            Backend::Redis(s) => s.list_keys(b, after).await?,
+        };
+        let cursor = match keys.last() {
+            Some(last) if more => Some(self.cursors.issue(b, last.clone())),
+            _ => None,
+        };
+        Ok(KeyPage { keys, cursor })
     }
 
     /// Atomically adds `delta` to the decimal number stored at `key` (absent
@@ -506,25 +529,166 @@ mod tests {
         assert!(err.to_string().contains("would exceed"), "{err}");
     }
 
-    #[tokio::test]
-    async fn listing_pages_through_every_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = store(&dir, KvLimits::default());
-        let keys: Vec<String> = (0..2500).map(|i| format!("key{i:05}")).collect();
-        for chunk in keys.chunks(MAX_BATCH_KEYS) {
-            let entries = chunk.iter().map(|k| (k.clone(), b"v".to_vec())).collect();
-            kv.set_many(bucket("a", ""), entries).await.unwrap();
-        }
-        let mut seen = 0;
+    /// Pages through `b` to the end, returning every key in order.
+    async fn list_all(kv: &KvStore, b: BucketRef<'_>) -> Vec<String> {
+        let mut all = Vec::new();
         let mut cursor = None;
         loop {
-            let page = kv.list_keys(bucket("a", ""), cursor).await.unwrap();
-            seen += page.keys.len();
+            let page = kv.list_keys(b, cursor).await.unwrap();
+            assert!(page.keys.len() <= PAGE_SIZE);
+            all.extend(page.keys);
             match page.cursor {
                 Some(next) => cursor = Some(next),
-                None => break,
+                None => return all,
             }
         }
-        assert_eq!(seen, 2500);
+    }
+
+    async fn fill(kv: &KvStore, b: BucketRef<'_>, keys: &[String]) {
+        for chunk in keys.chunks(MAX_BATCH_KEYS) {
+            let entries = chunk.iter().map(|k| (k.clone(), b"v".to_vec())).collect();
+            kv.set_many(b, entries).await.unwrap();
+        }
+    }
+
+    /// Neighbours of tenant "a", bucket "b" in every direction the store
+    /// orders by: another bucket of the same tenant before and after it,
+    /// tenants whose names sort right before and after "a".
+    const NEIGHBOURS: [(&str, &str); 5] =
+        [("a", ""), ("a", "c"), ("a", "b\0"), ("", "b"), ("a0", "b")];
+
+    /// Checks that paging through bucket ("a", "b") yields exactly its keys,
+    /// each once and in order, with neighbours full of keys all around.
+    async fn check_paging(kv: &KvStore) {
+        let b = bucket("a", "b");
+        // Enough for three pages, the last one partial, with keys that sort
+        // around page boundaries ("key01000" vs "key01000x").
+        let mut keys: Vec<String> = (0..2500).map(|i| format!("key{i:05}")).collect();
+        keys.push("key01000x".into());
+        keys.push("".into());
+        fill(kv, b, &keys).await;
+        for (tenant, name) in NEIGHBOURS {
+            let theirs: Vec<String> = (0..1500).map(|i| format!("key{i:05}y")).collect();
+            fill(kv, bucket(tenant, name), &theirs).await;
+        }
+        keys.sort();
+        assert_eq!(list_all(kv, b).await, keys);
+        // A cursor of one bucket is no good in another.
+        let page = kv.list_keys(b, None).await.unwrap();
+        let cursor = page.cursor.expect("more than one page");
+        for (tenant, name) in NEIGHBOURS {
+            assert_eq!(
+                kv.list_keys(bucket(tenant, name), Some(cursor)).await,
+                Err(KvError::UnknownCursor)
+            );
+        }
+        assert_eq!(
+            kv.list_keys(b, Some(cursor + 1_000_000)).await,
+            Err(KvError::UnknownCursor)
+        );
+        // Keys deleted or added between pages: the next page goes on after
+        // the last key seen, neither repeating nor skipping what is left.
+        let next = kv.list_keys(b, Some(cursor)).await.unwrap();
+        kv.delete(b, &next.keys[0]).await.unwrap();
+        kv.set(b, "zzz-added", b"v").await.unwrap();
+        let again = kv.list_keys(b, Some(cursor)).await.unwrap();
+        assert_eq!(again.keys[..next.keys.len() - 1], next.keys[1..]);
+        let rest = list_all(kv, b).await;
+        assert_eq!(rest.last().map(String::as_str), Some("zzz-added"));
+        assert_eq!(rest.len(), keys.len());
+    }
+
+    #[tokio::test]
+    async fn listing_pages_through_every_key_of_the_bucket_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = store(&dir, KvLimits::default());
+        check_paging(&kv).await;
+    }
+
+    #[tokio::test]
+    async fn redis_listing_pages_through_every_key_of_the_bucket_only() {
+        let redis = tests_redis::Redis::start();
+        let kv = KvStore::connect_redis(&redis.url(), &RedisTls::default(), KvLimits::default())
+            .await
+            .unwrap();
+        check_paging(&kv).await;
+    }
+
+    #[tokio::test]
+    async fn redis_entries_written_before_the_index_are_listed() {
+        let redis = tests_redis::Redis::start();
+        // What an older meshd left: entries, no indexes.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for key in ["k1", "k2"] {
+            let _: () = redis::AsyncCommands::set(&mut conn, format!("meshd:a:1:b:{key}"), "v")
+                .await
+                .unwrap();
+        }
+        let kv = KvStore::connect_redis(&redis.url(), &RedisTls::default(), KvLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(list_all(&kv, bucket("a", "b")).await, ["k1", "k2"]);
+    }
+}
+
+/// A redis-server of a test's own, on a free loopback port.
+#[cfg(test)]
+mod tests_redis {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub(crate) struct Redis {
+        child: Child,
+        port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Redis {
+        pub(crate) fn start() -> Redis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (.ci/run installs it)");
+            let started = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "redis-server did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Redis {
+                child,
+                port,
+                _dir: dir,
+            }
+        }
+
+        pub(crate) fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

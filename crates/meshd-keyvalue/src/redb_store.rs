@@ -1,8 +1,9 @@
 //! The embedded backend: one redb file, every write a durable transaction.
 
-use crate::{charged_size, parse_counter, BucketRef, KeyPage, KvError, PAGE_SIZE};
+use crate::{charged_size, parse_counter, BucketRef, KvError, PAGE_SIZE};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -175,19 +176,31 @@ impl RedbStore {
         .await
     }
 
+    /// Up to [`PAGE_SIZE`] keys of the bucket after `after` (from its
+    /// first key without one), and whether more follow. The range read
+    /// starts at the bucket's first key (or right after `after`) and stops
+    /// at the first row that is not the bucket's: it never walks another
+    /// bucket's or tenant's rows beyond that one.
     pub(crate) async fn list_keys(
         &self,
         b: BucketRef<'_>,
-        cursor: u64,
-    ) -> Result<KeyPage, KvError> {
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, bool), KvError> {
         let (tenant, bucket) = (b.tenant.to_owned(), b.bucket.to_owned());
+        let after = after.map(str::to_owned);
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let table = txn.open_table(ENTRIES).map_err(backend)?;
-            let start = (tenant.as_str(), bucket.as_str(), "");
+            let start = match &after {
+                Some(key) => Bound::Excluded((tenant.as_str(), bucket.as_str(), key.as_str())),
+                None => Bound::Included((tenant.as_str(), bucket.as_str(), "")),
+            };
+            let range = table
+                .range::<(&str, &str, &str)>((start, Bound::Unbounded))
+                .map_err(backend)?;
             let mut keys = Vec::new();
             let mut more = false;
-            for entry in table.range(start..).map_err(backend)?.skip(cursor as usize) {
+            for entry in range {
                 let (id, _) = entry.map_err(backend)?;
                 let (t, bk, key) = id.value();
                 if t != tenant || bk != bucket {
@@ -199,8 +212,7 @@ impl RedbStore {
                 }
                 keys.push(key.to_owned());
             }
-            let cursor = more.then(|| cursor + keys.len() as u64);
-            Ok(KeyPage { keys, cursor })
+            Ok((keys, more))
         })
         .await
     }

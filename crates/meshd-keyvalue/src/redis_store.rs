@@ -2,7 +2,7 @@
 //! tenant state. Multi-step operations run as Lua scripts, which Redis
 //! executes atomically.
 
-use crate::{charged_size, BucketRef, KeyPage, KvError, PAGE_SIZE};
+use crate::{charged_size, BucketRef, KvError, PAGE_SIZE};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, IntoConnectionInfo, Script};
 use std::path::PathBuf;
@@ -62,14 +62,20 @@ pub(crate) struct RedisStore {
     _client: Arc<redis::Client>,
 }
 
+// Listing: every bucket has an index, a sorted set of its keys (all with
+// score 0, so Redis orders them by their bytes), kept by the scripts below
+// in the same atomic step as the entry. A page is one ZRANGEBYLEX after the
+// key the previous page ended at: it touches only the caller's bucket. (SCAN
+// walked the whole keyspace, every tenant's keys, a page at a time.)
+//
 // Quota accounting: an entry is charged `charged_size` (lib.rs). The scripts
 // get the part that does not depend on the value (overhead, names, key) as
 // `fixed`, and add the value's length. Usage never goes below 0: counts left
 // by an older meshd (keys and values only) would otherwise underflow when
 // such an entry is removed.
 
-/// SET with quota accounting. KEYS: entry, usage. ARGV: value, fixed,
-/// quota. Returns -1 when over quota.
+/// SET with quota accounting. KEYS: entry, usage, index. ARGV: value,
+/// fixed, quota, key. Returns -1 when over quota.
 static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -83,12 +89,13 @@ static SET: LazyLock<Script> = LazyLock::new(|| {
         if new_used > tonumber(ARGV[3]) then return -1 end
         redis.call('SET', KEYS[1], ARGV[1])
         redis.call('SET', KEYS[2], new_used)
+        redis.call('ZADD', KEYS[3], 0, ARGV[4])
         return new_used
         ",
     )
 });
 
-/// DEL with quota accounting. KEYS: entry, usage. ARGV: fixed.
+/// DEL with quota accounting. KEYS: entry, usage, index. ARGV: fixed, key.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -98,13 +105,14 @@ static DELETE: LazyLock<Script> = LazyLock::new(|| {
             local used = tonumber(redis.call('GET', KEYS[2]) or '0')
             redis.call('SET', KEYS[2], math.max(0, used - size))
         end
+        redis.call('ZREM', KEYS[3], ARGV[2])
         return 0
         ",
     )
 });
 
-/// Increment of a decimal counter with quota accounting. KEYS: entry, usage.
-/// ARGV: delta, fixed, quota. Errors: 'nan', 'overflow', 'quota'.
+/// Increment of a decimal counter with quota accounting. KEYS: entry, usage,
+/// index. ARGV: delta, fixed, quota, key. Errors: 'nan', 'overflow', 'quota'.
 static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -125,10 +133,27 @@ static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
         if new_used > tonumber(ARGV[3]) then return redis.error_reply('quota') end
         redis.call('SET', KEYS[1], text)
         redis.call('SET', KEYS[2], new_used)
+        redis.call('ZADD', KEYS[3], 0, ARGV[4])
         return text
         ",
     )
 });
+
+/// Adds an entry written by an older meshd (before the indexes) to its
+/// bucket's index, if it still exists. KEYS: entry, index. ARGV: key.
+static INDEX_EXISTING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('EXISTS', KEYS[1]) == 1 then
+            redis.call('ZADD', KEYS[2], 0, ARGV[1])
+        end
+        return 0
+        ",
+    )
+});
+
+/// Set once every entry is in its bucket's index.
+const INDEXED_MARKER: &str = "meshd-meta:listing-index";
 
 fn backend(e: impl std::fmt::Display) -> KvError {
     KvError::Backend(e.to_string())
@@ -140,20 +165,24 @@ fn prefix(b: BucketRef<'_>) -> String {
     format!("meshd:{}:{}:{}:", b.tenant, b.bucket.len(), b.bucket)
 }
 
-fn usage_key(tenant: &str) -> String {
-    format!("meshd-usage:{tenant}")
+/// The sorted set of the bucket's keys.
+fn index_key(b: BucketRef<'_>) -> String {
+    format!("meshd-index:{}:{}:{}", b.tenant, b.bucket.len(), b.bucket)
 }
 
-/// Escapes glob characters for SCAN MATCH.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
+/// The bucket and key of an entry's Redis key (the inverse of [`prefix`]).
+fn parse_entry_key(full: &str) -> Option<(BucketRef<'_>, &str)> {
+    let rest = full.strip_prefix("meshd:")?;
+    let (tenant, rest) = rest.split_once(':')?;
+    let (len, rest) = rest.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let bucket = rest.get(..len)?;
+    let key = rest.get(len..)?.strip_prefix(':')?;
+    Some((BucketRef { tenant, bucket }, key))
+}
+
+fn usage_key(tenant: &str) -> String {
+    format!("meshd-usage:{tenant}")
 }
 
 impl RedisStore {
@@ -179,10 +208,59 @@ impl RedisStore {
             .get_connection_manager()
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to Redis at {addr}: {e}"))?;
-        Ok(RedisStore {
+        let store = RedisStore {
             conn,
             _client: Arc::new(client),
-        })
+        };
+        store
+            .index_existing_entries()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot index the keys stored in Redis at {addr}: {e}"))?;
+        Ok(store)
+    }
+
+    /// Puts the entries an older meshd wrote (without indexes) into their
+    /// buckets' indexes, once per Redis database: a single SCAN, at start.
+    async fn index_existing_entries(&self) -> Result<(), KvError> {
+        let mut conn = self.conn.clone();
+        let done: Option<String> = conn.get(INDEXED_MARKER).await.map_err(backend)?;
+        if done.is_some() {
+            return Ok(());
+        }
+        let mut cursor = 0u64;
+        let mut indexed = 0usize;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("meshd:*")
+                .arg("COUNT")
+                .arg(PAGE_SIZE)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            for full in &keys {
+                if let Some((b, key)) = parse_entry_key(full) {
+                    let _: i64 = INDEX_EXISTING
+                        .key(full)
+                        .key(index_key(b))
+                        .arg(key)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(backend)?;
+                    indexed += 1;
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: () = conn.set(INDEXED_MARKER, "1").await.map_err(backend)?;
+        if indexed > 0 {
+            tracing::info!(entries = indexed, "key-value entries indexed for listing");
+        }
+        Ok(())
     }
 
     pub(crate) async fn get(
@@ -207,9 +285,11 @@ impl RedisStore {
         let used: i64 = SET
             .key(format!("{}{key}", prefix(b)))
             .key(usage_key(b.tenant))
+            .key(index_key(b))
             .arg(value)
             .arg(charged_size(b, key, 0))
             .arg(quota)
+            .arg(key)
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
@@ -224,7 +304,9 @@ impl RedisStore {
         let _: i64 = DELETE
             .key(format!("{}{key}", prefix(b)))
             .key(usage_key(b.tenant))
+            .key(index_key(b))
             .arg(charged_size(b, key, 0))
+            .arg(key)
             .invoke_async(&mut conn)
             .await
             .map_err(backend)?;
@@ -242,9 +324,11 @@ impl RedisStore {
         let result: Result<String, _> = INCREMENT
             .key(format!("{}{key}", prefix(b)))
             .key(usage_key(b.tenant))
+            .key(index_key(b))
             .arg(delta)
             .arg(charged_size(b, key, 0))
             .arg(quota)
+            .arg(key)
             .invoke_async(&mut conn)
             .await;
         match result {
@@ -262,30 +346,49 @@ impl RedisStore {
         }
     }
 
+    /// Up to [`PAGE_SIZE`] keys of the bucket after `after` (from its
+    /// first key without one), in byte order, and whether more follow: one
+    /// ZRANGEBYLEX on the bucket's own index.
     pub(crate) async fn list_keys(
         &self,
         b: BucketRef<'_>,
-        cursor: u64,
-    ) -> Result<KeyPage, KvError> {
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, bool), KvError> {
         let mut conn = self.conn.clone();
-        let prefix = prefix(b);
-        let pattern = format!("{}*", glob_escape(&prefix));
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(PAGE_SIZE)
+        let min = match after {
+            Some(key) => format!("({key}"),
+            None => "-".to_owned(),
+        };
+        let mut keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(index_key(b))
+            .arg(min)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(PAGE_SIZE + 1)
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
-        let keys = keys
-            .into_iter()
-            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
-            .collect();
-        Ok(KeyPage {
-            keys,
-            cursor: (next != 0).then_some(next),
-        })
+        let more = keys.len() > PAGE_SIZE;
+        keys.truncate(PAGE_SIZE);
+        Ok((keys, more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_keys_parse_back_into_bucket_and_key() {
+        let b = BucketRef {
+            tenant: "shop",
+            bucket: "a:b",
+        };
+        let full = format!("{}k:1", prefix(b));
+        let (parsed, key) = parse_entry_key(&full).expect("parses");
+        assert_eq!((parsed.tenant, parsed.bucket, key), ("shop", "a:b", "k:1"));
+        assert!(parse_entry_key("meshd-usage:shop").is_none());
+        assert!(parse_entry_key("meshd:shop:9:ab:k").is_none());
     }
 }

@@ -12,7 +12,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::{BodyExt as _, Empty};
 use meshd_keyvalue::{KvLimits, KvStore};
-use meshd_tenant::{load_version, BodyError, Runtime, RuntimeConfig, TenantSettings};
+use meshd_tenant::{
+    load_version, BodyError, DescriptorLimits, OutboundLimits, ResolverSettings, Runtime,
+    RuntimeConfig, TenantSettings,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +53,10 @@ fn bench(c: &mut Criterion) {
             max_total_memory: u64::MAX,
             guest_log_rate: 0,
             outbound_ca_files: Vec::new(),
+            descriptors: DescriptorLimits::default(),
+            outbound: OutboundLimits::default(),
+            resolver: ResolverSettings::default(),
+            files_quota: None,
         },
         kv,
     )

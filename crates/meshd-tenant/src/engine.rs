@@ -2,9 +2,11 @@
 //! ticker that lets meshd interrupt guests.
 
 use crate::cache::{ArtifactCache, CacheOutcome};
+use crate::descriptors::DescriptorLimits;
 use crate::host::Host;
 use crate::in_flight::InFlight;
 use crate::limiter::MemoryCeiling;
+use crate::outbound::{OutboundLimits, Resolver, ResolverSettings};
 use anyhow::{Context as _, Result};
 use meshd_keyvalue::KvStore;
 use std::collections::HashMap;
@@ -49,6 +51,16 @@ pub struct RuntimeConfig {
     /// PEM files of certificate authorities outbound HTTPS trusts besides
     /// Mozilla's roots.
     pub outbound_ca_files: Vec<PathBuf>,
+    /// Most descriptors (open files, connections) per request, per app and
+    /// for all guests together.
+    pub descriptors: DescriptorLimits,
+    /// Most outbound requests and name lookups one app may have in flight.
+    pub outbound: OutboundLimits,
+    /// Where outbound HTTP looks names up.
+    pub resolver: ResolverSettings,
+    /// Most bytes an app's writable `[files]` directory may hold before its
+    /// guests can no longer write files; `None`: no quota.
+    pub files_quota: Option<u64>,
 }
 
 /// The shared engine, linker and compiled-artifact cache.
@@ -62,6 +74,10 @@ pub struct Runtime {
     pub(crate) kv: KvStore,
     /// TLS settings of every outbound HTTPS connection.
     pub(crate) outbound_tls: Arc<rustls::ClientConfig>,
+    /// Looks up the names of outbound HTTP, asynchronously.
+    pub(crate) resolver: Arc<Resolver>,
+    /// Descriptors all guests hold, capped at `descriptors.all_guests`.
+    pub(crate) guest_descriptors: Arc<InFlight>,
     pub(crate) config: RuntimeConfig,
     /// Instances serving a request, capped at `max_instances` daemon-wide.
     pub(crate) instance_slots: Arc<InFlight>,
@@ -100,6 +116,10 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot add WASI to the linker")?;
+        // Files the guests open count against their descriptor budgets.
+        crate::descriptors::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add the descriptor budget to the linker")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot add wasi:http to the linker")?;
@@ -111,6 +131,7 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("cannot add wasi:config to the linker")?;
         let outbound_tls = crate::outbound::client_config(&config.outbound_ca_files)?;
+        let resolver = Arc::new(Resolver::new(&config.resolver)?);
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
         Ok(Arc::new(Runtime {
@@ -120,6 +141,8 @@ impl Runtime {
             shared_code: Mutex::new(HashMap::new()),
             kv,
             outbound_tls,
+            resolver,
+            guest_descriptors: Arc::default(),
             instance_slots: Arc::default(),
             idle_slots: Arc::default(),
             memory: Arc::new(MemoryCeiling::new(config.max_total_memory)),

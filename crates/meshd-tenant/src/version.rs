@@ -8,7 +8,7 @@ use crate::body::{LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
 use crate::cpu_budget::CpuBudget;
 use crate::engine::{Runtime, SharedCode};
-use crate::host::Host;
+use crate::host::{AppShared, Host};
 use crate::in_flight::{InFlight, InFlightGuard};
 use crate::log_budget::LogBudget;
 use crate::settings::TenantSettings;
@@ -51,6 +51,9 @@ pub struct AppVersion {
     /// How much processor time its guests may take, shared like the log
     /// budget (see [`AppVersion::succeed`]).
     cpu: Arc<CpuBudget>,
+    /// The app's descriptors and outbound requests in flight, shared like
+    /// the log budget.
+    shared: Arc<AppShared>,
     /// What it has served, for the metrics endpoint.
     stats: VersionStats,
     /// This version's requests, for draining.
@@ -205,6 +208,7 @@ impl AppVersion {
             config: Arc::new(settings.config.iter().cloned().collect()),
             log_budget,
             cpu,
+            shared: Arc::default(),
             stats: VersionStats::default(),
             settings,
             in_flight: Arc::new(InFlight::default()),
@@ -240,10 +244,12 @@ impl AppVersion {
     /// same app it replaces: their requests count together against
     /// `max_concurrency`, so a swap (while the old version drains) never
     /// lets the app run more than its limit, and they log and run within one
-    /// budget each, so a redeploy does not refill them.
+    /// budget each, so a redeploy does not refill them. Their descriptors and
+    /// outbound requests count together too.
     pub fn succeed(&mut self, previous: &AppVersion) {
         self.app_in_flight = previous.app_in_flight.clone();
         self.log_budget = previous.log_budget.clone();
+        self.shared = previous.shared.clone();
         self.cpu = previous.cpu.successor(self.settings.cpu);
     }
 
@@ -351,9 +357,9 @@ impl AppVersion {
             &self.settings,
             &self.outbound,
             &self.config,
-            &self.runtime.kv,
             &self.log_budget,
-            &self.runtime.outbound_tls,
+            &self.shared,
+            &self.runtime,
         )?;
         let mut store = Store::new(&self.runtime.engine, host);
         store

@@ -113,6 +113,68 @@ pub struct Args {
     )]
     pub max_instances: u32,
 
+    /// Most descriptors (files and directories it opens under its `[files]`
+    /// dir, outbound connections) one request's guest may hold at once; past
+    /// it the guest's open or request fails, meshd goes on.
+    #[arg(
+        long,
+        env = "MESHD_MAX_REQUEST_DESCRIPTORS",
+        default_value_t = 256,
+        value_name = "N"
+    )]
+    pub max_request_descriptors: u32,
+
+    /// Most descriptors one app's guests may hold together, all its requests
+    /// and versions.
+    #[arg(
+        long,
+        env = "MESHD_MAX_APP_DESCRIPTORS",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub max_app_descriptors: u32,
+
+    /// Most descriptors all guests may hold together, so meshd keeps enough
+    /// for its own connections and files. [default: a quarter of the
+    /// open-file limit (RLIMIT_NOFILE), which meshd raises to its hard limit
+    /// at start]
+    #[arg(long, env = "MESHD_MAX_GUEST_DESCRIPTORS", value_name = "N")]
+    pub max_guest_descriptors: Option<u32>,
+
+    /// Most outbound HTTP requests one app may have in flight (from the call
+    /// until the response body is read); more fail with
+    /// connection-limit-reached.
+    #[arg(
+        long,
+        env = "MESHD_MAX_APP_OUTBOUND",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_app_outbound: u32,
+
+    /// Most name lookups (outbound HTTP to a host name) one app may have in
+    /// flight; more fail with a DNS error.
+    #[arg(
+        long,
+        env = "MESHD_MAX_APP_LOOKUPS",
+        default_value_t = 16,
+        value_name = "N"
+    )]
+    pub max_app_lookups: u32,
+
+    /// Most bytes (disk blocks) an app's writable `[files]` directory may
+    /// hold. meshd measures it at most once a second; while it is over, the
+    /// app's guests cannot create or open files for writing (they can read
+    /// and remove). Not a hard limit: see docs/operations.md for filesystem
+    /// quotas. 0 turns it off.
+    #[arg(
+        long,
+        env = "MESHD_FILES_QUOTA",
+        default_value = "1GiB",
+        value_name = "SIZE"
+    )]
+    pub files_quota: ByteSize,
+
     /// Lines a second each app may add to meshd's log: its stdout, stderr and
     /// wasi:logging together, with bursts of ten seconds' worth. Lines over
     /// it are dropped, and a warning says how many. 0 turns the limit off.

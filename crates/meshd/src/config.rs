@@ -33,6 +33,28 @@ pub struct OutboundConfig {
     /// relative to the config file's directory.
     #[serde(default)]
     pub ca_files: Vec<PathBuf>,
+    /// DNS servers (`"IP:PORT"`) for outbound HTTP's name lookups, instead
+    /// of those in /etc/resolv.conf. /etc/hosts is read either way.
+    #[serde(default)]
+    pub nameservers: Vec<std::net::SocketAddr>,
+    /// Longest one name lookup may take, e.g. "2s". [default: 5s]
+    #[serde(default, with = "humantime_option")]
+    pub lookup_timeout: Option<std::time::Duration>,
+}
+
+/// `lookup_timeout = "2s"`.
+mod humantime_option {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+    }
 }
 
 /// `[keyvalue]`: the backend and its limits.

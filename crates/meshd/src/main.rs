@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod fd_limit;
 mod logging;
 mod metrics;
 mod service;
@@ -33,6 +34,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the runtime's threads start (the limit is the process's; this
+    // only keeps the order obvious).
+    let open_file_limit = fd_limit::raise();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     if let Some(workers) = args.workers {
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, open_file_limit)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -102,7 +106,7 @@ async fn open_keyvalue(
     Ok(kv)
 }
 
-async fn run(args: cli::Args) -> Result<()> {
+async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     // Check everything we can before binding, so a bad flag fails fast.
     if !args.apps.is_dir() {
         bail!(
@@ -152,6 +156,10 @@ async fn run(args: cli::Args) -> Result<()> {
             "the default memory limit of one instance is above --max-total-memory: an app using all of it would be refused"
         );
     }
+    let guest_descriptors = args
+        .max_guest_descriptors
+        .unwrap_or_else(|| fd_limit::default_guest_descriptors(open_file_limit));
+    fd_limit::check(open_file_limit, args.max_connections, guest_descriptors);
     // Apps without a manifest run with the defaults: they must fit too.
     daemon_config
         .ceiling
@@ -168,6 +176,23 @@ async fn run(args: cli::Args) -> Result<()> {
             max_total_memory: max_total_memory.as_u64(),
             guest_log_rate: args.guest_log_rate,
             outbound_ca_files: daemon_config.outbound.ca_files.clone(),
+            descriptors: meshd_tenant::DescriptorLimits {
+                per_request: args.max_request_descriptors,
+                per_app: args.max_app_descriptors,
+                all_guests: guest_descriptors,
+            },
+            outbound: meshd_tenant::OutboundLimits {
+                max_requests: args.max_app_outbound,
+                max_lookups: args.max_app_lookups,
+            },
+            resolver: meshd_tenant::ResolverSettings {
+                nameservers: daemon_config.outbound.nameservers.clone(),
+                timeout: daemon_config
+                    .outbound
+                    .lookup_timeout
+                    .unwrap_or(meshd_tenant::DEFAULT_LOOKUP_TIMEOUT),
+            },
+            files_quota: Some(args.files_quota.as_u64()).filter(|&quota| quota > 0),
         },
         kv,
     )?;
@@ -177,6 +202,8 @@ async fn run(args: cli::Args) -> Result<()> {
         max_instances = args.max_instances,
         max_total_memory = %max_total_memory,
         guest_log_rate = args.guest_log_rate,
+        open_file_limit,
+        max_guest_descriptors = guest_descriptors,
         workers,
         limits = ?default_limits,
         ceiling = ?daemon_config.ceiling,

@@ -18,6 +18,7 @@ pub struct MeshdBuilder {
     data_dir: Option<PathBuf>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    max_open_files: Option<u64>,
 }
 
 /// A running meshd, killed when dropped. Its stderr is collected so tests can
@@ -48,6 +49,7 @@ impl Meshd {
             data_dir: None,
             args: Vec::new(),
             env: Vec::new(),
+            max_open_files: None,
         }
     }
 
@@ -265,6 +267,12 @@ impl MeshdBuilder {
         self
     }
 
+    /// Starts meshd with an open-file limit (soft and hard) of `n`.
+    pub fn max_open_files(mut self, n: u64) -> Self {
+        self.max_open_files = Some(n);
+        self
+    }
+
     /// Starts meshd and waits until it listens (or panics with its log).
     pub fn start(self) -> Meshd {
         let mut temp_dirs = Vec::new();
@@ -279,7 +287,19 @@ impl MeshdBuilder {
         };
         let cache_dir = dir_or_temp(self.cache_dir);
         let data_dir = dir_or_temp(self.data_dir);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshd"))
+        let meshd = env!("CARGO_BIN_EXE_meshd");
+        let mut command = match self.max_open_files {
+            // The shell sets the limit, then becomes meshd (same pid).
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(meshd);
+                sh
+            }
+            None => Command::new(meshd),
+        };
+        let mut child = command
             .arg("--apps")
             .arg(&self.apps)
             .arg("--listen")

@@ -2,60 +2,91 @@
 //! destination, and never to internal addresses through a name.
 
 mod connect;
+mod resolve;
 mod tls;
 
+pub use resolve::{Resolver, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
 pub use tls::client_config;
 
+use crate::descriptors::{DescriptorBudget, DescriptorTicket};
+use crate::in_flight::{InFlight, InFlightGuard};
 use crate::log_budget::LogBudget;
 use connect::{Destination, Timeouts};
 use meshd_apps::{is_internal, OutboundRule};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::lookup_host;
-use tokio::time::timeout;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 type SendFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 type SendResult = wasmtime_wasi_http::Result<connect::Sent>;
 
+/// What one app's outbound HTTP may have in flight, all its requests and
+/// versions together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundLimits {
+    /// Most outbound requests in flight (from the call until the response
+    /// body is done); more fail with `connection-limit-reached`.
+    pub max_requests: u32,
+    /// Most name lookups in flight; more fail with a DNS error.
+    pub max_lookups: u32,
+}
+
+impl Default for OutboundLimits {
+    /// meshd's defaults (its flags'): 64 requests, 16 lookups.
+    fn default() -> Self {
+        OutboundLimits {
+            max_requests: 64,
+            max_lookups: 16,
+        }
+    }
+}
+
+/// An app's outbound requests and lookups in flight, shared by its
+/// requests and versions.
+#[derive(Debug, Default)]
+pub(crate) struct OutboundInFlight {
+    requests: Arc<InFlight>,
+    lookups: Arc<InFlight>,
+}
+
 /// The outbound policy of one request's Store.
-pub struct OutboundPolicy {
-    app: Arc<str>,
-    rules: Arc<[OutboundRule]>,
+pub(crate) struct OutboundPolicy {
+    pub(crate) app: Arc<str>,
+    pub(crate) rules: Arc<[OutboundRule]>,
     /// Caps every guest-chosen network timeout.
-    max_wait: Duration,
+    pub(crate) max_wait: Duration,
     /// TLS settings for https, the daemon's.
-    tls: Arc<rustls::ClientConfig>,
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    /// The daemon's resolver.
+    pub(crate) resolver: Arc<Resolver>,
     /// Holds the warnings about denied requests to the app's rate.
-    log_budget: Arc<LogBudget>,
+    pub(crate) log_budget: Arc<LogBudget>,
+    pub(crate) limits: OutboundLimits,
+    pub(crate) in_flight: Arc<OutboundInFlight>,
+    /// Each connection is a descriptor of the request's budget.
+    pub(crate) descriptors: DescriptorBudget,
+}
+
+/// What one outbound request holds until its connection ends: its place
+/// among the app's requests in flight and its descriptor.
+struct ConnectionPlaces {
+    _request: InFlightGuard,
+    _descriptor: DescriptorTicket,
 }
 
 impl OutboundPolicy {
-    /// The policy for `app`.
-    pub fn new(
-        app: Arc<str>,
-        rules: Arc<[OutboundRule]>,
-        max_wait: Duration,
-        tls: Arc<rustls::ClientConfig>,
-        log_budget: Arc<LogBudget>,
-    ) -> Self {
-        OutboundPolicy {
-            app,
-            rules,
-            max_wait,
-            tls,
-            log_budget,
-        }
-    }
-
     /// Refuses a request, with a warning if the app's warning budget allows.
-    fn deny(&self, uri: &http::Uri, why: &str) -> Box<dyn Future<Output = SendResult> + Send> {
+    fn deny(
+        &self,
+        uri: &http::Uri,
+        why: &str,
+        error: Error,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
         if self.log_budget.admit_warning() {
             tracing::warn!(app = %self.app, %uri, "outbound request denied: {why}");
         }
-        Box::new(async { Err(Error::HttpRequestDenied) })
+        Box::new(async { Err(error) })
     }
 
     /// The guest's timeouts, each capped at (and by default) the app's.
@@ -67,6 +98,20 @@ impl OutboundPolicy {
             first_byte: clamp(options.first_byte_timeout),
             between_bytes: clamp(options.between_bytes_timeout),
         }
+    }
+
+    /// A place among the app's requests in flight and a descriptor, or why
+    /// there is none.
+    fn take_places(&self) -> Result<ConnectionPlaces, String> {
+        let max = self.limits.max_requests;
+        let request = self.in_flight.requests.try_enter(max).ok_or_else(|| {
+            format!("the app has {max} outbound requests in flight, its limit (--max-app-outbound)")
+        })?;
+        let descriptor = self.descriptors.try_take().map_err(|e| e.to_string())?;
+        Ok(ConnectionPlaces {
+            _request: request,
+            _descriptor: descriptor,
+        })
     }
 }
 
@@ -83,12 +128,22 @@ impl WasiHttpHooks for OutboundPolicy {
             .host()
             .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
         else {
-            return self.deny(&uri, "no host");
+            return self.deny(&uri, "no host", Error::HttpRequestDenied);
         };
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let Some(rule) = self.rules.iter().find(|r| r.allows(https, &host, port)) else {
-            return self.deny(&uri, "not in the app's [outbound] allow list");
+            return self.deny(
+                &uri,
+                "not in the app's [outbound] allow list",
+                Error::HttpRequestDenied,
+            );
         };
+        let places = match self.take_places() {
+            Ok(places) => places,
+            Err(why) => return self.deny(&uri, &why, Error::ConnectionLimitReached),
+        };
+        let max_lookups = self.limits.max_lookups;
+        let lookups = self.in_flight.lookups.clone();
         // A rule naming a domain must not become a way into this machine or
         // its network: refuse names that resolve to internal addresses. The
         // connection then goes to the addresses checked here, so a second
@@ -97,14 +152,21 @@ impl WasiHttpHooks for OutboundPolicy {
         let timeouts = self.clamp(options);
         let app = self.app.clone();
         let tls = self.tls.clone();
+        let resolver = self.resolver.clone();
         let log_budget = self.log_budget.clone();
         Box::new(async move {
-            let addrs: Vec<SocketAddr> =
-                timeout(timeouts.connect, lookup_host((host.as_str(), port)))
-                    .await
-                    .map_err(|_| Error::DnsTimeout)?
-                    .map_err(|_| Error::DestinationNotFound)?
-                    .collect();
+            let addrs = {
+                let Some(_lookup) = lookups.try_enter(max_lookups) else {
+                    if log_budget.admit_warning() {
+                        tracing::warn!(app = %app, %uri, "outbound request failed: the app has {max_lookups} name lookups in flight, its limit (--max-app-lookups)");
+                    }
+                    return Err(Error::DnsError {
+                        rcode: Some("too many lookups in flight".into()),
+                        info_code: None,
+                    });
+                };
+                resolver.lookup(&host, port, timeouts.connect).await?
+            };
             if check_addresses {
                 if let Some(addr) = addrs.iter().find(|a| is_internal(a.ip())) {
                     if log_budget.admit_warning() {
@@ -119,7 +181,14 @@ impl WasiHttpHooks for OutboundPolicy {
                 https,
                 tls: &tls,
             };
-            connect::send(request, to, timeouts).await
+            let (response, io) = connect::send(request, to, timeouts).await?;
+            // The connection (and with it the places) lives until its
+            // driver ends: the response body read or dropped.
+            let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async move {
+                let _places = places;
+                Box::into_pin(io).await
+            });
+            Ok((response, io))
         })
     }
 }
