@@ -13,6 +13,7 @@ mod metrics;
 mod outbound_tls;
 mod platform;
 mod polyglot;
+mod reload_hardening;
 mod reuse;
 mod routing;
 mod shutdown;

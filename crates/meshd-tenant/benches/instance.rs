@@ -49,6 +49,8 @@ fn bench(c: &mut Criterion) {
             max_instances: 1000,
             guest_log_rate: 0,
             outbound_ca_files: Vec::new(),
+            load_parallelism: 1,
+            max_compile_time: std::time::Duration::from_secs(600),
         },
         kv,
     )

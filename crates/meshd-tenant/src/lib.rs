@@ -10,6 +10,7 @@
 
 mod body;
 mod cache;
+mod compile;
 mod cpu_budget;
 mod engine;
 mod guest_log;
@@ -26,6 +27,7 @@ mod version;
 
 pub use body::ResponseBody;
 pub use cache::CacheOutcome;
+pub use compile::CompileError;
 pub use cpu_budget::{CpuBudget, BURST as CPU_BURST};
 pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
 pub use in_flight::{InFlight, InFlightGuard};

@@ -137,12 +137,18 @@ async fn run(args: cli::Args) -> Result<()> {
     // early SIGTERM is a graceful stop, not a kill.
     let signals = signals::Signals::install()?;
     let kv = open_keyvalue(&daemon_config.keyvalue, &args).await?;
+    let load_parallelism = args.load_parallelism.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        usize::from,
+    );
     let runtime = Runtime::new(
         RuntimeConfig {
             cache_dir: args.cache_dir(),
             max_instances: args.max_instances,
             guest_log_rate: args.guest_log_rate,
             outbound_ca_files: daemon_config.outbound.ca_files.clone(),
+            load_parallelism,
+            max_compile_time: args.max_compile_time,
         },
         kv,
     )?;
@@ -151,6 +157,8 @@ async fn run(args: cli::Args) -> Result<()> {
         pooling = runtime.pooling(),
         max_instances = args.max_instances,
         guest_log_rate = args.guest_log_rate,
+        load_parallelism,
+        max_compile_time = ?args.max_compile_time,
         workers,
         limits = ?default_limits,
         ceiling = ?daemon_config.ceiling,
@@ -162,7 +170,7 @@ async fn run(args: cli::Args) -> Result<()> {
         ReloadConfig {
             apps_dir: args.apps.clone(),
             drain_timeout: args.drain_timeout,
-            load_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            load_parallelism,
             health_timeout: args.health_timeout,
             default_limits,
             ceiling: daemon_config.ceiling,
