@@ -178,14 +178,30 @@ async fn a_timeout_beyond_a_day_is_a_manifest_error_and_the_others_keep_serving(
 #[test]
 fn a_duration_flag_beyond_a_day_is_a_usage_error() {
     let apps = AppsDir::new();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
         .arg("--apps")
         .arg(apps.path())
+        .args(["--listen", "127.0.0.1:0", "--no-watch"])
         .args(["--request-timeout", "300000000000y"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("meshd runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    // A meshd that accepted the flag would serve until killed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("meshd accepted --request-timeout 300000000000y and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("longer than the maximum of 1day"),
         "{stderr}"
