@@ -16,6 +16,7 @@ mod outbound_tls;
 mod paths;
 mod platform;
 mod polyglot;
+mod reload_hardening;
 mod resources;
 mod reuse;
 mod routing;

@@ -112,12 +112,34 @@ pub(crate) fn cores<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::E
         .map_err(serde::de::Error::custom)
 }
 
-/// A duration with a unit: `"500ms"`, `"5s"`, `"2m"`.
+/// The longest duration meshd accepts anywhere (manifests, `meshd.toml`,
+/// flags): one day. A request timeout, drain or settle time longer than that
+/// is a mistake, and a bound keeps every `Instant + Duration` meshd computes
+/// far from overflow (`timeout = "300000000000y"` once panicked on the
+/// request path).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Parses a duration with a unit (`"500ms"`, `"5s"`, `"2m"`) of at most
+/// [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "invalid duration {text:?}: longer than the maximum of {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
+}
+
+/// A duration with a unit: `"500ms"`, `"5s"`, `"2m"`; at most
+/// [`MAX_DURATION`].
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
+    parse_duration(&text)
         .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+        .map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -153,6 +175,19 @@ mod tests {
         for bad in ["cpu = 0", "cpu = -1", "cpu = 0.0001", "cpu = \"half\""] {
             assert!(toml::from_str::<Limits>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn durations_above_a_day_are_refused() {
+        let err = toml::from_str::<Limits>("timeout = \"300000000000y\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("longer than the maximum of 1day"), "{err}");
+        assert!(err.contains("timeout"), "the error shows the key: {err}");
+        let limits: Limits = toml::from_str("timeout = \"24h\"").unwrap();
+        assert_eq!(limits.timeout, Some(MAX_DURATION));
+        assert!(parse_duration("25h").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use meshd_apps::{scan, AppFiles, Ceiling, Limits, Manifest};
 use meshd_routes::Prefix;
 use meshd_server::Mounts;
 use meshd_tenant::{load_version, AppVersion, Preopen, Runtime, TenantSettings};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -145,6 +145,13 @@ impl Deployer {
     /// of any app whose new files are broken, unmounts removed apps, then
     /// switches the table in one atomic step and drains what it replaced.
     pub async fn reconcile(&self) -> Summary {
+        self.reconcile_holding(&BTreeSet::new()).await
+    }
+
+    /// [`Deployer::reconcile`], leaving the apps named in `held` as they are
+    /// (serving or not): their files are still being written, so they are
+    /// neither loaded nor removed in this pass.
+    pub async fn reconcile_holding(&self, held: &BTreeSet<String>) -> Summary {
         let mut deployed = self.deployed.lock().await;
         let found = match scan(&self.config.apps_dir) {
             Ok((found, errors)) => {
@@ -152,6 +159,9 @@ impl Deployer {
                     tracing::error!("{e}");
                 }
                 found
+                    .into_iter()
+                    .filter(|(name, _)| !held.contains(name))
+                    .collect::<BTreeMap<_, _>>()
             }
             Err(e) => {
                 tracing::error!("{e}; keeping the apps that are serving");
@@ -169,7 +179,10 @@ impl Deployer {
         let mut retired: Vec<(Arc<AppVersion>, &'static str)> = Vec::new();
 
         for (name, old) in deployed.iter() {
-            if !found.contains_key(name) {
+            if held.contains(name) {
+                // Still being written: carried over as it is.
+                next.insert(name.clone(), old.clone());
+            } else if !found.contains_key(name) {
                 tracing::info!(app = %name, version = %old.version.id(), "app removed; unmounting it after its requests drain");
                 retired.push((old.version.clone(), "removed"));
                 summary.removed += 1;
@@ -230,7 +243,8 @@ impl Deployer {
         }
         // An app that lost its route to a conflict is not serving.
         for (name, old) in deployed.iter() {
-            if found.contains_key(name) && !next.contains_key(name) {
+            let present = found.contains_key(name) || held.contains(name);
+            if present && !next.contains_key(name) {
                 retired.push((old.version.clone(), "unmounted"));
             }
         }
@@ -266,6 +280,7 @@ impl Deployer {
             self.runtime.config().max_instances,
         )));
         let mut checks = tokio::task::JoinSet::new();
+        let mut names = HashMap::new();
         for (name, candidate) in candidates.iter() {
             let Ok(new) = candidate else { continue };
             let unchanged = deployed
@@ -278,7 +293,8 @@ impl Deployer {
             let (name, version, prefix) = (name.clone(), new.version.clone(), new.prefix.clone());
             let timeout = self.config.health_timeout;
             let permits = permits.clone();
-            checks.spawn(async move {
+            let task_name = name.clone();
+            let task = checks.spawn(async move {
                 // The semaphore is never closed, so this always gets one.
                 let _permit = permits.acquire_owned().await.ok();
                 let result = match version.instantiate_once().await {
@@ -288,16 +304,22 @@ impl Deployer {
                         None => Ok(()),
                     },
                 };
-                (name, version, result)
+                (name, result)
             });
+            names.insert(task.id(), task_name);
         }
         while let Some(joined) = checks.join_next().await {
-            let Ok((name, version, result)) = joined else {
+            let Some((name, result)) = check_outcome(joined, &names) else {
                 continue;
             };
-            match result {
+            match result.and_then(|checked| checked) {
                 Ok(()) => {
-                    tracing::info!(app = %name, version = %version.id(), "health check passed")
+                    let version = candidates
+                        .get(&name)
+                        .and_then(|c| c.as_ref().ok())
+                        .map(|d| d.version.id().to_owned())
+                        .unwrap_or_default();
+                    tracing::info!(app = %name, version = %version, "health check passed")
                 }
                 Err(cause) => {
                     let file = candidates
@@ -320,6 +342,7 @@ impl Deployer {
     ) -> BTreeMap<String, Candidate> {
         let permits = Arc::new(Semaphore::new(self.config.load_parallelism.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut names = HashMap::new();
         for (name, files) in found {
             let old = deployed.get(name).cloned();
             let stamp = match stamp(files) {
@@ -343,7 +366,7 @@ impl Deployer {
             let ceiling = self.config.ceiling;
             let max_wasm_size = self.config.max_wasm_size;
             let apps_dir = self.config.apps_dir.clone();
-            tasks.spawn(async move {
+            let task = tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 let name = files.name.clone();
                 let candidate = tokio::task::spawn_blocking(move || {
@@ -354,22 +377,47 @@ impl Deployer {
                 .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
                 (name, candidate)
             });
+            names.insert(task.id(), name.clone());
         }
         let mut candidates = BTreeMap::new();
         while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((name, candidate)) => {
-                    candidates.insert(name, candidate);
-                }
-                Err(e) => tracing::error!("app loading task failed: {e}"),
+            // A task that panicked refuses its app's new files.
+            if let Some((name, candidate)) = check_outcome(joined, &names) {
+                candidates.insert(name, candidate.and_then(|c| c));
             }
         }
         candidates
     }
 }
 
-/// Reads, checks and (unless only the manifest or timestamps changed)
-/// compiles one app.
+/// The outcome of one app's task of a [`JoinSet`]: what it returned, or, if
+/// it panicked (or was cancelled), a refusal that says so. A check that
+/// panicked must never count as passed. `None` only for a task meshd does
+/// not know (never happens).
+///
+/// [`JoinSet`]: tokio::task::JoinSet
+fn check_outcome<T>(
+    joined: Result<(String, T), tokio::task::JoinError>,
+    names: &HashMap<tokio::task::Id, String>,
+) -> Option<(String, Result<T, String>)> {
+    match joined {
+        Ok((name, outcome)) => Some((name, Ok(outcome))),
+        Err(e) => {
+            let name = names.get(&e.id())?.clone();
+            let why = if e.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            };
+            tracing::error!(app = %name, "the task loading or checking the app {why}: {e}");
+            Some((
+                name,
+                Err(format!("loading or checking the new version {why}")),
+            ))
+        }
+    }
+}
+
 /// How many pre-traffic checks run at once: enough to keep the cores busy
 /// and hide a slow health endpoint, and never more than a quarter of the
 /// instance budget, so checks leave the pool (sized `2 × max_instances`)
@@ -378,6 +426,8 @@ fn max_concurrent_checks(max_instances: u32) -> usize {
     (max_instances as usize / 4).clamp(1, 32)
 }
 
+/// Reads, checks and (unless only the manifest or timestamps changed)
+/// compiles one app.
 fn load_candidate(
     runtime: &Arc<Runtime>,
     apps_dir: &Path,
@@ -517,21 +567,37 @@ fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
     })
 }
 
-/// Builds the mount table for `next`. Where two apps claim one route, the app
-/// that already held it keeps it (at start-up: the first by name), and the
-/// other is refused and removed from `next`, with an error naming both files.
+/// Builds the mount table for `next`.
+///
+/// Who gets a contested route or `[files]` directory is decided by app name:
+/// an app that held a route (or a directory) in the previous table and still
+/// asks for it keeps it, however often its own files change; any other app
+/// asking for it (or, for a directory, for one inside or around it) is
+/// refused, every pass, with an error naming both apps. Between apps that
+/// held neither, the first by name wins (at start-up nobody holds anything).
+/// Refused apps are removed from `next`.
 fn build_table(
     previous: &BTreeMap<String, Deployed>,
     next: &mut BTreeMap<String, Deployed>,
 ) -> Mounts {
-    let holds_route = |name: &String, d: &Deployed| {
-        previous
-            .get(name)
-            .is_some_and(|p| p.prefix == d.prefix && Arc::ptr_eq(&p.version, &d.version))
-    };
+    let held = |name: &String| previous.get(name);
+    let mut held_routes: BTreeMap<Prefix, String> = BTreeMap::new();
+    let mut held_dirs: Vec<(PathBuf, String)> = Vec::new();
+    for (name, d) in next.iter() {
+        let Some(before) = held(name) else { continue };
+        if before.prefix == d.prefix {
+            held_routes.insert(d.prefix.clone(), name.clone());
+        }
+        if let Some(dir) = files_dir(d).filter(|dir| files_dir(before).as_ref() == Some(dir)) {
+            held_dirs.push((dir, name.clone()));
+        }
+    }
     let mut order: Vec<&String> = next.keys().collect();
-    // Incumbents first, then the rest by name (BTreeMap order, stable sort).
-    order.sort_by_key(|name| !holds_route(name, &next[*name]));
+    // Holders first, then the rest by name (BTreeMap order, stable sort).
+    order.sort_by_key(|name| {
+        !(held_routes.values().any(|holder| holder == *name)
+            || held_dirs.iter().any(|(_, holder)| holder == *name))
+    });
 
     let mut table = Mounts::new();
     let mut owners: BTreeMap<Prefix, String> = BTreeMap::new();
@@ -539,23 +605,46 @@ fn build_table(
     let mut refused = Vec::new();
     for name in order {
         let d = &next[name];
-        let dir = d
-            .version
-            .settings()
-            .files
-            .as_ref()
-            .map(|f| f.host_dir.clone());
-        let shared = dir.as_ref().and_then(|dir| {
-            dirs.iter()
-                .find(|(other, _)| other.starts_with(dir) || dir.starts_with(other))
-        });
-        if let Some((other_dir, owner)) = shared {
+        if let Some(holder) = held_routes.get(&d.prefix).filter(|holder| *holder != name) {
+            tracing::error!(
+                app = %name, holder = %holder, route = %d.prefix,
+                "route {} asked for by app {name} ({}) is held by app {holder} ({}); app {name} not mounted",
+                d.prefix,
+                d.files.describe(),
+                next[holder].files.describe(),
+            );
+            refused.push(name.clone());
+            continue;
+        }
+        let dir = files_dir(d);
+        let overlapping = |placed: &[(PathBuf, String)]| {
+            dir.as_ref().and_then(|dir| {
+                placed
+                    .iter()
+                    .find(|(other, owner)| {
+                        owner != name && (other.starts_with(dir) || dir.starts_with(other))
+                    })
+                    .cloned()
+            })
+        };
+        if let Some((held_dir, holder)) = overlapping(&held_dirs) {
+            tracing::error!(
+                app = %name, holder = %holder, dir = %held_dir.display(),
+                "[files] dir of app {name} ({}) overlaps {}, the directory held by app {holder} ({}); app {name} not mounted",
+                d.files.describe(),
+                held_dir.display(),
+                next[&holder].files.describe(),
+            );
+            refused.push(name.clone());
+            continue;
+        }
+        if let Some((other_dir, owner)) = overlapping(&dirs) {
             tracing::error!(
                 app = %name,
                 "[files] dir of {} overlaps {}, the directory of {}; app not mounted",
                 d.files.describe(),
                 other_dir.display(),
-                next[owner].files.describe(),
+                next[&owner].files.describe(),
             );
             refused.push(name.clone());
             continue;
@@ -586,6 +675,15 @@ fn build_table(
     table
 }
 
+/// The canonical `[files]` directory of a deployment, if it has one.
+fn files_dir(d: &Deployed) -> Option<PathBuf> {
+    d.version
+        .settings()
+        .files
+        .as_ref()
+        .map(|f| f.host_dir.clone())
+}
+
 trait Describe {
     fn describe(&self) -> String;
 }
@@ -598,5 +696,34 @@ impl Describe for AppFiles {
             .unwrap_or(&self.wasm)
             .display()
             .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_check_that_panics_refuses_its_version() {
+        let mut checks = tokio::task::JoinSet::new();
+        let mut names = HashMap::new();
+        let task = checks.spawn(async {
+            if std::hint::black_box(true) {
+                panic!("the check blew up");
+            }
+            ("shop".to_owned(), Ok::<(), String>(()))
+        });
+        names.insert(task.id(), "shop".to_owned());
+        let task = checks.spawn(async { ("fine".to_owned(), Ok::<(), String>(())) });
+        names.insert(task.id(), "fine".to_owned());
+
+        let mut outcomes = BTreeMap::new();
+        while let Some(joined) = checks.join_next().await {
+            let (name, result) = check_outcome(joined, &names).expect("a known task");
+            outcomes.insert(name, result.and_then(|checked| checked));
+        }
+        let refusal = outcomes["shop"].as_ref().unwrap_err();
+        assert!(refusal.contains("panicked"), "{refusal}");
+        assert_eq!(outcomes["fine"], Ok(()));
     }
 }

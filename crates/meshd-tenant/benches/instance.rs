@@ -57,6 +57,8 @@ fn bench(c: &mut Criterion) {
             outbound: OutboundLimits::default(),
             resolver: ResolverSettings::default(),
             files_quota: None,
+            load_parallelism: 1,
+            max_compile_time: std::time::Duration::from_secs(600),
         },
         kv,
     )

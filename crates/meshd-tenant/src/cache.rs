@@ -5,8 +5,10 @@
 //! miss, never a wrong hit. Beside each entry (`KEY.cwasm`) lies the BLAKE3
 //! hash of the artifact (`KEY.cwasm.b3`): loading native code from disk must
 //! never trust the bytes blindly, so a truncated, corrupt or foreign entry is
-//! detected, recompiled and replaced. A valid entry is mapped from its file,
-//! not copied, so idle apps' code can be paged out.
+//! detected, recompiled and replaced. The bytes that were verified are the
+//! bytes that are loaded: they are mapped from a private, unnamed copy, never
+//! by reopening the entry, so idle apps' code can still be paged out while a
+//! change to the entry cannot reach the running code.
 
 use anyhow::{Context as _, Result};
 use std::hash::{Hash, Hasher};
@@ -70,15 +72,15 @@ impl ArtifactCache {
         ))
     }
 
-    /// Returns the compiled form of `wasm`, from the cache when a valid entry
-    /// exists, otherwise compiling it and storing the result. Blocking: call
-    /// it off the async worker threads.
-    pub fn load_or_compile(
+    /// Returns the compiled form of the `.wasm` whose hash is `wasm_digest`:
+    /// from the cache when a valid entry exists, otherwise from `compile`,
+    /// storing the result. Blocking: call it off the async worker threads.
+    pub fn load_or_compile<E>(
         &self,
         engine: &Engine,
-        wasm: &[u8],
         wasm_digest: &blake3::Hash,
-    ) -> Result<(Component, CacheOutcome)> {
+        compile: impl FnOnce() -> Result<Component, E>,
+    ) -> Result<(Component, CacheOutcome), E> {
         let path = self.entry_path(wasm_digest);
         let outcome = match std::fs::read(&path) {
             Ok(artifact) => match self.load_entry(engine, &path, &artifact) {
@@ -88,11 +90,11 @@ impl ArtifactCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => CacheOutcome::Miss,
             Err(e) => CacheOutcome::Replaced(format!("unreadable: {e}")),
         };
-        let component = Component::from_binary(engine, wasm).map_err(anyhow::Error::from)?;
+        let component = compile()?;
         match self.store_entry(&path, &component) {
-            // Use the stored entry from now on, so this process too keeps the
-            // code file-backed rather than in anonymous memory.
-            Ok(artifact) => match self.load_entry(engine, &path, &artifact) {
+            // Load the stored bytes from a private file, so this process too
+            // keeps the code file-backed rather than in anonymous memory.
+            Ok(artifact) => match self.map_private_copy(engine, &artifact) {
                 Ok(mapped) => Ok((mapped, outcome)),
                 Err(_) => Ok((component, outcome)),
             },
@@ -103,9 +105,11 @@ impl ArtifactCache {
         }
     }
 
-    /// Checks `artifact` (the bytes of `path`) against its checksum file,
-    /// then maps `path` into memory: the code stays file-backed, so pages of
-    /// apps that are not running can be dropped by the kernel.
+    /// Checks `artifact` (the bytes read from `path`) against its checksum
+    /// file, then loads exactly those bytes: what is verified is what runs.
+    /// `path` itself is never opened again, so a rewrite of the entry after
+    /// the read cannot slip in unverified code, and truncating it cannot
+    /// pull pages from under the running code (SIGBUS).
     fn load_entry(
         &self,
         engine: &Engine,
@@ -117,13 +121,51 @@ impl ArtifactCache {
         if blake3::hash(artifact).as_bytes().as_slice() != expected.as_slice() {
             return Err("checksum mismatch (corrupt or truncated entry)".into());
         }
-        // SAFETY: the file was produced by `Component::serialize` in this
-        // cache (its checksum matches what we wrote), and wasmtime itself
-        // checks that it was compiled by this version with a compatible
-        // configuration. The cache directory belongs to meshd, not to tenants
-        // (meshd refuses a cache directory inside the apps directory).
-        unsafe { Component::deserialize_file(engine, path) }
+        self.map_private_copy(engine, artifact)
             .map_err(|e| format!("incompatible entry: {e}"))
+    }
+
+    /// Loads verified `artifact` bytes. They are written to a file of this
+    /// process's own, which has no name in any directory (`O_TMPFILE`, or
+    /// unlinked at once), and mapped from there: nobody else can open,
+    /// rewrite or truncate it, and its pages stay file-backed, so the kernel
+    /// can drop the code of idle apps under memory pressure. Where that file
+    /// cannot be made or mapped (no `/proc`), the bytes are deserialized
+    /// from memory instead, which is just as safe but keeps them resident.
+    fn map_private_copy(&self, engine: &Engine, artifact: &[u8]) -> Result<Component, String> {
+        match self.write_private_copy(artifact) {
+            Ok(file) => {
+                use std::os::fd::AsRawFd as _;
+                // wasmtime maps by path; this path names the open file itself.
+                let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                // SAFETY: the bytes were produced by `Component::serialize`
+                // (in this process, or in this cache with a matching
+                // checksum: see the module docs on trust), and wasmtime checks
+                // that they were compiled by this version with a compatible
+                // configuration. The file is private to this process and
+                // written once, before this call; nothing modifies it after.
+                let mapped = unsafe { Component::deserialize_file(engine, &path) };
+                // wasmtime holds its own handle (and mapping) of the file.
+                drop(file);
+                match mapped {
+                    Ok(component) => return Ok(component),
+                    Err(e) => {
+                        tracing::debug!(error = %format!("{e:#}"), "cannot map a private copy of a compiled artifact; loading it from memory")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot write a private copy of a compiled artifact; loading it from memory")
+            }
+        }
+        // SAFETY: as above; wasmtime copies the bytes into memory of its own.
+        unsafe { Component::deserialize(engine, artifact) }.map_err(|e| format!("{e:#}"))
+    }
+
+    fn write_private_copy(&self, artifact: &[u8]) -> std::io::Result<std::fs::File> {
+        let mut file = tempfile::tempfile_in(&self.dir)?;
+        file.write_all(artifact)?;
+        Ok(file)
     }
 
     /// Writes the entry for `component` and returns the artifact written.

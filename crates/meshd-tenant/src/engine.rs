@@ -2,6 +2,7 @@
 //! ticker that lets meshd interrupt guests.
 
 use crate::cache::{ArtifactCache, CacheOutcome};
+use crate::compile::{CompileError, Compiler, SharedByKey};
 use crate::descriptors::DescriptorLimits;
 use crate::host::Host;
 use crate::in_flight::InFlight;
@@ -9,11 +10,9 @@ use crate::limiter::MemoryCeiling;
 use crate::outbound::{OutboundLimits, Resolver, ResolverSettings};
 use anyhow::{Context as _, Result};
 use meshd_keyvalue::KvStore;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::sync::{Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::component::Component;
@@ -61,6 +60,11 @@ pub struct RuntimeConfig {
     /// Most bytes an app's writable `[files]` directory may hold before its
     /// guests can no longer write files; `None`: no quota.
     pub files_quota: Option<u64>,
+    /// Most apps compiled at once (`--load-parallelism`), counting compiles
+    /// past their time limit that are still running.
+    pub load_parallelism: usize,
+    /// Longest one app's compile may take (`--max-compile-time`).
+    pub max_compile_time: Duration,
 }
 
 /// The shared engine, linker and compiled-artifact cache.
@@ -70,7 +74,9 @@ pub struct Runtime {
     pub(crate) cache: ArtifactCache,
     /// Compiled code shared by every version with the same `.wasm` bytes,
     /// so identical apps hold one copy in memory.
-    pub(crate) shared_code: Mutex<HashMap<blake3::Hash, Weak<SharedCode>>>,
+    pub(crate) shared_code: SharedByKey<blake3::Hash, SharedCode>,
+    /// Runs compiles, in parallel and within `max_compile_time`.
+    compiler: Compiler,
     pub(crate) kv: KvStore,
     /// TLS settings of every outbound HTTPS connection.
     pub(crate) outbound_tls: Arc<rustls::ClientConfig>,
@@ -138,7 +144,8 @@ impl Runtime {
             engine,
             linker,
             cache,
-            shared_code: Mutex::new(HashMap::new()),
+            shared_code: SharedByKey::default(),
+            compiler: Compiler::new(config.load_parallelism, config.max_compile_time),
             kv,
             outbound_tls,
             resolver,
@@ -175,22 +182,22 @@ pub(crate) struct SharedCode(pub(crate) Component);
 impl Runtime {
     /// The compiled form of `wasm`: shared with a loaded version of the same
     /// bytes if there is one, else from the on-disk cache or the compiler.
+    /// Loads of the same bytes wait for one another and compile once; loads
+    /// of different bytes run in parallel (up to `load_parallelism`
+    /// compiles). Blocking.
     pub(crate) fn component(
         &self,
         wasm: &[u8],
         digest: &blake3::Hash,
-    ) -> Result<(Arc<SharedCode>, CacheOutcome)> {
-        let mut shared = self.shared_code.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(code) = shared.get(digest).and_then(Weak::upgrade) {
-            return Ok((code, CacheOutcome::Shared));
-        }
-        // Compiling while holding the lock makes concurrent loads of the same
-        // bytes compile once; loads of other bytes wait for it, which is
-        // acceptable at deploy time.
-        let (component, outcome) = self.cache.load_or_compile(&self.engine, wasm, digest)?;
-        let code = Arc::new(SharedCode(component));
-        shared.retain(|_, weak| weak.strong_count() > 0);
-        shared.insert(*digest, Arc::downgrade(&code));
+    ) -> Result<(Arc<SharedCode>, CacheOutcome), CompileError> {
+        let mut outcome = CacheOutcome::Shared;
+        let (code, _) = self.shared_code.get_or_make(digest, || {
+            let (component, how) = self.cache.load_or_compile(&self.engine, digest, || {
+                self.compiler.compile(&self.engine, wasm)
+            })?;
+            outcome = how;
+            Ok::<_, CompileError>(SharedCode(component))
+        })?;
         Ok((code, outcome))
     }
 }

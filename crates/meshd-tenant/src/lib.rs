@@ -10,6 +10,7 @@
 
 mod body;
 mod cache;
+mod compile;
 mod cpu_budget;
 mod descriptors;
 mod disk_quota;
@@ -28,6 +29,7 @@ mod version;
 
 pub use body::ResponseBody;
 pub use cache::CacheOutcome;
+pub use compile::CompileError;
 pub use cpu_budget::{CpuBudget, BURST as CPU_BURST};
 pub use descriptors::DescriptorLimits;
 pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};

@@ -4,6 +4,7 @@
 //! request.
 
 use crate::cache::CacheOutcome;
+use crate::compile::CompileError;
 use crate::engine::Runtime;
 use crate::settings::TenantSettings;
 use crate::version::{AppVersion, Compiled};
@@ -30,6 +31,10 @@ pub enum LoadError {
     /// The component binary does not validate or compile (e.g. truncated).
     #[error("invalid component: {0}")]
     Invalid(String),
+    /// Compiling did not finish within `--max-compile-time`, or could not
+    /// get a compile slot in that time.
+    #[error("not compiled: {0}")]
+    Compile(crate::compile::CompileError),
     /// An import the host does not provide, or of the wrong type.
     #[error("cannot link: {0}")]
     Link(String),
@@ -57,9 +62,10 @@ pub fn load_version(
     }
     let digest = blake3::hash(wasm);
     let started = Instant::now();
-    let (code, cache) = runtime
-        .component(wasm, &digest)
-        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+    let (code, cache) = runtime.component(wasm, &digest).map_err(|e| match e {
+        CompileError::Invalid(why) => LoadError::Invalid(why),
+        other => LoadError::Compile(other),
+    })?;
     let compile_time = started.elapsed();
     let instance_pre = runtime
         .linker

@@ -334,7 +334,7 @@ impl AppVersion {
     /// One of meshd's instance slots, waiting up to the app's timeout.
     async fn wait_for_instance_slot(&self) -> anyhow::Result<InFlightGuard> {
         const RETRY: Duration = Duration::from_millis(10);
-        let deadline = Instant::now() + self.settings.timeout;
+        let deadline = deadline_after(Instant::now(), self.settings.timeout);
         let max = self.runtime.config.max_instances;
         loop {
             if let Some(slot) = self.runtime.instance_slots.try_enter(max) {
@@ -622,7 +622,8 @@ impl AppVersion {
                         .await?;
                     Ok::<_, wasmtime::Error>(proxy)
                 };
-                let deadline = tokio::time::Instant::now() + self.settings.timeout;
+                let now = tokio::time::Instant::now();
+                let deadline = deadline_after(now.into_std(), self.settings.timeout).into();
                 let mut call = std::pin::pin!(call);
                 // Every poll of the guest is charged to the app's `cpu`.
                 let cpu = &self.cpu;
@@ -697,4 +698,12 @@ impl AppVersion {
             ),
         }
     }
+}
+
+/// `now + timeout`, without the panic on overflow: manifests cap durations
+/// at a day (`meshd_apps::MAX_DURATION`), and past that this clamps to it.
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(meshd_apps::MAX_DURATION))
+        .unwrap_or(now)
 }

@@ -45,18 +45,32 @@ pub struct Args {
 
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
     /// before meshd exits anyway.
-    #[arg(long, env = "MESHD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
 
     /// On redeploy or removal of an app, how long the old version may take to
     /// finish its in-flight requests before they are cancelled.
-    #[arg(long, env = "MESHD_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_DRAIN_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
 
     /// How long a new version's health check (`health = "/path"` in its
     /// manifest) may take before the version is refused.
-    #[arg(long, env = "MESHD_HEALTH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_HEALTH_TIMEOUT", default_value = "5s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub health_timeout: Duration,
+
+    /// How many apps are compiled at once (a deploy of many apps, or a
+    /// start-up without a cache). A compile that passed --max-compile-time
+    /// keeps its slot until it really ends. [default: one per CPU]
+    #[arg(long, env = "MESHD_LOAD_PARALLELISM", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub load_parallelism: Option<u16>,
+
+    /// Longest time compiling one app's .wasm may take. A compile still
+    /// running then is refused with an error naming the app (a working
+    /// version of it keeps serving); the compiler thread cannot be stopped,
+    /// so it runs to its end in the background, holding one of the
+    /// --load-parallelism slots, and its result is thrown away.
+    #[arg(long, env = "MESHD_MAX_COMPILE_TIME", default_value = "120s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
+    pub max_compile_time: Duration,
 
     /// Daemon settings file (TOML). Its `[limits]` table sets default limits
     /// for every app (flags override it, app manifests override both); its
@@ -67,7 +81,7 @@ pub struct Args {
 
     /// Default wall-clock deadline of one request; a guest still running
     /// then is torn down and the client gets 504. [default: 30s]
-    #[arg(long, env = "MESHD_REQUEST_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_REQUEST_TIMEOUT", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub request_timeout: Option<Duration>,
 
     /// Default memory limit of one instance (all its linear memories). A
@@ -196,7 +210,7 @@ pub struct Args {
     /// How long an HTTP/1 client may take to send a whole request head, and
     /// how long a keep-alive connection may sit idle between requests,
     /// before meshd closes it.
-    #[arg(long, env = "MESHD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub header_read_timeout: Duration,
 
     /// Most client connections open at once. At the limit meshd stops
@@ -214,14 +228,14 @@ pub struct Args {
     /// shut) before meshd drops the connection and stops the app instance
     /// still writing it. A slow reader holds no instance past it. On HTTP/2
     /// the whole connection is closed, with its other streams.
-    #[arg(long, env = "MESHD_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_WRITE_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub write_timeout: Duration,
 
     /// How long a connection with no request in progress stays open: an
     /// HTTP/2 connection with no open stream, an HTTP/1 keep-alive
     /// connection between requests (which --header-read-timeout bounds
     /// too: HTTP/1 idle connections close at the shorter of the two).
-    #[arg(long, env = "MESHD_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_IDLE_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
     /// Most requests one HTTP/2 connection may have open at once (its
@@ -248,7 +262,7 @@ pub struct Args {
 
     /// How long an instance kept for reuse (manifest `reuse = N`) may sit
     /// idle before it is dropped and its memory given back.
-    #[arg(long, env = "MESHD_REUSE_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_REUSE_IDLE_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub reuse_idle_timeout: Duration,
 
     /// Threads that serve requests and run guests (default: one per CPU).
@@ -260,7 +274,7 @@ pub struct Args {
 
     /// How long a changed app file must be quiet before it is loaded, so a
     /// burst of writes is loaded once, with the last content.
-    #[arg(long, env = "MESHD_SETTLE", default_value = "250ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "MESHD_SETTLE", default_value = "250ms", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub settle: Duration,
 
     /// Do not watch the apps directory (SIGHUP still rescans).

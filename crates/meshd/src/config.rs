@@ -51,9 +51,10 @@ mod humantime_option {
         let Some(text) = Option::<String>::deserialize(d)? else {
             return Ok(None);
         };
-        humantime::parse_duration(&text)
+        // Capped like every duration meshd reads (one day).
+        meshd_apps::parse_duration(&text)
             .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+            .map_err(serde::de::Error::custom)
     }
 }
 

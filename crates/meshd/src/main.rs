@@ -169,6 +169,10 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     // early SIGTERM is a graceful stop, not a kill.
     let signals = signals::Signals::install()?;
     let kv = open_keyvalue(&daemon_config.keyvalue, &args).await?;
+    let load_parallelism = args.load_parallelism.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        usize::from,
+    );
     let runtime = Runtime::new(
         RuntimeConfig {
             cache_dir: args.cache_dir(),
@@ -193,6 +197,8 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
                     .unwrap_or(meshd_tenant::DEFAULT_LOOKUP_TIMEOUT),
             },
             files_quota: Some(args.files_quota.as_u64()).filter(|&quota| quota > 0),
+            load_parallelism,
+            max_compile_time: args.max_compile_time,
         },
         kv,
     )?;
@@ -204,6 +210,8 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         guest_log_rate = args.guest_log_rate,
         open_file_limit,
         max_guest_descriptors = guest_descriptors,
+        load_parallelism,
+        max_compile_time = ?args.max_compile_time,
         workers,
         limits = ?default_limits,
         ceiling = ?daemon_config.ceiling,
@@ -215,7 +223,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         ReloadConfig {
             apps_dir: args.apps.clone(),
             drain_timeout: args.drain_timeout,
-            load_parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            load_parallelism,
             health_timeout: args.health_timeout,
             default_limits,
             ceiling: daemon_config.ceiling,

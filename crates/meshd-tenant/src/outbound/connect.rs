@@ -165,7 +165,9 @@ impl Body for IdleTimeoutBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + self.limit;
+                // The limit is the app's timeout, at most a day; never panic.
+                let now = Instant::now();
+                let next = now.checked_add(self.limit).unwrap_or(now);
                 self.idle.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
