@@ -23,4 +23,5 @@ mod routing;
 mod service;
 mod shutdown;
 mod slow_clients;
+mod startup;
 mod swap;

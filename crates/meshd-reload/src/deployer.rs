@@ -1,6 +1,7 @@
 //! Bringing the live mount table in line with the apps directory.
 
 use crate::drain::retire;
+use crate::progress::LoadProgress;
 use arc_swap::ArcSwap;
 use meshd_apps::{scan, AppFiles, Ceiling, Limits, Manifest};
 use meshd_routes::Prefix;
@@ -380,10 +381,13 @@ impl Deployer {
             names.insert(task.id(), name.clone());
         }
         let mut candidates = BTreeMap::new();
+        let mut progress = LoadProgress::new(names.len());
         while let Some(joined) = tasks.join_next().await {
             // A task that panicked refuses its app's new files.
             if let Some((name, candidate)) = check_outcome(joined, &names) {
-                candidates.insert(name, candidate.and_then(|c| c));
+                let candidate = candidate.and_then(|c| c);
+                progress.record(candidate.as_ref().ok().map(|c| c.version.cache_outcome()));
+                candidates.insert(name, candidate);
             }
         }
         candidates

@@ -14,6 +14,7 @@ mod deployer;
 mod drain;
 mod health;
 mod idle;
+mod progress;
 mod watch;
 
 pub use deployer::{Deployer, ReloadConfig, Summary, Totals};

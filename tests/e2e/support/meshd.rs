@@ -381,11 +381,11 @@ impl Drop for Meshd {
     }
 }
 
-/// The socket address at the start of `text` (a log line goes on after it
-/// with a space in text format, with `"` in JSON).
+/// What follows `http://` in a log line, up to the end of the URL (a space
+/// in the text format, a `"` in JSON).
 fn address_prefix(text: &str) -> &str {
     let end = text
-        .find(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+        .find(|c: char| c.is_whitespace() || c == '"')
         .unwrap_or(text.len());
     &text[..end]
 }
