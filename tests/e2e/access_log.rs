@@ -28,6 +28,18 @@ fn wait_for_lines(path: &Path, count: usize) -> Vec<serde_json::Value> {
     }
 }
 
+/// meshd on `apps`, logging in JSON with its access log at `log_path`.
+fn with_access_log(apps: &AppsDir, log_path: &Path) -> Meshd {
+    Meshd::builder(apps.path())
+        .args(&[
+            "--log-format",
+            "json",
+            "--access-log",
+            log_path.to_str().expect("utf-8 path"),
+        ])
+        .start()
+}
+
 /// The one line whose `path` is `path`.
 fn line_for<'a>(lines: &'a [serde_json::Value], path: &str) -> &'a serde_json::Value {
     let matching: Vec<_> = lines.iter().filter(|l| l["path"] == path).collect();
@@ -40,14 +52,7 @@ async fn every_request_gets_one_json_line_that_matches_what_the_client_saw() {
     let apps = AppsDir::with(&["hello", "echo"]);
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("access.log");
-    let meshd = Meshd::builder(apps.path())
-        .args(&[
-            "--log-format",
-            "json",
-            "--access-log",
-            log_path.to_str().expect("utf-8 path"),
-        ])
-        .start();
+    let meshd = with_access_log(&apps, &log_path);
 
     let hello = Client::http1().get(&meshd.url("/hello/")).await;
     assert_eq!(hello.status, 200);
@@ -149,14 +154,7 @@ async fn a_response_cut_short_is_logged_as_incomplete() {
     let apps = AppsDir::with(&["stream"]);
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("access.log");
-    let meshd = Meshd::builder(apps.path())
-        .args(&[
-            "--log-format",
-            "json",
-            "--access-log",
-            log_path.to_str().expect("utf-8 path"),
-        ])
-        .start();
+    let meshd = with_access_log(&apps, &log_path);
     // Forty lines 100 ms apart; the client goes away after the first. (A raw
     // socket: closing it with unread data resets the connection at once.)
     {

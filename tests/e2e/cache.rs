@@ -1,16 +1,8 @@
 //! The compiled-code cache: reused across restarts; a corrupt entry is
 //! detected, recompiled and replaced.
 
-use crate::support::{AppsDir, Client, Meshd};
-use std::path::{Path, PathBuf};
-
-fn cache_entries(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
-        .collect()
-}
+use crate::support::{cache_entries, AppsDir, Client, Meshd};
+use std::path::Path;
 
 async fn start_and_check(apps: &AppsDir, cache: &Path, outcome: &str) -> Meshd {
     let meshd = Meshd::builder(apps.path()).cache_dir(cache).start();

@@ -3,8 +3,8 @@
 //! that overflow, the compile cache's verified bytes, and the compile-time
 //! limit.
 
-use crate::support::{guest, AppsDir, Client, Meshd};
-use std::path::{Path, PathBuf};
+use crate::support::{cache_entries, guest, AppsDir, Client, Meshd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,14 +206,6 @@ fn a_duration_flag_beyond_a_day_is_a_usage_error() {
         stderr.contains("longer than the maximum of 1day"),
         "{stderr}"
     );
-}
-
-fn cache_entries(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
-        .collect()
 }
 
 #[tokio::test]

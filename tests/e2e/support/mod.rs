@@ -29,6 +29,15 @@ pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .unwrap_or_else(|e| panic!("{value:?} is not a number ({e}) in {}", lines[0]))
 }
 
+/// The compiled artifacts (`*.cwasm`) in a compile cache directory.
+pub fn cache_entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("the cache directory is readable")
+        .map(|e| e.expect("a readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
