@@ -267,3 +267,30 @@ async fn a_compile_over_the_time_limit_is_refused_naming_the_app_and_cached_apps
     assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
     assert_eq!(client.get(&meshd.url("/fresh")).await.status, 404);
 }
+
+#[tokio::test]
+async fn route_and_directory_holdings_survive_a_restart() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(apps.path().join("shop-data")).unwrap();
+    apps.write("shop.toml", "[files]\ndir = \"shop-data\"\n");
+    apps.deploy("shop", "hello");
+    let meshd = Meshd::builder(apps.path()).data_dir(data.path()).start();
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/shop")).await.text(), HELLO);
+    drop(meshd);
+
+    // While meshd is down, a tenant plants an app that sorts first by name
+    // and asks for shop's route; another asks for shop's directory.
+    apps.write("aaa.toml", "route = \"/shop\"\n");
+    apps.deploy("aaa", "echo");
+    apps.write("aab.toml", "[files]\ndir = \"shop-data\"\n");
+    apps.deploy("aab", "echo");
+
+    let meshd = Meshd::builder(apps.path()).data_dir(data.path()).start();
+    meshd.wait_for_log(&["route /shop asked for by app aaa", "held by app shop"]);
+    meshd.wait_for_log(&["[files] dir of app aab", "held by app shop"]);
+    assert_eq!(client.get(&meshd.url("/shop")).await.text(), HELLO);
+    assert_eq!(client.get(&meshd.url("/aab")).await.status, 404);
+    assert_eq!(meshd.count_log(&["app deployed", "app=aaa"]), 0);
+}

@@ -1,6 +1,7 @@
 //! Bringing the live mount table in line with the apps directory.
 
 use crate::drain::retire;
+use crate::holdings::Holdings;
 use crate::progress::LoadProgress;
 use arc_swap::ArcSwap;
 use meshd_apps::{scan, AppFiles, Ceiling, Limits, Manifest};
@@ -36,6 +37,9 @@ pub struct ReloadConfig {
     /// Largest `.wasm` meshd reads; a larger one is refused without being
     /// read whole (its previous version keeps serving).
     pub max_wasm_size: u64,
+    /// Where who holds which route and `[files]` directory is saved, so that
+    /// holdings survive a restart; `None`: not saved.
+    pub holdings_file: Option<PathBuf>,
 }
 
 /// What one [`Deployer::reconcile`] did.
@@ -96,6 +100,8 @@ pub struct Deployer {
     deployed: Mutex<BTreeMap<String, Deployed>>,
     /// Every pass's counts added up, for the metrics endpoint.
     totals: [AtomicU64; 3],
+    /// Who held what after the last pass (at start-up: as saved).
+    holdings: std::sync::Mutex<Holdings>,
 }
 
 /// What all reconcile passes so far did.
@@ -112,7 +118,13 @@ pub struct Totals {
 impl Deployer {
     /// A deployer with nothing mounted yet.
     pub fn new(runtime: Arc<Runtime>, config: ReloadConfig) -> Self {
+        let holdings = config
+            .holdings_file
+            .as_deref()
+            .map(Holdings::load)
+            .unwrap_or_default();
         Deployer {
+            holdings: std::sync::Mutex::new(holdings),
             runtime,
             config,
             mounts: Arc::new(ArcSwap::from_pointee(Mounts::new())),
@@ -213,7 +225,18 @@ impl Deployer {
             }
         }
 
-        let table = build_table(&deployed, &mut next);
+        let table = {
+            let mut holdings = self.holdings.lock().unwrap_or_else(|e| e.into_inner());
+            let table = build_table(&deployed, &mut next, &holdings);
+            let now = holdings_of(&next);
+            if now != *holdings {
+                if let Some(file) = &self.config.holdings_file {
+                    now.save(file);
+                }
+                *holdings = now;
+            }
+            table
+        };
         for (name, new) in &next {
             match deployed.get(name) {
                 Some(old) if Arc::ptr_eq(&old.version, &new.version) => {
@@ -574,26 +597,33 @@ fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
 /// Builds the mount table for `next`.
 ///
 /// Who gets a contested route or `[files]` directory is decided by app name:
-/// an app that held a route (or a directory) in the previous table and still
-/// asks for it keeps it, however often its own files change; any other app
+/// an app that held a route (or a directory) in the previous table, or in
+/// the `saved` holdings of an earlier run, and still asks for it keeps it,
+/// however often its own files change and across restarts; any other app
 /// asking for it (or, for a directory, for one inside or around it) is
 /// refused, every pass, with an error naming both apps. Between apps that
-/// held neither, the first by name wins (at start-up nobody holds anything).
-/// Refused apps are removed from `next`.
+/// held neither, the first by name wins. Refused apps are removed from
+/// `next`.
 fn build_table(
     previous: &BTreeMap<String, Deployed>,
     next: &mut BTreeMap<String, Deployed>,
+    saved: &Holdings,
 ) -> Mounts {
-    let held = |name: &String| previous.get(name);
     let mut held_routes: BTreeMap<Prefix, String> = BTreeMap::new();
     let mut held_dirs: Vec<(PathBuf, String)> = Vec::new();
     for (name, d) in next.iter() {
-        let Some(before) = held(name) else { continue };
-        if before.prefix == d.prefix {
+        let before = previous.get(name);
+        if before.is_some_and(|b| b.prefix == d.prefix)
+            || saved.holds_route(name, d.prefix.as_str())
+        {
             held_routes.insert(d.prefix.clone(), name.clone());
         }
-        if let Some(dir) = files_dir(d).filter(|dir| files_dir(before).as_ref() == Some(dir)) {
-            held_dirs.push((dir, name.clone()));
+        if let Some(dir) = files_dir(d) {
+            if before.is_some_and(|b| files_dir(b).as_ref() == Some(&dir))
+                || saved.holds_dir(name, &dir)
+            {
+                held_dirs.push((dir, name.clone()));
+            }
         }
     }
     let mut order: Vec<&String> = next.keys().collect();
@@ -677,6 +707,15 @@ fn build_table(
         next.remove(&name);
     }
     table
+}
+
+/// Who holds what in a table built by [`build_table`].
+fn holdings_of(table: &BTreeMap<String, Deployed>) -> Holdings {
+    let mut holdings = Holdings::default();
+    for (name, d) in table {
+        holdings.add(name, d.prefix.as_str(), files_dir(d).as_deref());
+    }
+    holdings
 }
 
 /// The canonical `[files]` directory of a deployment, if it has one.

@@ -13,6 +13,7 @@
 mod deployer;
 mod drain;
 mod health;
+mod holdings;
 mod idle;
 mod progress;
 mod watch;

@@ -228,6 +228,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
             default_limits,
             ceiling: daemon_config.ceiling,
             max_wasm_size: args.max_wasm_size.as_u64(),
+            holdings_file: Some(args.data_dir().join("holdings.json")),
         },
     ));
     // Watch before the first scan, so nothing that changes in between is
