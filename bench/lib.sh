@@ -164,8 +164,8 @@ start_meshd() {
     MESHD_STARTUP="$(awk -v a="$(log_epoch "$line")" -v b="$MESHD_T0" 'BEGIN { printf "%.3f", a - b }')"
 }
 
-# The timestamp at the start of a meshd text log line, in epoch seconds.
-log_epoch() { date -d "$(awk '{ print $1 }' <<<"$1")" +%s.%N; }
+# The timestamp of a meshd log line (text or JSON), in epoch seconds.
+log_epoch() { date -d "$(grep -o -m1 '[0-9]\{4\}-[0-9-]*T[0-9:.]*Z' <<<"$1")" +%s.%N; }
 
 # Resident memory of a process in MB (10^6 bytes; /proc/PID/status counts in
 # KiB): VmRSS, RssAnon, RssFile, as "rss anon file".

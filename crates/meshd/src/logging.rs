@@ -5,7 +5,7 @@
 use crate::cli::{AccessLog, LogFormat};
 use anyhow::{Context as _, Result};
 use meshd_server::ACCESS_TARGET;
-use std::io::IsTerminal as _;
+use std::io::{BufWriter, IsTerminal as _};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -37,16 +37,19 @@ pub fn init(format: LogFormat, access_log: &AccessLog) -> Result<LogGuard> {
     .with_filter(not_access)
     .with_filter(filter);
 
+    // The writer thread drains every line queued, then flushes: buffered, a
+    // busy second costs a few large writes instead of one system call per
+    // request.
     let (access, guard) = match access_log {
         AccessLog::Off => (None, None),
         AccessLog::Stdout => {
-            let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+            let (writer, guard) = tracing_appender::non_blocking(BufWriter::new(std::io::stdout()));
             (Some(access_layer(format, writer)), Some(guard))
         }
         AccessLog::File(path) => {
             let file = open_append(path)
                 .with_context(|| format!("cannot open the access log {}", path.display()))?;
-            let (writer, guard) = tracing_appender::non_blocking(file);
+            let (writer, guard) = tracing_appender::non_blocking(BufWriter::new(file));
             (Some(access_layer(format, writer)), Some(guard))
         }
     };
