@@ -237,6 +237,9 @@ impl Deployer {
             }
             table
         };
+        // Switch first, then say so: once `app deployed` or `app updated`
+        // is logged, requests reach the new version.
+        self.mounts.store(Arc::new(table));
         for (name, new) in &next {
             match deployed.get(name) {
                 Some(old) if Arc::ptr_eq(&old.version, &new.version) => {
@@ -273,7 +276,6 @@ impl Deployer {
             }
         }
 
-        self.mounts.store(Arc::new(table));
         summary.serving = next.len();
         *deployed = next;
         drop(deployed);
