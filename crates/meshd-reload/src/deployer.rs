@@ -227,7 +227,7 @@ impl Deployer {
 
         let table = {
             let mut holdings = self.holdings.lock().unwrap_or_else(|e| e.into_inner());
-            let table = build_table(&deployed, &mut next, &holdings);
+            let table = build_table(&mut next, &holdings);
             let now = holdings_of(&next);
             if now != *holdings {
                 if let Some(file) = &self.config.holdings_file {
@@ -599,33 +599,22 @@ fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
 /// Builds the mount table for `next`.
 ///
 /// Who gets a contested route or `[files]` directory is decided by app name:
-/// an app that held a route (or a directory) in the previous table, or in
-/// the `saved` holdings of an earlier run, and still asks for it keeps it,
-/// however often its own files change and across restarts; any other app
+/// an app that held a route (or a directory) after the previous pass (the
+/// `holdings`; at start-up, those saved by the last run) and still asks for
+/// it keeps it, however often its own files change and across restarts; any other app
 /// asking for it (or, for a directory, for one inside or around it) is
 /// refused, every pass, with an error naming both apps. Between apps that
 /// held neither, the first by name wins. Refused apps are removed from
 /// `next`.
-fn build_table(
-    previous: &BTreeMap<String, Deployed>,
-    next: &mut BTreeMap<String, Deployed>,
-    saved: &Holdings,
-) -> Mounts {
+fn build_table(next: &mut BTreeMap<String, Deployed>, holdings: &Holdings) -> Mounts {
     let mut held_routes: BTreeMap<Prefix, String> = BTreeMap::new();
     let mut held_dirs: Vec<(PathBuf, String)> = Vec::new();
     for (name, d) in next.iter() {
-        let before = previous.get(name);
-        if before.is_some_and(|b| b.prefix == d.prefix)
-            || saved.holds_route(name, d.prefix.as_str())
-        {
+        if holdings.holds_route(name, d.prefix.as_str()) {
             held_routes.insert(d.prefix.clone(), name.clone());
         }
-        if let Some(dir) = files_dir(d) {
-            if before.is_some_and(|b| files_dir(b).as_ref() == Some(&dir))
-                || saved.holds_dir(name, &dir)
-            {
-                held_dirs.push((dir, name.clone()));
-            }
+        if let Some(dir) = files_dir(d).filter(|dir| holdings.holds_dir(name, dir)) {
+            held_dirs.push((dir, name.clone()));
         }
     }
     let mut order: Vec<&String> = next.keys().collect();
