@@ -10,6 +10,7 @@
 //! [`expire_idle_instances`] drops reused instances that sat idle too long.
 #![deny(missing_docs)]
 
+mod change;
 mod deployer;
 mod drain;
 mod health;
@@ -18,6 +19,7 @@ mod idle;
 mod progress;
 mod watch;
 
+pub use change::{AppSpec, Applied, CanarySource, Change, PipelineHandle, Request, Snapshot};
 pub use deployer::{Deployer, ReloadConfig, Summary, Totals};
 pub use idle::expire_idle_instances;
 pub use watch::DirWatch;
