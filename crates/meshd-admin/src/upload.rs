@@ -121,7 +121,7 @@ async fn read_limited(
 async fn read_multipart(request: Request, max_wasm: usize) -> Result<Upload, ApiError> {
     let limit = max_wasm.saturating_add(MULTIPART_OVERHEAD);
     if declared_length(request.headers()).is_some_and(|length| length > limit as u64) {
-        return Err(too_large_wasm(max_wasm));
+        return Err(too_large_form(limit));
     }
     // The whole stream is capped too: parts other than `wasm` and the
     // boundaries cannot make it grow without bound.
@@ -134,7 +134,7 @@ async fn read_multipart(request: Request, max_wasm: usize) -> Result<Upload, Api
     while let Some(mut field) = form
         .next_field()
         .await
-        .map_err(|e| multipart_error(e, max_wasm))?
+        .map_err(|e| multipart_error(e, limit))?
     {
         let name = field.name().unwrap_or("").to_owned();
         let (slot, part_limit) = match name.as_str() {
@@ -152,11 +152,7 @@ async fn read_multipart(request: Request, max_wasm: usize) -> Result<Upload, Api
             )));
         }
         let mut bytes = BytesMut::new();
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| multipart_error(e, max_wasm))?
-        {
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
             if bytes.len() + chunk.len() > part_limit {
                 return Err(if name == "wasm" {
                     too_large_wasm(max_wasm)
@@ -182,10 +178,11 @@ async fn read_multipart(request: Request, max_wasm: usize) -> Result<Upload, Api
     Ok(Upload { wasm, manifest })
 }
 
-/// A multipart failure: 413 when the stream passed its cap, else 400.
-fn multipart_error(error: axum::extract::multipart::MultipartError, max_wasm: usize) -> ApiError {
+/// A multipart failure: 413 when the stream passed its cap (`limit`), else
+/// 400.
+fn multipart_error(error: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_large_wasm(max_wasm)
+        too_large_form(limit)
     } else {
         ApiError::bad_request(format!("bad multipart upload: {}", error.body_text()))
     }
@@ -194,6 +191,12 @@ fn multipart_error(error: axum::extract::multipart::MultipartError, max_wasm: us
 fn too_large_wasm(max_wasm: usize) -> ApiError {
     ApiError::too_large(format!(
         "the wasm is larger than --max-wasm-size ({max_wasm} bytes)"
+    ))
+}
+
+fn too_large_form(limit: usize) -> ApiError {
+    ApiError::too_large(format!(
+        "the upload is larger than {limit} bytes (--max-wasm-size and room for a manifest)"
     ))
 }
 
