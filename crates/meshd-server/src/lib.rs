@@ -18,7 +18,7 @@ mod metrics;
 
 pub use access_log::{AccessLogged, ACCESS_TARGET};
 pub use dispatch::{dispatch, ResponseBody, FORWARDED_PREFIX};
-pub use listen::{serve, ClosedConnections, ServeConfig};
+pub use listen::{serve, serve_with, ClosedConnections, ServeConfig};
 pub use metrics::{
     serve_metrics, ClosedConnectionsCollector, MountsCollector, MAX_METRICS_CONNECTIONS,
 };

@@ -91,7 +91,7 @@ pub async fn serve(
 
 /// Serves `handler` on `listener` with the protections of `config`, until
 /// `shutdown`; see [`serve`]. `name` tells the listener's log lines apart.
-pub(crate) async fn serve_with<H, Fut, B>(
+pub async fn serve_with<H, Fut, B>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     config: &ServeConfig,

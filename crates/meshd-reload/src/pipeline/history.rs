@@ -22,7 +22,7 @@ pub(super) struct Job {
 
 enum JobKind {
     /// Store the bytes (if given and missing), then record the version.
-    Record(Option<AppSpec>, StoredVersion),
+    Record(Option<Box<AppSpec>>, StoredVersion),
     /// Forget the app's versions.
     Forget,
 }
@@ -88,7 +88,7 @@ impl Pipeline {
             };
             let version = stored(deployed, origin);
             if origin == Origin::Dir {
-                let spec = specs.get(name).cloned();
+                let spec = specs.get(name).cloned().map(Box::new);
                 let job = Job {
                     app: name.clone(),
                     kind: JobKind::Record(spec, version),
