@@ -66,11 +66,15 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
-    /// The pipeline refused a change of `app`: 404 for an unknown app, 503
-    /// while meshd shuts down, 422 for everything else.
+    /// The pipeline refused a change of `app`: 404 for an unknown app, 400
+    /// for a request that makes no sense, 500 when meshd itself failed (the
+    /// artifact store, a task), 503 while meshd shuts down, 422 for
+    /// everything about the app's code or manifest.
     pub(crate) fn refused(app: &str, refused: &Refused) -> Self {
         let status = match refused {
             Refused::NotFound(_) => StatusCode::NOT_FOUND,
+            Refused::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refused::Store(_) | Refused::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Refused::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };

@@ -73,9 +73,7 @@ pub struct AdminState {
 /// (`tower::ServiceExt::oneshot`) in tests.
 pub fn router(state: AdminState) -> Router {
     let state = Arc::new(state);
-    Router::new()
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
+    let protected = Router::new()
         .route("/metrics", get(probes::metrics))
         .route("/v1/apps", get(apps::list))
         .route(
@@ -93,7 +91,15 @@ pub fn router(state: AdminState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
-        ))
+        ));
+    // The probes answer without the token, so that a supervisor or a load
+    // balancer can ask them: they say only whether meshd is up and how far
+    // its first load has got.
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(protected)
         .with_state(state)
 }
 

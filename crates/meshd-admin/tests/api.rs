@@ -251,7 +251,6 @@ async fn without_the_right_token_every_request_is_401_and_nothing_changes() {
         (Method::POST, "/v1/apps/hello/canary?percent=10"),
         (Method::POST, "/v1/apps/hello/promote"),
         (Method::POST, "/v1/apps/hello/abort"),
-        (Method::GET, "/healthz"),
         (Method::GET, "/metrics"),
         (Method::GET, "/no/such/path"),
     ];
@@ -289,12 +288,22 @@ async fn the_right_token_is_let_in_and_the_scheme_is_case_insensitive() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json, json!({"apps": []}));
 
-    let request = Request::get("/healthz")
+    let request = Request::get("/v1/apps")
         .header(header::AUTHORIZATION, format!("bearer {TOKEN}"))
         .body(Body::empty())
         .unwrap();
     let (status, json) = harness.call(request).await;
-    assert_eq!((status, json), (StatusCode::OK, json!({"status": "ok"})));
+    assert_eq!((status, json), (StatusCode::OK, json!({"apps": []})));
+}
+
+#[tokio::test]
+async fn the_probes_answer_without_a_token() {
+    let harness = Harness::new();
+    for path in ["/healthz", "/readyz"] {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let (status, _, _) = harness.send(request).await;
+        assert_ne!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
 }
 
 #[tokio::test]

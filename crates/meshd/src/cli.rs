@@ -212,6 +212,21 @@ pub struct Args {
     #[arg(long, env = "MESHD_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Serve the admin API on ADDR: deploy, list, remove and roll back apps,
+    /// run canaries (docs/admin-api.md; the `meshd deploy`, `meshd apps`, ...
+    /// commands talk to it), with /healthz, /readyz and /metrics. A listener
+    /// of its own, off by default. An ADDR that is not loopback needs
+    /// --admin-token-file.
+    #[arg(long, env = "MESHD_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
+
+    /// A file holding the admin API's bearer token (one line; readable by
+    /// meshd's user only, e.g. mode 600). With it every admin request needs
+    /// `Authorization: Bearer <token>`; without it the admin API only listens
+    /// on loopback.
+    #[arg(long, env = "MESHD_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// How long an HTTP/1 client may take to send a whole request head, and
     /// how long a keep-alive connection may sit idle between requests,
     /// before meshd closes it.

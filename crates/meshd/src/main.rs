@@ -106,6 +106,27 @@ async fn open_keyvalue(
     Ok(kv)
 }
 
+/// Binds the admin API's address and serves it until `shutdown`.
+async fn start_admin(
+    addr: std::net::SocketAddr,
+    state: meshd_admin::AdminState,
+    shutdown: tokio_util::sync::CancellationToken,
+    serve_config: &meshd_server::ServeConfig,
+) -> Result<tokio::task::JoinHandle<bool>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for the admin API on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(
+        token = state.token.is_some(),
+        "admin API listening on http://{bound}"
+    );
+    let serve_config = serve_config.clone();
+    Ok(tokio::spawn(async move {
+        meshd_admin::serve(listener, state, shutdown.cancelled_owned(), &serve_config).await
+    }))
+}
+
 async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     // Check everything we can before binding, so a bad flag fails fast.
     if !args.apps.is_dir() {
@@ -218,6 +239,25 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         "tenant runtime ready"
     );
 
+    let serve_config = meshd_server::ServeConfig {
+        shutdown_timeout: args.shutdown_timeout,
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections,
+        write_timeout: args.write_timeout,
+        idle_timeout: args.idle_timeout,
+        max_streams: args.http2_max_streams,
+        closed: Arc::default(),
+        access_log: args.access_log != cli::AccessLog::Off,
+    };
+    // Refuse an exposed admin API without a token before anything starts.
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(meshd_admin::Token::from_file)
+        .transpose()?;
+    if let Some(addr) = args.admin {
+        meshd_admin::check_exposure(addr, admin_token.as_ref())?;
+    }
     let registry = Arc::new(meshd_registry::Registry::new());
     let artifacts_dir = args.data_dir().join("artifacts");
     let store =
@@ -244,6 +284,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         Some(store),
     );
     let deploy_totals = pipeline.totals();
+    let metrics_registry = metrics::registry(&registry, &deploy_totals, &runtime, &serve_config);
     // The single writer of the registry; it first restores the apps the
     // admin API deployed before the last stop.
     let pipeline = tokio::spawn(pipeline.run());
@@ -253,29 +294,36 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         registry.clone(),
         args.max_wasm_size.as_u64(),
     );
+    // Up before the first load, so /readyz can tell how far it has got.
+    let admin = match args.admin {
+        Some(addr) => Some(
+            start_admin(
+                addr,
+                meshd_admin::AdminState {
+                    pipeline: deploys.clone(),
+                    registry: registry.clone(),
+                    metrics: metrics_registry.clone(),
+                    token: admin_token,
+                    max_wasm_size: args.max_wasm_size.as_u64(),
+                },
+                signals.shutdown.clone(),
+                &serve_config,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     // Watch before the first scan, so nothing that changes in between is
     // missed.
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
     let summary = dir_source.sync().await;
     registry.startup().finish();
 
-    let serve_config = meshd_server::ServeConfig {
-        shutdown_timeout: args.shutdown_timeout,
-        header_read_timeout: args.header_read_timeout,
-        max_connections: args.max_connections,
-        write_timeout: args.write_timeout,
-        idle_timeout: args.idle_timeout,
-        max_streams: args.http2_max_streams,
-        closed: Arc::default(),
-        access_log: args.access_log != cli::AccessLog::Off,
-    };
     let metrics = match args.metrics_listen {
         Some(addr) => Some(
             metrics::start(
                 addr,
-                &registry,
-                &deploy_totals,
-                &runtime,
+                metrics_registry.clone(),
                 signals.shutdown.clone(),
                 &serve_config,
             )
@@ -332,6 +380,9 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     pipeline.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
+    }
+    if let Some(admin) = admin {
+        admin.abort();
     }
     tracing::info!(all_closed, "meshd stopped");
     Ok(())

@@ -19,20 +19,16 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Binds `addr` and serves the metrics there until `shutdown`, with the
-/// timeouts of the front door's `serve_config`.
-pub async fn start(
-    addr: SocketAddr,
+/// Everything meshd reports at `/metrics`: the per-app figures of the
+/// registry, the deploy counters, guest memory, and the connections the
+/// front door closed. One registry serves both `--metrics-listen` and the
+/// admin API.
+pub fn registry(
     apps: &Arc<AppRegistry>,
     deploys: &Arc<DeployTotals>,
     runtime: &Arc<Runtime>,
-    shutdown: CancellationToken,
     serve_config: &ServeConfig,
-) -> Result<JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
-    let bound = listener.local_addr()?;
+) -> Arc<Registry> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(meshd_server::MountsCollector::new(apps.clone())));
     registry.register_collector(Box::new(DeployCollector(deploys.clone())));
@@ -40,12 +36,27 @@ pub async fn start(
     registry.register_collector(Box::new(meshd_server::ClosedConnectionsCollector::new(
         serve_config.closed.clone(),
     )));
+    Arc::new(registry)
+}
+
+/// Binds `addr` and serves `registry` there until `shutdown`, with the
+/// timeouts of the front door's `serve_config`.
+pub async fn start(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    serve_config: &ServeConfig,
+) -> Result<JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    let bound = listener.local_addr()?;
     tracing::info!("metrics listening on http://{bound}/metrics");
     let serve_config = serve_config.clone();
     Ok(tokio::spawn(async move {
         meshd_server::serve_metrics(
             listener,
-            Arc::new(registry),
+            registry,
             shutdown.cancelled_owned(),
             &serve_config,
         )
