@@ -175,8 +175,20 @@ impl AdminClient {
     ) -> Result<Answer, Failure> {
         match payload {
             Payload::Empty => self.finish(request.send_empty(), None),
-            Payload::Json(value) => self.finish(request.send_json(value), None),
+            // Exactly `application/json` (ureq's send_json adds a charset
+            // parameter, which a strict server may not expect).
+            Payload::Json(value) => {
+                let bytes = value.to_string().into_bytes();
+                let sent = request
+                    .content_type("application/json")
+                    .send(bytes.as_slice());
+                self.finish(sent, None)
+            }
             Payload::Upload(upload) => {
+                // The server may refuse before the body is sent (a bad
+                // token, a wasm larger than its limit by Content-Length):
+                // then its answer comes back instead of a broken pipe.
+                let request = request.header("expect", "100-continue");
                 let wasm = upload.open()?;
                 let sent = match &upload.manifest {
                     // The wasm alone: its length is known, so the server can
