@@ -461,7 +461,10 @@ fn apps_name_shows_one_app_or_exits_1_when_there_is_none() {
     assert_eq!(exit_code(&output), 0, "{}", stderr(&output));
     let detail = stdout(&output);
     assert!(detail.contains("name:       hello\n"), "{detail}");
-    assert!(detail.contains("canary:     10% 9a8b7c6d5e4f"), "{detail}");
+    assert!(
+        detail.contains("canary:     9a8b7c6d5e4f on 10% of requests, deployed"),
+        "{detail}"
+    );
     assert!(detail.contains("kept versions (newest first):"), "{detail}");
     assert!(detail.contains(DIGEST), "{detail}");
 

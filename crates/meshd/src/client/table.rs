@@ -82,7 +82,10 @@ pub fn app_detail(app: &App) -> String {
     field("state", or_dash(&app.state));
     field("in flight", &app.in_flight.to_string());
     match &app.version {
-        Some(version) => field("live", &version_line(version)),
+        Some(version) => field(
+            "live",
+            &format!("{}, {}", version.short_id(), version_line(version)),
+        ),
         None => field("live", "none"),
     }
     if let Some(canary) = &app.canary {
@@ -135,12 +138,11 @@ fn kept_table(kept: &[Kept]) -> String {
     aligned(rows.iter().map(|row| row.as_slice()))
 }
 
-/// A version on one line: id, when, load and requests by class.
+/// A version's when, load and requests by class, on one line.
 fn version_line(version: &Version) -> String {
     let r = &version.requests;
     format!(
-        "{} deployed {}, {} in flight, requests: {} 2xx, {} 4xx, {} 5xx ({} in all)",
-        version.short_id(),
+        "deployed {}, {} in flight, requests: {} 2xx, {} 4xx, {} 5xx ({} in all)",
         version.deployed_at.as_deref().unwrap_or("-"),
         version.in_flight,
         r.c2xx,
@@ -157,7 +159,8 @@ fn canary_line(canary: &Canary) -> String {
         .map(|h| format!(", sticky on header {h}"))
         .unwrap_or_default();
     format!(
-        "{}% {}{sticky}",
+        "{} on {}% of requests{sticky}, {}",
+        canary.version.short_id(),
         canary.percent,
         version_line(&canary.version)
     )
@@ -379,11 +382,11 @@ mod tests {
         let detail = app_detail(&app);
         assert!(detail.contains("name:       hello\n"), "{detail}");
         assert!(
-            detail.contains("live:       3f2a1b9c0d1e deployed 2026-11-29T12:00:00Z, 0 in flight, requests: 5 2xx, 0 4xx, 1 5xx (6 in all)"),
+            detail.contains("live:       3f2a1b9c0d1e, deployed 2026-11-29T12:00:00Z, 0 in flight, requests: 5 2xx, 0 4xx, 1 5xx (6 in all)"),
             "{detail}"
         );
         assert!(
-            detail.contains("canary:     10% 9a8b7c6d5e4f deployed"),
+            detail.contains("canary:     9a8b7c6d5e4f on 10% of requests, deployed"),
             "{detail}"
         );
         assert!(detail.contains("last error: none"), "{detail}");
