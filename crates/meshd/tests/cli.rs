@@ -5,6 +5,11 @@
 //!
 //! The end-to-end tests against meshd's real admin API are in tests/e2e.
 
+// The throwaway CA and certificates of the end-to-end suite's TLS tests.
+#[path = "../../../tests/e2e/support/pki.rs"]
+#[allow(dead_code)]
+mod pki;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
@@ -40,6 +45,26 @@ struct FakeAdmin {
 
 impl FakeAdmin {
     fn start(handler: impl Fn(&Received) -> (u16, String) + Send + Sync + 'static) -> FakeAdmin {
+        FakeAdmin::serve(None, Arc::new(handler))
+    }
+
+    /// The same over TLS, with `pki`'s certificate for 127.0.0.1.
+    fn start_tls(
+        pki: &pki::TestPki,
+        handler: impl Fn(&Received) -> (u16, String) + Send + Sync + 'static,
+    ) -> FakeAdmin {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![pki.server.cert_der.clone()], pki.server.key())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        FakeAdmin::serve(Some(acceptor), Arc::new(handler))
+    }
+
+    fn serve(tls: Option<tokio_rustls::TlsAcceptor>, handler: Arc<Handler>) -> FakeAdmin {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -48,16 +73,16 @@ impl FakeAdmin {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
-        let handler: Arc<Handler> = Arc::new(handler);
         let log = received.clone();
         runtime.spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (handler, log) = (handler.clone(), log.clone());
+                let (handler, log, tls) = (handler.clone(), log.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -81,9 +106,16 @@ impl FakeAdmin {
                                 Ok::<_, hyper::Error>(response)
                             }
                         });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => http1.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http1.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -726,4 +758,32 @@ fn help_explains_the_daemon_and_each_command() {
     ] {
         assert!(help.contains(expected), "{expected}: {help}");
     }
+}
+
+#[test]
+fn an_https_admin_url_is_verified_against_the_ca_file() {
+    let pki = pki::TestPki::new();
+    let admin = FakeAdmin::start_tls(&pki, |_| (200, r#"{"apps":[]}"#.to_owned()));
+    assert!(admin.url.starts_with("https://127.0.0.1:"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+
+    let output = meshd(
+        &["apps", "--ca-file", ca.to_str().unwrap()],
+        &[("MESHD_ADMIN", &admin.url)],
+    );
+    assert_eq!(exit_code(&output), 0, "{}", stderr(&output));
+    assert_eq!(stdout(&output), "no apps\n");
+
+    // Mozilla's roots do not know the test CA: no request gets through.
+    let output = admin.meshd(&["apps"]);
+    assert_eq!(exit_code(&output), 3);
+    assert!(stderr(&output).contains(&admin.url), "{}", stderr(&output));
+    assert_eq!(admin.received.lock().unwrap().len(), 1);
+
+    // A CA file without a certificate is a usage error.
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let output = admin.meshd(&["apps", "--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(exit_code(&output), 2, "{}", stderr(&output));
 }

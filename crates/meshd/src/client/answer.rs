@@ -1,8 +1,17 @@
 //! The admin API's answers as the client reads them (docs/admin-api.md).
-//! Lenient: fields this client does not know are ignored, and missing ones
-//! take empty defaults, so an older or newer meshd still prints.
+//! Lenient: fields this client does not know are ignored, and missing or
+//! null ones take empty defaults, so an older or newer meshd still prints.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// A null read as the type's default (e.g. `"route": null` as "").
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
 
 /// `GET /v1/apps`.
 #[derive(Debug, Deserialize)]
@@ -14,26 +23,36 @@ pub struct AppList {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct App {
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
+    #[serde(deserialize_with = "nullable")]
     pub route: String,
+    #[serde(deserialize_with = "nullable")]
     pub origin: String,
+    #[serde(deserialize_with = "nullable")]
     pub state: String,
     /// The live version.
     pub version: Option<Version>,
     pub canary: Option<Canary>,
     /// Newest first.
+    #[serde(deserialize_with = "nullable")]
     pub kept: Vec<Kept>,
     pub last_error: Option<LastError>,
+    #[serde(deserialize_with = "nullable")]
     pub in_flight: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Version {
+    #[serde(deserialize_with = "nullable")]
     pub digest: String,
+    #[serde(deserialize_with = "nullable")]
     pub id: String,
     pub deployed_at: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     pub in_flight: u64,
+    #[serde(deserialize_with = "nullable")]
     pub requests: Requests,
 }
 
@@ -82,6 +101,7 @@ impl Requests {
 pub struct Canary {
     #[serde(flatten)]
     pub version: Version,
+    #[serde(deserialize_with = "nullable")]
     pub percent: u8,
     pub sticky_header: Option<String>,
 }
@@ -90,12 +110,16 @@ pub struct Canary {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Kept {
+    #[serde(deserialize_with = "nullable")]
     pub digest: String,
+    #[serde(deserialize_with = "nullable")]
     pub id: String,
     /// The manifest's digest, if the version had one.
     pub manifest: Option<String>,
     pub deployed_at: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     pub origin: String,
+    #[serde(deserialize_with = "nullable")]
     pub live: bool,
 }
 
@@ -108,7 +132,9 @@ impl Kept {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct LastError {
+    #[serde(deserialize_with = "nullable")]
     pub kind: String,
+    #[serde(deserialize_with = "nullable")]
     pub message: String,
     pub at: Option<String>,
 }
@@ -156,6 +182,16 @@ mod tests {
         assert_eq!(app.kept.len(), 1);
         assert!(app.kept[0].manifest.is_none());
         assert_eq!(app.last_error.unwrap().kind, "health_check");
+    }
+
+    #[test]
+    fn nulls_read_as_empty() {
+        let app: App =
+            serde_json::from_str(r#"{"name":"a","route":null,"kept":null,"in_flight":null}"#)
+                .unwrap();
+        assert_eq!(app.route, "");
+        assert!(app.kept.is_empty());
+        assert_eq!(app.in_flight, 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 use ureq::http::Response;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::unversioned::multipart::{Form, Part};
 use ureq::{Agent, Body, RequestBuilder, SendBody};
 
@@ -112,8 +113,23 @@ impl AdminClient {
     /// `base` is a URL without a trailing slash; `timeout` bounds the wait
     /// for the answer once the request is sent (a deploy answers after the
     /// compile and the health check).
-    pub fn new(base: String, token: Option<String>, timeout: Duration) -> Self {
-        let agent: Agent = Agent::config_builder()
+    /// `roots`, if given, are the only certificates an https:// admin URL is
+    /// verified against (else Mozilla's roots).
+    pub fn new(
+        base: String,
+        token: Option<String>,
+        timeout: Duration,
+        roots: Option<Vec<Certificate<'static>>>,
+    ) -> Self {
+        let mut config = Agent::config_builder();
+        if let Some(roots) = roots {
+            config = config.tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::new_with_certs(&roots))
+                    .build(),
+            );
+        }
+        let agent: Agent = config
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(timeout))
@@ -337,6 +353,27 @@ pub fn read_token(path: &Path) -> Result<String, Failure> {
         )));
     }
     Ok(token.to_owned())
+}
+
+/// The certificates of a PEM file (`--ca-file`).
+pub fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, Failure> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Failure::Usage(format!("cannot read the CA file {}: {e}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| unreadable(&e))?;
+    let mut certificates = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let PemItem::Certificate(certificate) = item.map_err(|e| unreadable(&e))? {
+            certificates.push(certificate);
+        }
+    }
+    if certificates.is_empty() {
+        return Err(Failure::Usage(format!(
+            "the CA file {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certificates)
 }
 
 /// The admin API's base URL from `--admin`: `http(s)://HOST[:PORT][/PREFIX]`,

@@ -88,7 +88,7 @@ enum Command {
     /// Run the daemon (what `meshd` without a subcommand does).
     Serve(Box<crate::cli::Args>),
     #[command(flatten)]
-    Client(ClientCommand),
+    Client(Box<ClientCommand>),
 }
 
 /// What the command line asks for.
@@ -96,7 +96,7 @@ pub enum Invocation {
     /// Run the daemon with these flags.
     Serve(Box<crate::cli::Args>),
     /// Send one command to a running meshd.
-    Client(ClientCommand),
+    Client(Box<ClientCommand>),
 }
 
 /// Parses the process's arguments (exits on a usage error, with 2, or after
@@ -113,7 +113,8 @@ fn parse_from(args: Vec<OsString>) -> Result<Invocation, clap::Error> {
         .and_then(|first| first.to_str())
         .is_some_and(|first| ClientLine::command().find_subcommand(first).is_some());
     if client {
-        return ClientLine::try_parse_from(args).map(|line| Invocation::Client(line.command));
+        return ClientLine::try_parse_from(args)
+            .map(|line| Invocation::Client(Box::new(line.command)));
     }
     let line = CommandLine::try_parse_from(args)?;
     Ok(match line.command {
@@ -177,6 +178,12 @@ pub struct Connection {
     /// sent.
     #[arg(long, env = "MESHD_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// PEM certificates to trust for an https:// admin URL instead of
+    /// Mozilla's roots (e.g. the CA of a TLS proxy in front of the admin
+    /// listener).
+    #[arg(long, env = "MESHD_ADMIN_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// Print the server's JSON answer as it came (also a refusal's), for
     /// scripts, instead of a readable summary.
@@ -324,8 +331,8 @@ fn parse_version(text: &str) -> Result<String, String> {
 }
 
 /// Runs a client subcommand; the exit code says how it went.
-pub fn run(command: ClientCommand) -> ExitCode {
-    let (action, result) = execute(command);
+pub fn run(command: Box<ClientCommand>) -> ExitCode {
+    let (action, result) = execute(*command);
     match result {
         Ok(()) => ExitCode::from(http::EXIT_OK),
         Err(failure) => {
@@ -400,10 +407,15 @@ fn connect(connection: &Connection) -> Result<AdminClient, Failure> {
         Some(path) => Some(http::read_token(path)?),
         None => None,
     };
+    let roots = match &connection.ca_file {
+        Some(path) => Some(http::read_ca_file(path)?),
+        None => None,
+    };
     Ok(AdminClient::new(
         connection.admin.clone(),
         token,
         connection.timeout,
+        roots,
     ))
 }
 
@@ -564,7 +576,7 @@ mod tests {
 
     fn client(args: &[&str]) -> ClientCommand {
         match parse_from(args) {
-            Ok(Invocation::Client(command)) => command,
+            Ok(Invocation::Client(command)) => *command,
             Ok(Invocation::Serve(_)) => panic!("{args:?} parsed as the daemon"),
             Err(e) => panic!("{args:?}: {e}"),
         }
