@@ -610,11 +610,11 @@ fn promote_and_abort_post_to_the_app() {
     for (command, expected) in [
         (
             "promote",
-            "promoted the canary of hello: version 3f2a1b9c0d1e is live for all requests\n",
+            "promoted the canary of hello: version 3f2a1b9c0d1e is live, for all requests\n",
         ),
         (
             "abort",
-            "stopped the canary of hello: version 3f2a1b9c0d1e serves all requests\n",
+            "stopped the canary of hello: version 3f2a1b9c0d1e is live, for all requests\n",
         ),
     ] {
         let admin = FakeAdmin::answering(200, &app_json("hello", false));

@@ -168,52 +168,71 @@ fn canary_line(canary: &Canary) -> String {
 
 /// `deploy`: what is live now.
 pub fn deployed(app: &App, created: bool) -> String {
-    let id = app.version.as_ref().map_or("-", Version::short_id);
-    if created {
-        format!(
-            "deployed {}: version {id} is live at {}\n",
+    let at = or_dash(&app.route);
+    match (&app.version, created) {
+        (Some(version), true) => format!(
+            "deployed {}: version {} is live at {at}\n",
             app.name,
-            or_dash(&app.route)
-        )
-    } else {
-        format!(
-            "{}: version {id} was already live at {} (unchanged)\n",
+            version.short_id()
+        ),
+        (Some(version), false) => format!(
+            "{}: version {} was already live at {at} (unchanged)\n",
             app.name,
-            or_dash(&app.route)
-        )
+            version.short_id()
+        ),
+        (None, _) => format!("deployed {}: {}\n", app.name, no_live_version(app)),
     }
 }
 
 pub fn rolled_back(app: &App) -> String {
-    let id = app.version.as_ref().map_or("-", Version::short_id);
-    format!("rolled back {}: version {id} is live\n", app.name)
+    format!("rolled back {}: {}\n", app.name, live_version(app))
 }
 
 pub fn canary_started(app: &App) -> String {
-    let live = app.version.as_ref().map_or("-", Version::short_id);
-    match &app.canary {
-        Some(canary) => format!(
-            "canary of {}: version {} serves {}% of requests, version {live} the rest\n",
+    match (&app.canary, &app.version) {
+        (Some(canary), Some(live)) => format!(
+            "canary of {}: version {} serves {}% of requests, version {} the rest\n",
             app.name,
             canary.version.short_id(),
-            canary.percent
+            canary.percent,
+            live.short_id()
         ),
-        None => format!("{}: no canary running; version {live} is live\n", app.name),
+        _ => format!(
+            "{}: no canary is running; {}\n",
+            app.name,
+            live_version(app)
+        ),
     }
 }
 
 pub fn promoted(app: &App) -> String {
-    let id = app.version.as_ref().map_or("-", Version::short_id);
     format!(
-        "promoted the canary of {}: version {id} is live for all requests\n",
-        app.name
+        "promoted the canary of {}: {}, for all requests\n",
+        app.name,
+        live_version(app)
     )
 }
 
 pub fn aborted(app: &App) -> String {
-    let id = app.version.as_ref().map_or("-", Version::short_id);
     format!(
-        "stopped the canary of {}: version {id} serves all requests\n",
+        "stopped the canary of {}: {}, for all requests\n",
+        app.name,
+        live_version(app)
+    )
+}
+
+/// "version ID is live", or why there is none.
+fn live_version(app: &App) -> String {
+    match &app.version {
+        Some(version) => format!("version {} is live", version.short_id()),
+        None => no_live_version(app),
+    }
+}
+
+fn no_live_version(app: &App) -> String {
+    format!(
+        "no version is live (state {}; see `meshd apps {}`)",
+        or_dash(&app.state),
         app.name
     )
 }
@@ -411,6 +430,23 @@ mod tests {
             "deployed hello: version 3f2a1b9c0d1e is live at /hello\n"
         );
         assert!(deployed(&app, false).contains("(unchanged)"));
+        assert_eq!(
+            promoted(&app),
+            "promoted the canary of hello: version 3f2a1b9c0d1e is live, for all requests\n"
+        );
+        let loading = App {
+            name: "slow".to_owned(),
+            state: "loading".to_owned(),
+            ..App::default()
+        };
+        assert_eq!(
+            deployed(&loading, true),
+            "deployed slow: no version is live (state loading; see `meshd apps slow`)\n"
+        );
+        assert_eq!(
+            canary_started(&loading),
+            "slow: no canary is running; no version is live (state loading; see `meshd apps slow`)\n"
+        );
         assert_eq!(
             canary_started(&app),
             "canary of hello: version 9a8b7c6d5e4f serves 10% of requests, version 3f2a1b9c0d1e the rest\n"
