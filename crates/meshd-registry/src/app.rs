@@ -3,7 +3,7 @@
 use crate::Refused;
 use meshd_artifacts::{Digest, StoredVersion};
 use meshd_routes::Prefix;
-use meshd_tenant::AppVersion;
+use meshd_tenant::{AppVersion, InFlight};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -117,8 +117,9 @@ pub struct AppStatus {
     pub last_error: Option<(Refused, SystemTime)>,
     /// Whether a change of it is being compiled or checked right now.
     pub deploying: bool,
-    /// Versions of a removed app still finishing their requests.
-    pub draining: Vec<Arc<AppVersion>>,
+    /// The requests of a removed app's versions, still finishing (held
+    /// without the versions, so that their code is freed when they drain).
+    pub draining: Vec<Arc<InFlight>>,
 }
 
 impl AppStatus {
@@ -152,7 +153,7 @@ impl AppStatus {
 
     /// Whether versions of a removed app still have requests in flight.
     pub fn is_draining(&self) -> bool {
-        self.draining.iter().any(|v| v.in_flight().count() > 0)
+        self.draining.iter().any(|requests| requests.count() > 0)
     }
 
     /// Whether the app is gone: removed, and its versions drained. Such an
@@ -171,7 +172,7 @@ impl AppStatus {
             + self
                 .draining
                 .iter()
-                .map(|v| v.in_flight().count())
+                .map(|requests| requests.count())
                 .sum::<usize>()
     }
 }

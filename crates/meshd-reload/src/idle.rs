@@ -2,22 +2,25 @@
 //! dropped, so a burst of traffic does not pin their memory and pool slots
 //! for good.
 
-use arc_swap::ArcSwap;
-use meshd_server::Mounts;
+use meshd_registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Every so often (half of `ttl`, between 100 ms and 10 s), drops the reused
-/// instances of every mounted version that have been idle for `ttl`. Runs
-/// until dropped.
-pub async fn expire_idle_instances(mounts: Arc<ArcSwap<Mounts>>, ttl: Duration) {
+/// instances of every mounted version (live and canary) that have been idle
+/// for `ttl`. Runs until dropped.
+pub async fn expire_idle_instances(registry: Arc<Registry>, ttl: Duration) {
     let every = (ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mounts = mounts.load();
-        for (prefix, version) in mounts.iter() {
+        let apps = registry.load();
+        for (prefix, version) in apps
+            .routes
+            .iter()
+            .flat_map(|(prefix, mount)| mount.versions().map(move |v| (prefix, v)))
+        {
             let expired = version.expire_idle(ttl);
             if expired > 0 {
                 tracing::debug!(app = version.app(), %prefix, expired, "idle reused instances dropped");

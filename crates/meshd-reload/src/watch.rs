@@ -7,14 +7,13 @@
 //! still changing are held back from the pass, not the other way round: one
 //! app's writer never delays another's deploy.
 
-use crate::Deployer;
+use crate::DirSource;
 use meshd_apps::is_app_file;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,7 +23,7 @@ use tokio::time::Instant;
 const MAX_OPEN_WAIT: Duration = Duration::from_secs(10);
 
 /// A registered watch on the apps directory. Create it *before* the initial
-/// [`Deployer::reconcile`], so no change between that scan and
+/// [`DirSource::sync`], so no change between that scan and
 /// [`DirWatch::run`] is missed.
 pub struct DirWatch {
     dir: PathBuf,
@@ -59,16 +58,16 @@ impl DirWatch {
         }
     }
 
-    /// Calls [`Deployer::reconcile`] whenever an app's changed files have
+    /// Calls [`DirSource::sync`] whenever an app's changed files have
     /// settled for `settle`, and at once whenever `rescan` yields (SIGHUP).
     /// Readiness is per app: a pass loads the apps whose files are quiet and
-    /// holds back (with [`Deployer::reconcile_holding`]) those still being
+    /// holds back (with [`DirSource::sync_holding`]) those still being
     /// written, so one app's busy writer never delays another app's deploy
     /// or removal. A change pending for [`max_pending`] goes through even if
     /// its file is still changing. Returns when `shutdown` resolves.
     pub async fn run(
         mut self,
-        deployer: Arc<Deployer>,
+        mut source: DirSource,
         settle: Duration,
         mut rescan: mpsc::Receiver<()>,
         shutdown: impl Future<Output = ()>,
@@ -84,7 +83,7 @@ impl DirWatch {
                 Some(()) = rescan.recv() => {
                     tracing::info!("rescan requested");
                     pending = Pending::default();
-                    deployer.reconcile().await;
+                    source.sync().await;
                 }
                 Some(event) = events.recv() => match event {
                     Ok(event) => pending.note(event, Instant::now()),
@@ -100,7 +99,7 @@ impl DirWatch {
                         if !held.is_empty() {
                             tracing::debug!(held = ?held, "deploying the apps whose files settled; holding back those still changing");
                         }
-                        deployer.reconcile_holding(&held).await;
+                        source.sync_holding(&held).await;
                     }
                 }
             }

@@ -7,12 +7,11 @@
 //! pass through [`AccessLogged`] untouched: no allocation, no clock read.
 
 use crate::conn_watch::Abandon;
+use crate::dispatch::ServedBy;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body::{Body, Frame, SizeHint};
-use meshd_tenant::AppVersion;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -38,7 +37,7 @@ impl Arrival {
     }
 
     /// The entry, once the response head is known.
-    pub(crate) fn answered(self, status: u16, served_by: Option<Arc<AppVersion>>) -> Box<Entry> {
+    pub(crate) fn answered(self, status: u16, served_by: ServedBy) -> Box<Entry> {
         Box::new(Entry {
             arrival: self,
             status,
@@ -52,21 +51,22 @@ impl Arrival {
 pub(crate) struct Entry {
     arrival: Arrival,
     status: u16,
-    served_by: Option<Arc<AppVersion>>,
+    served_by: ServedBy,
     bytes: u64,
 }
 
 impl Entry {
     fn emit(&self, complete: bool) {
-        let (app, version) = match &self.served_by {
-            Some(version) => (version.app(), version.id()),
-            None => ("-", "-"),
+        let (app, version, side) = match &self.served_by {
+            Some((version, side)) => (version.app(), version.id(), side.as_str()),
+            None => ("-", "-", "-"),
         };
         let duration = self.arrival.started.elapsed();
         tracing::info!(
             target: ACCESS_TARGET,
             app,
             version,
+            side,
             method = %self.arrival.method,
             path = %self.arrival.path,
             status = self.status,

@@ -1,18 +1,14 @@
 //! From a request to the app that serves it: route by prefix, strip the
 //! prefix, and turn every failure into a short plain-text response.
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
-use meshd_routes::RouteTable;
+use meshd_registry::{Registry, Side};
 use meshd_tenant::{AppVersion, ServeError};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// The live mount table: which version of which app serves each prefix.
-pub type Mounts = RouteTable<Arc<AppVersion>>;
 
 /// The header that tells an app where it is mounted (absent for `/`).
 pub const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
@@ -21,22 +17,25 @@ pub const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
 /// meshd's own.
 pub type ResponseBody = Either<meshd_tenant::ResponseBody, Full<Bytes>>;
 
-/// Routes `req` through the current mounts and serves it. Never fails: every
-/// error becomes a response.
-pub async fn dispatch<B>(mounts: &ArcSwap<Mounts>, req: Request<B>) -> Response<ResponseBody>
+/// Routes `req` through the registry's current routes and serves it. Never
+/// fails: every error becomes a response.
+pub async fn dispatch<B>(registry: &Registry, req: Request<B>) -> Response<ResponseBody>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<meshd_tenant::BodyError>,
 {
-    dispatch_to(mounts, req).await.0
+    dispatch_to(registry, req).await.0
 }
+
+/// The version that served a request, and on which side of a canary split.
+pub(crate) type ServedBy = Option<(Arc<AppVersion>, Side)>;
 
 /// [`dispatch`], also saying which version served the request (`None` when
 /// meshd answered itself: no route, a refused path).
 pub(crate) async fn dispatch_to<B>(
-    mounts: &ArcSwap<Mounts>,
+    registry: &Registry,
     mut req: Request<B>,
-) -> (Response<ResponseBody>, Option<Arc<AppVersion>>)
+) -> (Response<ResponseBody>, ServedBy)
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<meshd_tenant::BodyError>,
@@ -52,9 +51,9 @@ where
         );
         return (resp, None);
     }
-    let (version, prefix_header) = {
-        let mounts = mounts.load();
-        let Some(route) = mounts.route(req.uri().path()) else {
+    let (version, side, prefix_header) = {
+        let apps = registry.peek();
+        let Some(route) = apps.routes.route(req.uri().path()) else {
             let resp = plain(
                 StatusCode::NOT_FOUND,
                 format!("no app is mounted at {}\n", req.uri().path()),
@@ -73,9 +72,10 @@ where
                 return (resp, None);
             }
         };
-        let version = route.value.clone();
+        let (version, side) = route.value.pick(req.headers());
+        let version = version.clone();
         *req.uri_mut() = uri;
-        (version, prefix_header)
+        (version, side, prefix_header)
     };
 
     // The prefix header is ours to set: a client must not spoof it.
@@ -93,7 +93,7 @@ where
     version
         .stats()
         .record(resp.status().as_u16(), started.elapsed());
-    (resp, Some(version))
+    (resp, Some((version, side)))
 }
 
 /// The same URI with its path replaced by what the app sees.

@@ -3,14 +3,14 @@
 
 use crate::access_log::{AccessLogged, Arrival};
 use crate::conn_watch::{Abandon, ConnWatch, Verdict, Watched};
-use crate::dispatch::{dispatch, dispatch_to, Mounts};
-use arc_swap::ArcSwap;
+use crate::dispatch::{dispatch, dispatch_to};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use meshd_registry::Registry;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,19 +69,19 @@ pub struct ClosedConnections {
 /// closed in time.
 pub async fn serve(
     listener: TcpListener,
-    mounts: Arc<ArcSwap<Mounts>>,
+    registry: Arc<Registry>,
     shutdown: impl Future<Output = ()>,
     config: ServeConfig,
 ) -> bool {
     let access_log = config.access_log;
     let handler = move |req: Request<Incoming>| {
-        let mounts = mounts.clone();
+        let registry = registry.clone();
         async move {
             if !access_log {
-                return dispatch(&mounts, req).await.map(AccessLogged::off);
+                return dispatch(&registry, req).await.map(AccessLogged::off);
             }
             let arrival = Arrival::of(&req);
-            let (resp, served_by) = dispatch_to(&mounts, req).await;
+            let (resp, served_by) = dispatch_to(&registry, req).await;
             let entry = arrival.answered(resp.status().as_u16(), served_by);
             resp.map(|body| AccessLogged::logged(body, entry))
         }
@@ -91,7 +91,7 @@ pub async fn serve(
 
 /// Serves `handler` on `listener` with the protections of `config`, until
 /// `shutdown`; see [`serve`]. `name` tells the listener's log lines apart.
-pub(crate) async fn serve_with<H, Fut, B>(
+pub async fn serve_with<H, Fut, B>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     config: &ServeConfig,

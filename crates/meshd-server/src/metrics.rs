@@ -2,13 +2,12 @@
 //! listener of its own (so no app's route can shadow it, and operators can
 //! keep it off the public interface).
 
-use crate::dispatch::Mounts;
 use crate::listen::{serve_with, ClosedConnections, ServeConfig};
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
+use meshd_registry::Side;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -19,9 +18,10 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Per-app figures of the versions in the mount table, read at each scrape.
+/// Per-app figures of the mounted versions (live and canary), read from the
+/// registry at each scrape.
 pub struct MountsCollector {
-    mounts: Arc<ArcSwap<Mounts>>,
+    registry: Arc<meshd_registry::Registry>,
 }
 
 impl std::fmt::Debug for MountsCollector {
@@ -31,9 +31,9 @@ impl std::fmt::Debug for MountsCollector {
 }
 
 impl MountsCollector {
-    /// A collector over the live mount table.
-    pub fn new(mounts: Arc<ArcSwap<Mounts>>) -> Self {
-        MountsCollector { mounts }
+    /// A collector over the registry's routes.
+    pub fn new(registry: Arc<meshd_registry::Registry>) -> Self {
+        MountsCollector { registry }
     }
 }
 
@@ -41,16 +41,24 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 impl Collector for MountsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mounts = self.mounts.load();
-        let versions: Vec<_> = mounts
-            .iter()
-            .map(|(_, version)| (version, version.stats().snapshot()))
-            .collect();
-        let labels = |v: &meshd_tenant::AppVersion| {
-            [("app", v.app().to_owned()), ("version", v.id().to_owned())]
+        let apps = self.registry.load();
+        let mut versions = Vec::new();
+        for (_, mount) in apps.routes.iter() {
+            versions.push((&mount.live, Side::Live, mount.live.stats().snapshot()));
+            if let Some(canary) = &mount.canary {
+                let stats = canary.version.stats().snapshot();
+                versions.push((&canary.version, Side::Canary, stats));
+            }
+        }
+        let labels = |v: &meshd_tenant::AppVersion, side: Side| {
+            [
+                ("app", v.app().to_owned()),
+                ("version", v.id().to_owned()),
+                ("side", side.as_str().to_owned()),
+            ]
         };
 
-        let gauge = ConstGauge::new(versions.len() as i64);
+        let gauge = ConstGauge::new(apps.routes.len() as i64);
         let metric = encoder.encode_descriptor(
             "meshd_apps_mounted",
             "Apps in the mount table",
@@ -65,10 +73,10 @@ impl Collector for MountsCollector {
             None,
             MetricType::Counter,
         )?;
-        for (version, stats) in &versions {
+        for (version, side, stats) in &versions {
             for (class, count) in STATUS_CLASSES.iter().zip(stats.responses) {
-                let [app, id] = labels(version);
-                let set = [app, id, ("status", (*class).to_owned())];
+                let [app, id, side] = labels(version, *side);
+                let set = [app, id, side, ("status", (*class).to_owned())];
                 ConstCounter::new(count).encode(metric.encode_family(&set)?)?;
             }
         }
@@ -79,8 +87,8 @@ impl Collector for MountsCollector {
             None,
             MetricType::Histogram,
         )?;
-        for (version, stats) in &versions {
-            let set = labels(version);
+        for (version, side, stats) in &versions {
+            let set = labels(version, *side);
             metric.encode_family(&set)?.encode_histogram::<NoLabelSet>(
                 stats.latency_sum,
                 stats.latency_count,
@@ -95,8 +103,8 @@ impl Collector for MountsCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (version, _) in &versions {
-            let set = labels(version);
+        for (version, side, _) in &versions {
+            let set = labels(version, *side);
             let count = version.in_flight().count() as i64;
             ConstGauge::new(count).encode(metric.encode_family(&set)?)?;
         }
@@ -107,8 +115,8 @@ impl Collector for MountsCollector {
             None,
             MetricType::Counter,
         )?;
-        for (version, _) in &versions {
-            let set = labels(version);
+        for (version, side, _) in &versions {
+            let set = labels(version, *side);
             let dropped = version.log_lines_dropped();
             ConstCounter::new(dropped).encode(metric.encode_family(&set)?)?;
         }
@@ -119,8 +127,8 @@ impl Collector for MountsCollector {
             None,
             MetricType::Counter,
         )?;
-        for (version, _) in &versions {
-            let set = labels(version);
+        for (version, side, _) in &versions {
+            let set = labels(version, *side);
             let (ran, _) = version.cpu_time();
             ConstCounter::new(ran.as_secs_f64()).encode(metric.encode_family(&set)?)?;
         }
@@ -131,8 +139,8 @@ impl Collector for MountsCollector {
             None,
             MetricType::Counter,
         )?;
-        for (version, _) in &versions {
-            let set = labels(version);
+        for (version, side, _) in &versions {
+            let set = labels(version, *side);
             let (_, held) = version.cpu_time();
             ConstCounter::new(held.as_secs_f64()).encode(metric.encode_family(&set)?)?;
         }

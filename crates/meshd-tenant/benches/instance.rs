@@ -63,8 +63,9 @@ fn bench(c: &mut Criterion) {
         kv,
     )
     .expect("runtime");
-    let version =
-        Arc::new(load_version(&runtime, "hello", &hello_wasm(), settings()).expect("hello loads"));
+    let version = Arc::new(
+        load_version(&runtime, "hello", "hello", &hello_wasm(), settings()).expect("hello loads"),
+    );
 
     let mut group = c.benchmark_group("per_request");
     group.bench_function("instantiate", |b| {

@@ -48,6 +48,7 @@ pub enum LoadError {
 pub fn load_version(
     runtime: &Arc<Runtime>,
     app: &str,
+    id: &str,
     wasm: &[u8],
     settings: TenantSettings,
 ) -> Result<AppVersion, LoadError> {
@@ -72,7 +73,6 @@ pub fn load_version(
         .instantiate_pre(&code.0)
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
     let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp(format!("{e:#}")))?;
-    let id = digest.to_hex()[..12].to_owned();
     if let CacheOutcome::Replaced(reason) = &cache {
         tracing::warn!(app = %app, version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
     }
@@ -84,7 +84,7 @@ pub fn load_version(
     };
     Ok(AppVersion::new(
         Arc::from(app),
-        id,
+        id.to_owned(),
         runtime.clone(),
         compiled,
         settings,

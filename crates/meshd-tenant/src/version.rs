@@ -258,8 +258,9 @@ impl AppVersion {
         &self.app
     }
 
-    /// The version's identity: the first 12 hex digits of the BLAKE3 hash of
-    /// its `.wasm`.
+    /// The version's identity, as its loader named it (meshd: the first 12
+    /// hex digits of the SHA-256 digest of its `.wasm`, as in the artifact
+    /// store).
     pub fn id(&self) -> &str {
         &self.id
     }

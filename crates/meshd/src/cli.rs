@@ -43,6 +43,11 @@ pub struct Args {
     #[arg(long, env = "MESHD_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// How many versions of each app the artifact store (in the data
+    /// directory) keeps for rollback, the live one included.
+    #[arg(long, env = "MESHD_KEEP_VERSIONS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000), value_name = "N")]
+    pub keep_versions: u16,
+
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
     /// before meshd exits anyway.
     #[arg(long, env = "MESHD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]

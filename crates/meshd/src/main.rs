@@ -12,7 +12,7 @@ mod service;
 mod signals;
 
 use anyhow::{bail, Context as _, Result};
-use meshd_reload::{Deployer, ReloadConfig};
+use meshd_reload::{DirSource, Pipeline, ReloadConfig};
 use meshd_tenant::{Runtime, RuntimeConfig};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -223,7 +223,17 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         "tenant runtime ready"
     );
 
-    let deployer = Arc::new(Deployer::new(
+    let registry = Arc::new(meshd_registry::Registry::new());
+    let artifacts_dir = args.data_dir().join("artifacts");
+    let store =
+        meshd_artifacts::ArtifactStore::open(&artifacts_dir, usize::from(args.keep_versions))
+            .with_context(|| {
+                format!(
+                    "cannot open the artifact store in {}",
+                    artifacts_dir.display()
+                )
+            })?;
+    let (pipeline, deploys) = Pipeline::new(
         runtime.clone(),
         ReloadConfig {
             apps_dir: args.apps.clone(),
@@ -235,11 +245,24 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
             max_wasm_size: args.max_wasm_size.as_u64(),
             holdings_file: Some(args.data_dir().join("holdings.json")),
         },
-    ));
+        registry.clone(),
+        Some(store),
+    );
+    let deploy_totals = pipeline.totals();
+    // The single writer of the registry; it first restores the apps the
+    // admin API deployed before the last stop.
+    let pipeline = tokio::spawn(pipeline.run());
+    let mut dir_source = DirSource::new(
+        &args.apps,
+        deploys.clone(),
+        registry.clone(),
+        args.max_wasm_size.as_u64(),
+    );
     // Watch before the first scan, so nothing that changes in between is
     // missed.
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
-    let summary = deployer.reconcile().await;
+    let summary = dir_source.sync().await;
+    registry.startup().finish();
 
     let serve_config = meshd_server::ServeConfig {
         shutdown_timeout: args.shutdown_timeout,
@@ -255,7 +278,8 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         Some(addr) => Some(
             metrics::start(
                 addr,
-                &deployer,
+                &registry,
+                &deploy_totals,
                 &runtime,
                 signals.shutdown.clone(),
                 &serve_config,
@@ -290,26 +314,27 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
 
     let shutdown = signals.shutdown.clone();
     let watcher = tokio::spawn(dir_watch.run(
-        deployer.clone(),
+        dir_source,
         args.settle,
         signals.rescan,
         shutdown.clone().cancelled_owned(),
     ));
 
     let expiry = tokio::spawn(meshd_reload::expire_idle_instances(
-        deployer.mounts(),
+        registry.clone(),
         args.reuse_idle_timeout,
     ));
 
     let all_closed = meshd_server::serve(
         listener,
-        deployer.mounts(),
+        registry.clone(),
         shutdown.cancelled_owned(),
         serve_config,
     )
     .await;
     watcher.abort();
     expiry.abort();
+    pipeline.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }

@@ -4,7 +4,8 @@
 //! connection code (timeouts, a connection cap).
 
 use anyhow::{Context as _, Result};
-use meshd_reload::Deployer;
+use meshd_registry::Registry as AppRegistry;
+use meshd_reload::DeployTotals;
 use meshd_server::ServeConfig;
 use meshd_tenant::Runtime;
 use prometheus_client::collector::Collector;
@@ -22,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// timeouts of the front door's `serve_config`.
 pub async fn start(
     addr: SocketAddr,
-    deployer: &Arc<Deployer>,
+    apps: &Arc<AppRegistry>,
+    deploys: &Arc<DeployTotals>,
     runtime: &Arc<Runtime>,
     shutdown: CancellationToken,
     serve_config: &ServeConfig,
@@ -32,10 +34,8 @@ pub async fn start(
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     let bound = listener.local_addr()?;
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(meshd_server::MountsCollector::new(
-        deployer.mounts(),
-    )));
-    registry.register_collector(Box::new(DeployCollector(deployer.clone())));
+    registry.register_collector(Box::new(meshd_server::MountsCollector::new(apps.clone())));
+    registry.register_collector(Box::new(DeployCollector(deploys.clone())));
     registry.register_collector(Box::new(MemoryCollector(runtime.clone())));
     registry.register_collector(Box::new(meshd_server::ClosedConnectionsCollector::new(
         serve_config.closed.clone(),
@@ -87,8 +87,8 @@ impl Collector for MemoryCollector {
     }
 }
 
-/// `meshd_deploys_total{result}`: what every reconcile pass did.
-struct DeployCollector(Arc<Deployer>);
+/// `meshd_deploys_total{result}`: what the deploy pipeline did.
+struct DeployCollector(Arc<DeployTotals>);
 
 impl std::fmt::Debug for DeployCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,10 +98,10 @@ impl std::fmt::Debug for DeployCollector {
 
 impl Collector for DeployCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let totals = self.0.totals();
+        let totals = self.0.get();
         let mut metric = encoder.encode_descriptor(
             "meshd_deploys",
-            "App files handled by the reload machinery: new versions deployed, new files refused, apps removed",
+            "Changes handled by the deploy pipeline: new versions deployed, new versions refused, apps removed",
             None,
             MetricType::Counter,
         )?;

@@ -1,0 +1,152 @@
+//! The admin HTTP API of meshd (`--admin ADDR`): JSON over its own listener,
+//! never the public port.
+//!
+//! It reads apps from the [`meshd_registry::Registry`] (never waiting for a
+//! deploy in progress) and changes them only through the deploy pipeline
+//! ([`meshd_reload::PipelineHandle`]), as the source `Origin::Api`; each
+//! change's answer comes after the pipeline has decided it.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `{"status":"ok"}` |
+//! | `GET /readyz` | 200 once the first load is decided, else 503; `{"ready","loaded","total"}` |
+//! | `GET /metrics` | the OpenMetrics text of `--metrics-listen` |
+//! | `GET /v1/apps` | `{"apps":[AppJson...]}` |
+//! | `GET /v1/apps/NAME` | [`view::AppJson`], 404 |
+//! | `PUT /v1/apps/NAME` (wasm, or multipart `wasm` + `manifest`) | 201 deployed, 200 unchanged; 413, 422 |
+//! | `DELETE /v1/apps/NAME` | `{"removed":"NAME"}` |
+//! | `POST /v1/apps/NAME/rollback` (optional `{"version"}`) | 200 |
+//! | `POST /v1/apps/NAME/canary?percent=P` (an upload, or JSON `{"version","percent"}`) | 201 |
+//! | `POST /v1/apps/NAME/promote`, `.../abort` | 200 |
+//!
+//! Every answer is JSON (errors: `{"error":{"kind","message"}}`);
+//! docs/admin-api.md has the details. With a [`Token`], every request needs
+//! `Authorization: Bearer <token>`, or gets 401 and changes nothing.
+//! [`serve`] runs the API on meshd's hardened accept loop
+//! ([`meshd_server::serve_with`]): the front door's timeouts, and a cap of
+//! [`MAX_ADMIN_CONNECTIONS`].
+#![deny(missing_docs)]
+
+mod apps;
+mod auth;
+mod error;
+mod probes;
+mod upload;
+pub mod view;
+
+pub use auth::{check_exposure, Token};
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use error::ApiError;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use meshd_server::ServeConfig;
+use std::future::Future;
+use std::sync::Arc;
+use tower::ServiceExt as _;
+
+/// Most connections the admin listener keeps open at once: a few operators
+/// and scripts, and no more (as the metrics listener), so a flood of
+/// connections cannot take meshd's file descriptors.
+pub const MAX_ADMIN_CONNECTIONS: usize = meshd_server::MAX_METRICS_CONNECTIONS;
+
+/// What the admin API works with.
+pub struct AdminState {
+    /// Where changes go.
+    pub pipeline: meshd_reload::PipelineHandle,
+    /// Where apps are read from.
+    pub registry: Arc<meshd_registry::Registry>,
+    /// What `GET /metrics` shows.
+    pub metrics: Arc<prometheus_client::registry::Registry>,
+    /// The token every request must present (`None`: no check; only for a
+    /// loopback address, see [`check_exposure`]).
+    pub token: Option<Token>,
+    /// Largest `.wasm` an upload may carry (`--max-wasm-size`), in bytes.
+    pub max_wasm_size: u64,
+}
+
+/// The admin API as a service, to serve with [`serve`] or call directly
+/// (`tower::ServiceExt::oneshot`) in tests.
+pub fn router(state: AdminState) -> Router {
+    let state = Arc::new(state);
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
+        .route("/v1/apps", get(apps::list))
+        .route(
+            "/v1/apps/{name}",
+            get(apps::get).put(apps::put).delete(apps::remove),
+        )
+        .route("/v1/apps/{name}/rollback", post(apps::rollback))
+        .route("/v1/apps/{name}/canary", post(apps::canary))
+        .route("/v1/apps/{name}/promote", post(apps::promote))
+        .route("/v1/apps/{name}/abort", post(apps::abort))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Uploads enforce their own limits while reading (upload.rs).
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state)
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves, with the
+/// protections of `front_door` (timeouts; HTTP/1.1 and h2c) and at most
+/// [`MAX_ADMIN_CONNECTIONS`] connections. Returns `true` if every
+/// connection closed within the shutdown timeout.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()>,
+    front_door: &ServeConfig,
+) -> bool {
+    let config = ServeConfig {
+        max_connections: MAX_ADMIN_CONNECTIONS,
+        closed: Arc::default(),
+        access_log: false,
+        ..front_door.clone()
+    };
+    let app = router(state);
+    let handler = move |request: Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move { answer(app, request).await }
+    };
+    meshd_server::serve_with(listener, shutdown, &config, "admin", handler).await
+}
+
+/// Runs one request through the router. Admin answers are small: they are
+/// collected whole, into a body the accept loop can watch.
+async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let response = match app.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    match body.collect().await {
+        Ok(collected) => Response::from_parts(parts, Full::new(collected.to_bytes())),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot produce an admin answer");
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
+}
+
+async fn not_found(uri: http::Uri) -> impl IntoResponse {
+    ApiError::not_found(format!(
+        "no endpoint at {}; the API is under /v1/apps (see docs/admin-api.md)",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> impl IntoResponse {
+    ApiError::method_not_allowed(format!("{} does not take {method}", uri.path()))
+}

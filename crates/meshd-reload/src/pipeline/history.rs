@@ -1,0 +1,306 @@
+//! The versions each app keeps in the artifact store: recorded when they go
+//! live, read for rollbacks, and read at start-up to bring back the apps
+//! the admin API deployed.
+
+use super::prepare::{put_spec, Deployed};
+use super::Pipeline;
+use crate::change::AppSpec;
+use meshd_artifacts::{ArtifactStore, Digest, StoredVersion};
+use meshd_registry::{Origin, Refused};
+use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot};
+
+/// One write to the artifact store. All writes go through one queue, in
+/// order, so that a removal and a later deploy of the same name never swap.
+pub(super) struct Job {
+    app: String,
+    kind: JobKind,
+    /// Where the outcome goes for a write the pipeline waits for; without
+    /// it the new kept list comes back through the pipeline's updates.
+    done: Option<oneshot::Sender<Result<Vec<StoredVersion>, String>>>,
+}
+
+enum JobKind {
+    /// Store the bytes (if given and missing), then record the version.
+    Record(Option<Box<AppSpec>>, StoredVersion),
+    /// Forget the app's versions.
+    Forget,
+}
+
+/// A new kept list of an app, written in the background.
+pub(super) type KeptUpdate = (String, Vec<StoredVersion>);
+
+/// Runs the store's writes one after another until the pipeline goes away.
+pub(super) async fn write_history(
+    store: ArtifactStore,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    updates: mpsc::UnboundedSender<KeptUpdate>,
+) {
+    while let Some(Job { app, kind, done }) = jobs.recv().await {
+        let store = store.clone();
+        let name = app.clone();
+        let outcome = tokio::task::spawn_blocking(move || match kind {
+            JobKind::Record(spec, version) => {
+                if let Some(spec) = &spec {
+                    put_spec(&store, spec, &version.wasm, version.manifest.as_ref())?;
+                }
+                record(&store, &name, version)
+            }
+            JobKind::Forget => store.forget(&name).map(|()| Vec::new()),
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|written| written.map_err(|e| e.to_string()));
+        match done {
+            Some(done) => {
+                let _ = done.send(outcome);
+            }
+            None => match outcome {
+                Ok(kept) => {
+                    let _ = updates.send((app, kept));
+                }
+                Err(e) => {
+                    tracing::warn!(app = %app, error = %e, "cannot keep the version in the artifact store; it serves, but cannot be rolled back to");
+                }
+            },
+        }
+    }
+}
+
+impl Pipeline {
+    /// Records each version that went live as its app's newest kept
+    /// version (unless it already is). Versions from the directory are
+    /// stored in the background, bytes included (`specs`); the others'
+    /// bytes are stored already, and their record is waited for, so that a
+    /// deploy answered as done survives a restart.
+    pub(super) async fn keep_history(
+        &mut self,
+        went_live: &[(String, Deployed, Option<String>)],
+        specs: &HashMap<String, AppSpec>,
+    ) {
+        let Some(jobs) = self.history.clone() else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        for (name, deployed, _) in went_live {
+            let Some(origin) = self.apps.get(name).map(|e| e.origin) else {
+                continue;
+            };
+            let version = stored(deployed, origin);
+            if origin == Origin::Dir {
+                let spec = specs.get(name).cloned().map(Box::new);
+                let job = Job {
+                    app: name.clone(),
+                    kind: JobKind::Record(spec, version),
+                    done: None,
+                };
+                let _ = jobs.send(job);
+            } else {
+                let (done, outcome) = oneshot::channel();
+                let job = Job {
+                    app: name.clone(),
+                    kind: JobKind::Record(None, version),
+                    done: Some(done),
+                };
+                if jobs.send(job).is_ok() {
+                    waiting.push((name.clone(), outcome));
+                }
+            }
+        }
+        for (name, outcome) in waiting {
+            match outcome.await {
+                Ok(Ok(kept)) => {
+                    if let Some(entry) = self.apps.get_mut(&name) {
+                        entry.kept = kept;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(app = %name, error = %e, "cannot record the version in the artifact store; it serves, but a restart or rollback may not find it")
+                }
+                Err(_) => tracing::warn!(app = %name, "the artifact store writer stopped"),
+            }
+        }
+    }
+
+    /// Forgets every kept version of `name` (it was removed), in order
+    /// with the writes before it.
+    pub(super) fn forget_history(&self, name: &str) {
+        if let Some(jobs) = &self.history {
+            let _ = jobs.send(Job {
+                app: name.to_owned(),
+                kind: JobKind::Forget,
+                done: None,
+            });
+        }
+    }
+
+    /// Takes in kept lists written in the background.
+    pub(super) fn take_kept(&mut self, (name, kept): KeptUpdate) {
+        if let Some(entry) = self.apps.get_mut(&name) {
+            if entry.live.is_some() {
+                entry.kept = kept;
+            }
+        }
+    }
+
+    /// The spec of a kept version of `name`: `to` (a digest or its first 12
+    /// hex digits), or the one before `current`.
+    pub(super) async fn kept_spec(
+        &self,
+        name: &str,
+        origin: Origin,
+        to: Option<&str>,
+        current: Option<&Deployed>,
+    ) -> Result<AppSpec, Refused> {
+        let store = self
+            .store
+            .clone()
+            .ok_or_else(|| Refused::Store("meshd runs without an artifact store".into()))?;
+        let app = name.to_owned();
+        let kept = tokio::task::spawn_blocking(move || store.versions(&app))
+            .await
+            .map_err(|e| Refused::Internal(e.to_string()))?
+            .map_err(|e| Refused::Store(e.to_string()))?;
+        let target = match to {
+            Some(wanted) => {
+                let wanted = wanted.strip_prefix("sha256:").unwrap_or(wanted);
+                let matches: Vec<&StoredVersion> = kept
+                    .iter()
+                    .filter(|v| wanted.len() >= 12 && v.wasm.to_hex().starts_with(wanted))
+                    .collect();
+                // The newest of that code (its manifest may have changed).
+                matches
+                    .last()
+                    .copied()
+                    .cloned()
+                    .ok_or_else(|| Refused::NoSuchVersion {
+                        app: name.to_owned(),
+                        version: wanted.to_owned(),
+                    })?
+            }
+            None => {
+                let current = current.ok_or_else(|| Refused::NothingToRollBack(name.to_owned()))?;
+                let at = kept.iter().rposition(|v| {
+                    v.wasm == current.digest && v.manifest == current.manifest_digest
+                });
+                match at {
+                    Some(at) if at > 0 => kept[at - 1].clone(),
+                    _ => return Err(Refused::NothingToRollBack(name.to_owned())),
+                }
+            }
+        };
+        let store = self.store.clone().ok_or(Refused::Stopped)?;
+        let app = name.to_owned();
+        tokio::task::spawn_blocking(move || spec_of(&store, &app, origin, &target))
+            .await
+            .map_err(|e| Refused::Internal(e.to_string()))?
+    }
+
+    /// Deploys again every app whose newest kept version came from the
+    /// admin API: those live nowhere else.
+    pub(super) async fn restore(&mut self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let specs = tokio::task::spawn_blocking(move || restorable(&store))
+            .await
+            .unwrap_or_default();
+        if specs.is_empty() {
+            return;
+        }
+        tracing::info!(
+            apps = specs.len(),
+            "restoring the apps deployed through the admin API"
+        );
+        for batch in specs.chunks(super::MAX_BATCH_APPS) {
+            self.deploy(batch.to_vec()).await;
+        }
+    }
+}
+
+fn stored(d: &Deployed, origin: Origin) -> StoredVersion {
+    StoredVersion {
+        wasm: d.digest,
+        manifest: d.manifest_digest,
+        deployed_at: d.deployed_at,
+        origin: origin.as_str().to_owned(),
+    }
+}
+
+/// Records `version` unless it is the newest already (a restart, or an
+/// unchanged file): no write for what is known.
+fn record(
+    store: &ArtifactStore,
+    app: &str,
+    version: StoredVersion,
+) -> Result<Vec<StoredVersion>, meshd_artifacts::StoreError> {
+    let kept = store.versions(app)?;
+    if kept
+        .last()
+        .is_some_and(|newest| newest.same_content(&version))
+    {
+        return Ok(kept);
+    }
+    store.record(app, version)
+}
+
+/// A spec for a kept version, from its blobs.
+fn spec_of(
+    store: &ArtifactStore,
+    app: &str,
+    origin: Origin,
+    version: &StoredVersion,
+) -> Result<AppSpec, Refused> {
+    let bad = |e: meshd_artifacts::StoreError| Refused::Store(e.to_string());
+    let wasm = store.get(&version.wasm).map_err(bad)?;
+    let manifest = version
+        .manifest
+        .as_ref()
+        .map(|digest: &Digest| store.get(digest))
+        .transpose()
+        .map_err(bad)?
+        .map(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|_| Refused::Store(format!("the kept manifest of app {app} is not UTF-8")))
+        })
+        .transpose()?;
+    Ok(AppSpec {
+        name: app.to_owned(),
+        origin,
+        wasm: wasm.into(),
+        manifest_label: manifest
+            .as_ref()
+            .map(|_| format!("manifest of kept version {}", version.wasm.short())),
+        manifest,
+        wasm_label: format!("kept version {}", version.wasm.short()),
+    })
+}
+
+/// The specs of the apps whose newest kept version came from the API.
+fn restorable(store: &ArtifactStore) -> Vec<AppSpec> {
+    let apps = match store.apps() {
+        Ok(apps) => apps,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the artifact store; apps deployed through the admin API are not restored");
+            return Vec::new();
+        }
+    };
+    let mut specs = Vec::new();
+    for app in apps {
+        let newest = match store.versions(&app) {
+            Ok(kept) => kept.last().cloned(),
+            Err(e) => {
+                tracing::error!(app = %app, error = %e, "cannot read the app's kept versions; not restored");
+                continue;
+            }
+        };
+        let Some(newest) = newest.filter(|v| v.origin == Origin::Api.as_str()) else {
+            continue;
+        };
+        match spec_of(store, &app, Origin::Api, &newest) {
+            Ok(spec) => specs.push(spec),
+            Err(e) => tracing::error!(app = %app, "cannot restore the app: {e}"),
+        }
+    }
+    specs
+}

@@ -1,0 +1,498 @@
+//! The deploy pipeline: the one task that changes what meshd serves.
+//!
+//! Every source sends [`Change`]s through a [`PipelineHandle`]; the
+//! [`Pipeline`] applies them one at a time: it validates and compiles a new
+//! version ([`prepare`]), instantiates it and runs its health check
+//! ([`check`]), decides who gets which route ([`table`]), keeps its bytes
+//! in the artifact store ([`history`]), publishes the new state to the
+//! [`Registry`] in one atomic step, and drains what it replaced. Each change
+//! is answered with what happened or a typed [`Refused`]. Readers of the
+//! registry never wait for any of this.
+
+mod check;
+mod history;
+mod operations;
+mod prepare;
+mod publish;
+mod table;
+
+use crate::change::{AppSpec, Applied, Change, PipelineHandle, Request};
+use crate::drain::retire;
+use crate::holdings::Holdings;
+use crate::progress::LoadProgress;
+use crate::ReloadConfig;
+use meshd_artifacts::{ArtifactStore, StoredVersion};
+use meshd_registry::{Origin, Refused, Registry};
+use meshd_tenant::{InFlight, Runtime};
+use prepare::Deployed;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{mpsc, Semaphore};
+
+/// How many changes may wait for the pipeline before senders wait too.
+const QUEUE: usize = 64;
+
+/// Apps are prepared in batches of at most this many at once...
+const MAX_BATCH_APPS: usize = 1024;
+
+/// What all changes so far did, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct DeployTotals {
+    deployed: AtomicU64,
+    refused: AtomicU64,
+    removed: AtomicU64,
+}
+
+/// A copy of [`DeployTotals`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// New versions that went live.
+    pub deployed: u64,
+    /// New versions refused (a previous version, if any, kept serving).
+    pub refused: u64,
+    /// Apps unmounted and forgotten.
+    pub removed: u64,
+}
+
+impl DeployTotals {
+    /// The totals now.
+    pub fn get(&self) -> Totals {
+        Totals {
+            deployed: self.deployed.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            removed: self.removed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, outcome: &Result<Applied, Refused>) {
+        let counter = match outcome {
+            Ok(Applied::Deployed) => &self.deployed,
+            Ok(Applied::Removed) => &self.removed,
+            Err(refusal) if refusal.is_about_the_app() => &self.refused,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A canary in progress.
+struct Trial {
+    deployed: Deployed,
+    percent: u8,
+    sticky_header: Option<http::HeaderName>,
+    /// Its bytes, to keep them in the store when it is promoted.
+    spec: AppSpec,
+}
+
+/// What the pipeline knows of one app.
+struct Entry {
+    origin: Origin,
+    live: Option<Deployed>,
+    canary: Option<Trial>,
+    last_error: Option<(Refused, SystemTime)>,
+    deploying: bool,
+    draining: Vec<Arc<InFlight>>,
+    kept: Vec<StoredVersion>,
+    /// The route its last attempt asked for (shown while it is not live).
+    asked_route: Option<meshd_routes::Prefix>,
+}
+
+impl Entry {
+    fn new(origin: Origin) -> Self {
+        Entry {
+            origin,
+            live: None,
+            canary: None,
+            last_error: None,
+            deploying: false,
+            draining: Vec::new(),
+            kept: Vec::new(),
+            asked_route: None,
+        }
+    }
+
+    /// Whether nothing is left of it: no version, no error to show, no
+    /// request still draining.
+    fn is_gone(&self) -> bool {
+        self.live.is_none()
+            && !self.deploying
+            && self.last_error.is_none()
+            && self.draining.iter().all(|requests| requests.count() == 0)
+    }
+
+    /// Whether another source may take the name: nothing of it serves or
+    /// is being deployed.
+    fn is_claimed(&self) -> bool {
+        self.live.is_some() || self.deploying
+    }
+}
+
+/// The single writer of the [`Registry`].
+pub struct Pipeline {
+    runtime: Arc<Runtime>,
+    config: Arc<ReloadConfig>,
+    registry: Arc<Registry>,
+    store: Option<ArtifactStore>,
+    apps: BTreeMap<String, Entry>,
+    /// Who held what after the last change (at start-up: as saved).
+    holdings: Holdings,
+    totals: Arc<DeployTotals>,
+    requests: mpsc::Receiver<Request>,
+    /// The queue of writes to the artifact store (`None`: no store).
+    history: Option<mpsc::UnboundedSender<history::Job>>,
+    /// Kept lists written in the background, coming back.
+    kept_updates: mpsc::UnboundedReceiver<history::KeptUpdate>,
+    /// The writer's ends of those two queues, until `run` starts it.
+    writer: Option<(
+        mpsc::UnboundedReceiver<history::Job>,
+        mpsc::UnboundedSender<history::KeptUpdate>,
+    )>,
+}
+
+impl Pipeline {
+    /// A pipeline publishing to `registry`, keeping versions in `store`,
+    /// and the handle sources send their changes through.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        config: ReloadConfig,
+        registry: Arc<Registry>,
+        store: Option<ArtifactStore>,
+    ) -> (Pipeline, PipelineHandle) {
+        let holdings = config
+            .holdings_file
+            .as_deref()
+            .map(Holdings::load)
+            .unwrap_or_default();
+        let (sender, requests) = mpsc::channel(QUEUE);
+        let (history, jobs) = mpsc::unbounded_channel();
+        let (updates, kept_updates) = mpsc::unbounded_channel();
+        let pipeline = Pipeline {
+            history: store.is_some().then_some(history),
+            kept_updates,
+            writer: Some((jobs, updates)),
+            runtime,
+            config: Arc::new(config),
+            registry,
+            store,
+            apps: BTreeMap::new(),
+            holdings,
+            totals: Arc::default(),
+            requests,
+        };
+        (pipeline, PipelineHandle::new(sender))
+    }
+
+    /// The deploy counters, for the metrics endpoint.
+    pub fn totals(&self) -> Arc<DeployTotals> {
+        self.totals.clone()
+    }
+
+    /// Brings back the apps the admin API deployed (from the artifact
+    /// store), then applies changes as they come, until every handle is
+    /// dropped.
+    pub async fn run(mut self) {
+        if let (Some(store), Some((jobs, updates))) = (self.store.clone(), self.writer.take()) {
+            tokio::spawn(history::write_history(store, jobs, updates));
+        }
+        self.restore().await;
+        loop {
+            tokio::select! {
+                request = self.requests.recv() => {
+                    let Some(Request { change, reply }) = request else { return };
+                    let outcome = self.apply(change).await;
+                    // The sender may have given up waiting: no matter.
+                    let _ = reply.send(outcome);
+                }
+                Some(update) = self.kept_updates.recv() => {
+                    self.take_kept(update);
+                    // Take in all that came, then publish once.
+                    while let Ok(update) = self.kept_updates.try_recv() {
+                        self.take_kept(update);
+                    }
+                    self.publish();
+                }
+            }
+        }
+    }
+
+    async fn apply(&mut self, change: Change) -> Result<Applied, Refused> {
+        match change {
+            Change::Upsert(spec) => {
+                let name = spec.name.clone();
+                let mut outcomes = self.deploy(vec![spec]).await;
+                outcomes
+                    .remove(&name)
+                    .unwrap_or_else(|| Err(Refused::Internal("no outcome".into())))
+            }
+            Change::Remove { name, origin } => self.remove_by(&name, origin).await,
+            Change::Snapshot(snapshot) => Ok(Applied::Snapshot(self.snapshot(snapshot).await)),
+            Change::Rollback { name, origin, to } => self.rollback(&name, origin, to).await,
+            Change::Canary {
+                name,
+                origin,
+                from,
+                percent,
+                sticky_header,
+            } => {
+                self.canary(&name, origin, from, percent, sticky_header)
+                    .await
+            }
+            Change::Promote { name, origin } => self.promote(&name, origin).await,
+            Change::Abort { name, origin } => self.abort(&name, origin).await,
+        }
+    }
+
+    /// The entry of `name` if `origin` may change it.
+    fn owned(&self, name: &str, origin: Origin) -> Result<&Entry, Refused> {
+        let entry = self
+            .apps
+            .get(name)
+            .filter(|e| e.is_claimed() || e.last_error.is_some())
+            .ok_or_else(|| Refused::NotFound(name.to_owned()))?;
+        if entry.origin != origin {
+            return Err(Refused::OriginConflict {
+                app: name.to_owned(),
+                owner: entry.origin,
+                asked: origin,
+            });
+        }
+        Ok(entry)
+    }
+
+    /// Deploys `specs` together: each is prepared and checked, then all that
+    /// passed are placed and go live in one switch of the table.
+    async fn deploy(&mut self, specs: Vec<AppSpec>) -> BTreeMap<String, Result<Applied, Refused>> {
+        let mut outcomes = BTreeMap::new();
+        let mut accepted = Vec::new();
+        for spec in specs {
+            match self.apps.get(&spec.name) {
+                Some(entry) if entry.origin != spec.origin && entry.is_claimed() => {
+                    let refusal = Refused::OriginConflict {
+                        app: spec.name.clone(),
+                        owner: entry.origin,
+                        asked: spec.origin,
+                    };
+                    tracing::error!(app = %spec.name, "app not loaded: {refusal}");
+                    outcomes.insert(spec.name, Err(refusal));
+                }
+                _ => accepted.push(spec),
+            }
+        }
+        if accepted.is_empty() {
+            return outcomes;
+        }
+        for spec in &accepted {
+            let entry = self
+                .apps
+                .entry(spec.name.clone())
+                .or_insert_with(|| Entry::new(spec.origin));
+            entry.origin = spec.origin;
+            entry.deploying = true;
+        }
+        if !self.registry.startup().progress().done {
+            self.registry.startup().expect(accepted.len());
+        }
+        self.publish();
+
+        let mut candidates = self.prepare_all(&accepted).await;
+        let specs: HashMap<String, AppSpec> = accepted
+            .into_iter()
+            .map(|spec| (spec.name.clone(), spec))
+            .collect();
+        let new: Vec<(String, Deployed)> = candidates
+            .iter()
+            .filter_map(|(name, c)| c.as_ref().ok().map(|d| (name, d)))
+            .filter(|(name, d)| !self.is_live_version(name, d))
+            .map(|(name, d)| (name.clone(), d.clone()))
+            .collect();
+        let failed = check::check_all(
+            new,
+            self.runtime.config().max_instances,
+            self.config.health_timeout,
+        )
+        .await;
+        for (name, refusal) in failed {
+            candidates.insert(name, Err(refusal));
+        }
+
+        // Every app that has or wants a version, with its options.
+        let placement = {
+            let mut wants: BTreeMap<String, Vec<&Deployed>> = BTreeMap::new();
+            for (name, entry) in &self.apps {
+                let mut options = Vec::new();
+                if let Some(Ok(new)) = candidates.get(name) {
+                    options.push(new);
+                }
+                options.extend(entry.live.as_ref());
+                if !options.is_empty() {
+                    wants.insert(name.clone(), options);
+                }
+            }
+            table::place(&wants, &self.holdings)
+        };
+
+        let mut retired = Vec::new();
+        let mut went_live = Vec::new();
+        let names: Vec<String> = self.apps.keys().cloned().collect();
+        for name in names {
+            let Some(entry) = self.apps.get_mut(&name) else {
+                continue;
+            };
+            let candidate = candidates.remove(&name);
+            let chosen = placement.chosen.get(&name).copied();
+            let old = entry.live.take();
+            let (now_live, outcome) = match (candidate, chosen) {
+                (Some(Ok(new)), Some(0)) => {
+                    let unchanged = old
+                        .as_ref()
+                        .is_some_and(|o| Arc::ptr_eq(&o.version, &new.version));
+                    let applied = if unchanged {
+                        Applied::Unchanged
+                    } else {
+                        Applied::Deployed
+                    };
+                    (Some(new), Some(Ok(applied)))
+                }
+                (Some(Ok(new)), _) => {
+                    entry.asked_route = Some(new.prefix.clone());
+                    let refusal = placement.refused.get(&name).cloned().unwrap_or_else(|| {
+                        Refused::Internal("the version could not be placed".into())
+                    });
+                    let keep = chosen.and(old.clone());
+                    (keep, Some(Err(refusal)))
+                }
+                (Some(Err(refusal)), _) => (old.clone(), Some(Err(refusal))),
+                (None, Some(_)) => (old.clone(), None),
+                (None, None) => {
+                    // Lost its route to a conflict without changing: only
+                    // possible when holdings were saved by another run.
+                    if let Some(refusal) = placement.refused.get(&name) {
+                        if old.is_some() {
+                            tracing::error!(app = %name, "app unmounted: {refusal}");
+                            entry.last_error = Some((refusal.clone(), SystemTime::now()));
+                        }
+                    }
+                    (None, None)
+                }
+            };
+            entry.deploying = false;
+            if let Some(outcome) = outcome {
+                match &outcome {
+                    Ok(_) => entry.last_error = None,
+                    Err(refusal) => {
+                        match &now_live {
+                            Some(serving) => tracing::error!(
+                                app = %name,
+                                "new version refused: {refusal}; version {} keeps serving",
+                                serving.version.id()
+                            ),
+                            None => tracing::error!(app = %name, "app not loaded: {refusal}"),
+                        }
+                        entry.last_error = Some((refusal.clone(), SystemTime::now()));
+                    }
+                }
+                self.totals.count(&outcome);
+                if !self.registry.startup().progress().done {
+                    self.registry.startup().decided();
+                }
+                outcomes.insert(name.clone(), outcome);
+            }
+            match (&old, &now_live) {
+                (Some(old), Some(new)) if Arc::ptr_eq(&old.version, &new.version) => {
+                    if old.prefix != new.prefix {
+                        tracing::info!(app = %name, from = %old.prefix, to = %new.prefix, "app moved");
+                    }
+                }
+                (Some(old), Some(new)) => {
+                    went_live.push((name.clone(), new.clone(), Some(old.version.id().to_owned())));
+                    retired.push((old.version.clone(), "replaced"));
+                    if let Some(trial) = entry.canary.take() {
+                        tracing::info!(app = %name, version = %trial.deployed.version.id(), "canary stopped: the app was redeployed");
+                        retired.push((trial.deployed.version, "canary stopped"));
+                    }
+                }
+                (None, Some(new)) => went_live.push((name.clone(), new.clone(), None)),
+                (Some(old), None) => retired.push((old.version.clone(), "unmounted")),
+                (None, None) => {}
+            }
+            entry.live = now_live;
+        }
+
+        self.keep_history(&went_live, &specs).await;
+        self.update_holdings();
+        // Switch first, then say so: once `app deployed` or `app updated`
+        // is logged, requests reach the new version.
+        self.publish();
+        for (name, new, previous) in went_live {
+            let version = &new.version;
+            match previous {
+                Some(previous) => tracing::info!(
+                    app = %name, version = %version.id(), previous = %previous,
+                    route = %new.prefix, cache = %version.cache_outcome().as_str(),
+                    compile_ms = version.compile_time().as_millis() as u64,
+                    "app updated"
+                ),
+                None => tracing::info!(
+                    app = %name, version = %version.id(), route = %new.prefix,
+                    cache = %version.cache_outcome().as_str(),
+                    compile_ms = version.compile_time().as_millis() as u64,
+                    "app deployed"
+                ),
+            }
+        }
+        for (version, why) in retired {
+            retire(version, self.config.drain_timeout, why);
+        }
+        outcomes
+    }
+
+    fn is_live_version(&self, name: &str, candidate: &Deployed) -> bool {
+        self.apps
+            .get(name)
+            .and_then(|e| e.live.as_ref())
+            .is_some_and(|live| Arc::ptr_eq(&live.version, &candidate.version))
+    }
+
+    /// Prepares every spec, at most `load_parallelism` at a time, off the
+    /// async workers.
+    async fn prepare_all(&self, specs: &[AppSpec]) -> BTreeMap<String, Result<Deployed, Refused>> {
+        let permits = Arc::new(Semaphore::new(self.config.load_parallelism.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut names = HashMap::new();
+        for spec in specs {
+            let previous = self.apps.get(&spec.name).and_then(|e| e.live.clone());
+            let (runtime, config, store) = (
+                self.runtime.clone(),
+                self.config.clone(),
+                self.store.clone(),
+            );
+            let name = spec.name.clone();
+            let (spec, permits) = (spec.clone(), permits.clone());
+            let task = tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let name = spec.name.clone();
+                let prepared = tokio::task::spawn_blocking(move || {
+                    prepare::prepare(&runtime, &config, store.as_ref(), &spec, previous.as_ref())
+                })
+                .await
+                .unwrap_or_else(|e| Err(Refused::Internal(format!("loading panicked: {e}"))));
+                (name, Ok::<_, String>(prepared))
+            });
+            names.insert(task.id(), name);
+        }
+        let mut prepared = BTreeMap::new();
+        let mut progress = LoadProgress::new(names.len());
+        while let Some(joined) = tasks.join_next().await {
+            // A task that panicked refuses its app's new version.
+            let Some((name, outcome)) = check::outcome(joined, &names) else {
+                continue;
+            };
+            let outcome = outcome.map_err(Refused::Internal).and_then(|inner| inner);
+            progress.record(outcome.as_ref().ok().map(|d| d.version.cache_outcome()));
+            prepared.insert(name, outcome);
+        }
+        prepared
+    }
+}

@@ -1,0 +1,297 @@
+//! The changes other than a plain deploy: removal, a source's snapshot,
+//! rollback, and the canary's start, promotion and abort.
+
+use super::{prepare, Entry, Pipeline, Trial, MAX_BATCH_APPS};
+use crate::change::{Applied, CanarySource, Snapshot};
+use crate::drain::retire;
+use meshd_registry::{Origin, Refused};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+impl Pipeline {
+    /// Removes an app `origin` owns.
+    pub(super) async fn remove_by(
+        &mut self,
+        name: &str,
+        origin: Origin,
+    ) -> Result<Applied, Refused> {
+        self.owned(name, origin)?;
+        self.remove(name).await;
+        self.update_holdings();
+        self.publish();
+        Ok(Applied::Removed)
+    }
+
+    /// Unmounts `name` (its versions drain) and forgets its kept versions.
+    /// The caller publishes.
+    async fn remove(&mut self, name: &str) {
+        let Some(entry) = self.apps.get_mut(name) else {
+            return;
+        };
+        entry.last_error = None;
+        entry.asked_route = None;
+        let mut versions = Vec::new();
+        if let Some(live) = entry.live.take() {
+            tracing::info!(app = %name, version = %live.version.id(), "app removed; unmounting it after its requests drain");
+            versions.push((live.version, "removed"));
+            self.totals
+                .removed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(trial) = entry.canary.take() {
+            versions.push((trial.deployed.version, "removed"));
+        }
+        for (version, why) in versions {
+            entry.draining.push(version.in_flight().clone());
+            retire(version, self.config.drain_timeout, why);
+        }
+        entry.kept.clear();
+        self.forget_history(name);
+    }
+
+    /// Applies one source's snapshot: removes its apps that are gone,
+    /// refuses the unreadable, deploys the changed.
+    pub(super) async fn snapshot(
+        &mut self,
+        snapshot: Snapshot,
+    ) -> BTreeMap<String, Result<Applied, Refused>> {
+        let Snapshot {
+            origin,
+            present,
+            changed,
+            unreadable,
+        } = snapshot;
+        let gone: Vec<String> = self
+            .apps
+            .iter()
+            .filter(|(name, e)| e.origin == origin && !present.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.remove(name).await;
+        }
+        let mut outcomes = BTreeMap::new();
+        for (name, refusal) in unreadable {
+            let entry = self
+                .apps
+                .entry(name.clone())
+                .or_insert_with(|| Entry::new(origin));
+            let refusal = if entry.origin != origin && entry.is_claimed() {
+                Refused::OriginConflict {
+                    app: name.clone(),
+                    owner: entry.origin,
+                    asked: origin,
+                }
+            } else {
+                refusal
+            };
+            match &entry.live {
+                Some(live) if entry.origin == origin => tracing::error!(
+                    app = %name,
+                    "new version refused: {refusal}; version {} keeps serving",
+                    live.version.id()
+                ),
+                _ => tracing::error!(app = %name, "app not loaded: {refusal}"),
+            }
+            if entry.origin == origin || !entry.is_claimed() {
+                entry.origin = origin;
+                entry.last_error = Some((refusal.clone(), SystemTime::now()));
+            }
+            self.totals.count(&Err(refusal.clone()));
+            outcomes.insert(name, Err(refusal));
+        }
+        let mut changed = changed;
+        while !changed.is_empty() {
+            let rest = changed.split_off(changed.len().min(MAX_BATCH_APPS));
+            outcomes.extend(self.deploy(changed).await);
+            changed = rest;
+        }
+        if !gone.is_empty() || !outcomes.is_empty() {
+            self.update_holdings();
+            self.publish();
+        }
+        outcomes
+    }
+
+    /// Deploys a kept version again.
+    pub(super) async fn rollback(
+        &mut self,
+        name: &str,
+        origin: Origin,
+        to: Option<String>,
+    ) -> Result<Applied, Refused> {
+        let live = self.owned(name, origin)?.live.clone();
+        let spec = self
+            .kept_spec(name, origin, to.as_deref(), live.as_ref())
+            .await?;
+        tracing::info!(app = %name, to = %spec.wasm_label, "rolling back");
+        let mut outcomes = self.deploy(vec![spec]).await;
+        outcomes
+            .remove(name)
+            .unwrap_or_else(|| Err(Refused::Internal("no outcome".into())))
+    }
+
+    /// Starts (or replaces) a canary of a live app.
+    pub(super) async fn canary(
+        &mut self,
+        name: &str,
+        origin: Origin,
+        from: CanarySource,
+        percent: u8,
+        sticky_header: Option<http::HeaderName>,
+    ) -> Result<Applied, Refused> {
+        if !(1..=99).contains(&percent) {
+            return Err(Refused::BadRequest(format!(
+                "a canary takes 1 to 99 percent of the requests, not {percent}"
+            )));
+        }
+        let live = self.owned(name, origin)?.live.clone().ok_or_else(|| {
+            Refused::BadRequest(format!(
+                "app {name} has no live version to try a canary against"
+            ))
+        })?;
+        let spec = match from {
+            CanarySource::Upload(mut spec) => {
+                spec.name = name.to_owned();
+                spec.origin = origin;
+                spec
+            }
+            CanarySource::Kept(version) => {
+                self.kept_spec(name, origin, Some(&version), Some(&live))
+                    .await?
+            }
+        };
+        let (runtime, config, store) = (
+            self.runtime.clone(),
+            self.config.clone(),
+            self.store.clone(),
+        );
+        let (task_spec, previous) = (spec.clone(), live.clone());
+        let deployed = tokio::task::spawn_blocking(move || {
+            prepare::prepare(
+                &runtime,
+                &config,
+                store.as_ref(),
+                &task_spec,
+                Some(&previous),
+            )
+        })
+        .await
+        .map_err(|e| Refused::Internal(format!("loading panicked: {e}")))?;
+        let deployed = deployed.and_then(|d| {
+            if Arc::ptr_eq(&d.version, &live.version) {
+                return Err(Refused::BadRequest(format!(
+                    "the canary is the live version of app {name}"
+                )));
+            }
+            if d.prefix != live.prefix || d.files_dir() != live.files_dir() {
+                return Err(Refused::BadRequest(format!(
+                    "a canary of app {name} must keep its route {} and [files] directory; deploy the change instead",
+                    live.prefix
+                )));
+            }
+            Ok(d)
+        });
+        let deployed = match deployed {
+            Ok(d) => {
+                let failed = super::check::check_all(
+                    vec![(name.to_owned(), d.clone())],
+                    self.runtime.config().max_instances,
+                    self.config.health_timeout,
+                )
+                .await;
+                match failed.into_values().next() {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(d),
+                }
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let Some(entry) = self.apps.get_mut(name) else {
+            return Err(Refused::NotFound(name.to_owned()));
+        };
+        let deployed = match deployed {
+            Ok(d) => d,
+            Err(refusal) => {
+                tracing::error!(app = %name, "canary refused: {refusal}; version {} keeps serving", live.version.id());
+                self.totals.count(&Err(refusal.clone()));
+                return Err(refusal);
+            }
+        };
+        let version = deployed.version.clone();
+        let replaced = entry.canary.replace(Trial {
+            deployed,
+            percent,
+            sticky_header,
+            spec,
+        });
+        self.publish();
+        tracing::info!(app = %name, version = %version.id(), live = %live.version.id(), percent, "canary started");
+        if let Some(old) = replaced {
+            retire(
+                old.deployed.version,
+                self.config.drain_timeout,
+                "canary replaced",
+            );
+        }
+        Ok(Applied::Deployed)
+    }
+
+    /// The canary becomes the live version.
+    pub(super) async fn promote(&mut self, name: &str, origin: Origin) -> Result<Applied, Refused> {
+        self.owned(name, origin)?;
+        let Some(entry) = self.apps.get_mut(name) else {
+            return Err(Refused::NotFound(name.to_owned()));
+        };
+        let trial = entry
+            .canary
+            .take()
+            .ok_or_else(|| Refused::NoCanary(name.to_owned()))?;
+        let mut promoted = trial.deployed;
+        promoted.deployed_at = SystemTime::now();
+        let old = entry.live.replace(promoted.clone());
+        // Its bytes may have been collected if the trial ran long: stored
+        // again (if missing) before it is recorded.
+        if let Some(store) = self.store.clone() {
+            let (spec, d) = (trial.spec.clone(), promoted.clone());
+            let stored = tokio::task::spawn_blocking(move || {
+                super::prepare::put_spec(&store, &spec, &d.digest, d.manifest_digest.as_ref())
+            })
+            .await;
+            if let Ok(Err(e)) = stored {
+                tracing::warn!(app = %name, error = %e, "cannot keep the promoted version in the artifact store");
+            }
+        }
+        let specs = HashMap::from([(name.to_owned(), trial.spec)]);
+        self.keep_history(&[(name.to_owned(), promoted.clone(), None)], &specs)
+            .await;
+        self.publish();
+        tracing::info!(app = %name, version = %promoted.version.id(), "canary promoted; it serves all requests");
+        self.totals.count(&Ok(Applied::Deployed));
+        if let Some(old) = old {
+            retire(old.version, self.config.drain_timeout, "replaced");
+        }
+        Ok(Applied::Deployed)
+    }
+
+    /// The canary stops; the live version serves everything.
+    pub(super) async fn abort(&mut self, name: &str, origin: Origin) -> Result<Applied, Refused> {
+        self.owned(name, origin)?;
+        let Some(entry) = self.apps.get_mut(name) else {
+            return Err(Refused::NotFound(name.to_owned()));
+        };
+        let trial = entry
+            .canary
+            .take()
+            .ok_or_else(|| Refused::NoCanary(name.to_owned()))?;
+        self.publish();
+        tracing::info!(app = %name, version = %trial.deployed.version.id(), "canary aborted; the live version serves all requests");
+        retire(
+            trial.deployed.version,
+            self.config.drain_timeout,
+            "canary aborted",
+        );
+        Ok(Applied::Deployed)
+    }
+}

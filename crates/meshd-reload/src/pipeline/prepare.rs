@@ -1,0 +1,210 @@
+//! From an [`AppSpec`] to a version that may go live: the manifest parsed
+//! and within the operator's ceiling, the code compiled (or the running
+//! version reused when only the manifest changed, or nothing did).
+
+use crate::change::AppSpec;
+use crate::ReloadConfig;
+use meshd_apps::{Ceiling, Limits, Manifest};
+use meshd_artifacts::{ArtifactStore, Digest};
+use meshd_registry::{Origin, Refused};
+use meshd_routes::Prefix;
+use meshd_tenant::{load_version, AppVersion, LoadError, Preopen, Runtime, TenantSettings};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A version of an app that is live, on trial, or may become either.
+#[derive(Clone)]
+pub(crate) struct Deployed {
+    /// SHA-256 of the `.wasm`.
+    pub digest: Digest,
+    /// SHA-256 of the manifest text, if it has one.
+    pub manifest_digest: Option<Digest>,
+    pub manifest: Manifest,
+    pub prefix: Prefix,
+    pub version: Arc<AppVersion>,
+    pub deployed_at: SystemTime,
+    /// How messages name what sets its route: the manifest, else the code.
+    pub label: String,
+    /// How messages name its code.
+    pub wasm_label: String,
+}
+
+impl Deployed {
+    /// The canonical `[files]` directory of this version, if it has one.
+    pub fn files_dir(&self) -> Option<PathBuf> {
+        self.version
+            .settings()
+            .files
+            .as_ref()
+            .map(|f| f.host_dir.clone())
+    }
+}
+
+/// Reads, checks and (unless the code is the running version's) compiles
+/// one app version. Blocking and CPU-heavy: run it on a blocking thread.
+///
+/// With `previous` (the app's live version), unchanged code is not
+/// recompiled, and a new version shares the app's budgets with it.
+pub(crate) fn prepare(
+    runtime: &Arc<Runtime>,
+    config: &ReloadConfig,
+    store: Option<&ArtifactStore>,
+    spec: &AppSpec,
+    previous: Option<&Deployed>,
+) -> Result<Deployed, Refused> {
+    if spec.wasm.len() as u64 > config.max_wasm_size {
+        return Err(Refused::TooLarge(format!(
+            "{} is larger than --max-wasm-size ({}); not read",
+            spec.wasm_label,
+            bytesize::ByteSize(config.max_wasm_size)
+        )));
+    }
+    let manifest = match (&spec.manifest, &spec.manifest_label) {
+        (Some(text), label) => {
+            let label = label.as_deref().unwrap_or("manifest");
+            Manifest::parse(Path::new(label), text)
+                .map_err(|e| Refused::InvalidManifest(e.to_string()))?
+        }
+        (None, _) => Manifest::default(),
+    };
+    let label = spec
+        .manifest_label
+        .clone()
+        .unwrap_or_else(|| spec.wasm_label.clone());
+    let prefix = manifest
+        .prefix(&spec.name)
+        .map_err(|e| match &spec.manifest_label {
+            Some(manifest) => {
+                Refused::InvalidManifest(format!("invalid manifest {manifest}: key `route`: {e}"))
+            }
+            None => Refused::InvalidManifest(format!("app name cannot be a route: {e}")),
+        })?;
+    let settings = tenant_settings(
+        &manifest,
+        config.default_limits,
+        config.ceiling,
+        &config.apps_dir,
+    )
+    .map_err(|refusal| match refusal {
+        Refused::OverCeiling(e) => Refused::OverCeiling(format!("{label}: {e}")),
+        Refused::InvalidManifest(e) => Refused::InvalidManifest(format!("{label}: {e}")),
+        other => other,
+    })?;
+    let digest = Digest::of(&spec.wasm);
+    let manifest_digest = spec.manifest.as_deref().map(|m| Digest::of(m.as_bytes()));
+    keep_bytes(store, spec, &digest, manifest_digest.as_ref())?;
+    let deployed = |version| Deployed {
+        digest,
+        manifest_digest,
+        manifest: manifest.clone(),
+        prefix: prefix.clone(),
+        version,
+        deployed_at: SystemTime::now(),
+        label: label.clone(),
+        wasm_label: spec.wasm_label.clone(),
+    };
+    if let Some(previous) = previous.filter(|p| p.digest == digest) {
+        // Same code: no recompile. Same settings too: the running version
+        // stays (no drain); otherwise a new version of the same code.
+        if previous.version.settings() == &settings {
+            return Ok(Deployed {
+                deployed_at: previous.deployed_at,
+                ..deployed(previous.version.clone())
+            });
+        }
+        return Ok(deployed(Arc::new(previous.version.with_settings(settings))));
+    }
+    let mut version = load_version(runtime, &spec.name, &digest.short(), &spec.wasm, settings)
+        .map_err(|e| {
+            let message = format!("{}: {e}", spec.wasm_label);
+            match e {
+                LoadError::Compile(_) => Refused::Compile(message),
+                _ => Refused::InvalidComponent(message),
+            }
+        })?;
+    if let Some(previous) = previous {
+        // The old version drains while this one serves: one limit for both.
+        version.succeed(&previous.version);
+    }
+    Ok(deployed(Arc::new(version)))
+}
+
+/// Puts the bytes of a version from the API or the mesh in the artifact
+/// store before it may go live: the store is where those apps live, so
+/// failing to keep them refuses the version. The directory keeps its own
+/// files; its versions are stored after they went live, in the background
+/// (see `history`), so a slow disk never delays a deploy from it.
+fn keep_bytes(
+    store: Option<&ArtifactStore>,
+    spec: &AppSpec,
+    wasm: &Digest,
+    manifest: Option<&Digest>,
+) -> Result<(), Refused> {
+    match store {
+        Some(store) if spec.origin != Origin::Dir => {
+            put_spec(store, spec, wasm, manifest).map_err(|e| Refused::Store(e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Stores the code and manifest of `spec` unless they are stored already.
+pub(crate) fn put_spec(
+    store: &ArtifactStore,
+    spec: &AppSpec,
+    wasm: &Digest,
+    manifest: Option<&Digest>,
+) -> Result<(), meshd_artifacts::StoreError> {
+    let put = |digest: &Digest, bytes: &[u8]| {
+        if store.contains(digest) {
+            return Ok(());
+        }
+        store.put(bytes).map(drop)
+    };
+    put(wasm, &spec.wasm)?;
+    match (manifest, &spec.manifest) {
+        (Some(digest), Some(text)) => put(digest, text.as_bytes()),
+        _ => Ok(()),
+    }
+}
+
+/// Resolves an app's limits and capabilities, within the operator's ceiling.
+fn tenant_settings(
+    manifest: &Manifest,
+    defaults: Limits,
+    ceiling: Ceiling,
+    apps_dir: &Path,
+) -> Result<TenantSettings, Refused> {
+    let limits = manifest.limits.or(defaults).or(Limits::BUILT_IN);
+    ceiling
+        .check(manifest, &limits)
+        .map_err(Refused::OverCeiling)?;
+    let built_in = Limits::BUILT_IN;
+    let memory = limits.memory.or(built_in.memory).unwrap_or_default();
+    let files = manifest
+        .files
+        .as_ref()
+        .map(|f| {
+            f.resolve(apps_dir).map(|host_dir| Preopen {
+                host_dir,
+                writable: f.writable,
+            })
+        })
+        .transpose()
+        .map_err(Refused::InvalidManifest)?;
+    Ok(TenantSettings {
+        memory: usize::try_from(memory).map_err(|_| {
+            Refused::InvalidManifest(format!("limits.memory {memory} is too large"))
+        })?,
+        timeout: limits.timeout.unwrap_or_default(),
+        max_concurrency: limits.max_concurrency.unwrap_or(1),
+        max_body: limits.max_body.unwrap_or_default(),
+        cpu: limits.cpu,
+        env: manifest.env.clone().into_iter().collect(),
+        files,
+        outbound: manifest.outbound.rules(),
+        config: manifest.config.clone().into_iter().collect(),
+        reuse: manifest.reuse.unwrap_or(1),
+    })
+}
