@@ -603,6 +603,24 @@ fn canary_uploads_a_file_or_names_a_kept_version() {
         body,
         serde_json::json!({"version": CANARY_DIGEST, "percent": 50})
     );
+
+    let admin = FakeAdmin::answering(201, &app_json("hello", true));
+    let output = admin.meshd(&[
+        "canary",
+        "hello",
+        "--version",
+        &CANARY_DIGEST[..12],
+        "--percent",
+        "5",
+        "--sticky-header",
+        "x-user",
+    ]);
+    assert_eq!(exit_code(&output), 0, "{}", stderr(&output));
+    let body: serde_json::Value = serde_json::from_slice(&admin.only_request().body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"version": &CANARY_DIGEST[..12], "percent": 5, "sticky_header": "x-user"})
+    );
 }
 
 #[test]
@@ -786,4 +804,18 @@ fn an_https_admin_url_is_verified_against_the_ca_file() {
     std::fs::write(&ca, "not a certificate\n").unwrap();
     let output = admin.meshd(&["apps", "--ca-file", ca.to_str().unwrap()]);
     assert_eq!(exit_code(&output), 2, "{}", stderr(&output));
+}
+
+#[test]
+fn no_answer_within_the_timeout_exits_3() {
+    let admin = FakeAdmin::start(|_| {
+        // Longer than the client waits.
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        (200, r#"{"apps":[]}"#.to_owned())
+    });
+    let output = admin.meshd(&["apps", "--timeout", "200ms"]);
+    assert_eq!(exit_code(&output), 3);
+    let message = stderr(&output);
+    assert!(message.contains("timed out"), "{message}");
+    assert!(message.contains("--timeout"), "{message}");
 }
