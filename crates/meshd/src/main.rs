@@ -1,6 +1,9 @@
-//! `meshd`: parse the flags, load the apps, serve until told to stop.
+//! `meshd`: parse the flags, load the apps, serve until told to stop; or,
+//! with a client subcommand (`meshd deploy`, `meshd apps`, ...), send one
+//! command to a running meshd's admin API.
 
 mod cli;
+mod client;
 mod config;
 mod fd_limit;
 mod logging;
@@ -9,7 +12,6 @@ mod service;
 mod signals;
 
 use anyhow::{bail, Context as _, Result};
-use clap::Parser;
 use meshd_reload::{DirSource, Pipeline, ReloadConfig};
 use meshd_tenant::{Runtime, RuntimeConfig};
 use std::process::ExitCode;
@@ -25,7 +27,10 @@ fn main() -> ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    let args = cli::Args::parse();
+    let args = match client::parse_command_line() {
+        client::Invocation::Serve(args) => *args,
+        client::Invocation::Client(command) => return client::run(command),
+    };
     // Held until meshd exits: dropping it flushes the access log.
     let _log_guard = match logging::init(args.log_format, &args.access_log) {
         Ok(guard) => guard,
