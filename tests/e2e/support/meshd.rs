@@ -84,6 +84,17 @@ impl Meshd {
             .expect("the log names the metrics address")
     }
 
+    /// The address of the admin API of a meshd started with `--admin`, as
+    /// its log names it (`http://ADDR`).
+    pub fn admin_url(&self) -> String {
+        let line = self.wait_for_log(&["admin API listening on http://"]);
+        line.split("http://")
+            .nth(1)
+            .map(address_prefix)
+            .map(|addr| format!("http://{addr}"))
+            .expect("the log names the admin address")
+    }
+
     /// All log lines so far.
     pub fn log(&self) -> Vec<String> {
         self.log.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
