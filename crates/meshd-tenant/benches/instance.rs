@@ -13,8 +13,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::{BodyExt as _, Empty};
 use meshd_keyvalue::{KvLimits, KvStore};
 use meshd_tenant::{
-    load_version, BodyError, DescriptorLimits, OutboundLimits, ResolverSettings, Runtime,
-    RuntimeConfig, TenantSettings,
+    load_version, AppLedger, BodyError, DescriptorLimits, OutboundLimits, ResolverSettings,
+    Runtime, RuntimeConfig, TenantSettings,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +64,14 @@ fn bench(c: &mut Criterion) {
     )
     .expect("runtime");
     let version = Arc::new(
-        load_version(&runtime, "hello", "hello", &hello_wasm(), settings()).expect("hello loads"),
+        load_version(
+            &runtime,
+            &AppLedger::new(&runtime, "hello"),
+            "hello",
+            &hello_wasm(),
+            settings(),
+        )
+        .expect("hello loads"),
     );
 
     let mut group = c.benchmark_group("per_request");

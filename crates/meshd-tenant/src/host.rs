@@ -20,8 +20,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// Most WASI resources (streams, fields, pollables, ...) one request may hold.
 const MAX_RESOURCES: usize = 10_000;
 
-/// What all requests of one app share, across its versions (see
-/// `AppVersion::succeed`): its descriptors and its outbound requests and
+/// What all requests of one app share, across its versions (held by its
+/// [`AppLedger`](crate::AppLedger)): its descriptors and its outbound requests and
 /// lookups in flight, and the usage of its writable directory.
 #[derive(Debug, Default)]
 pub(crate) struct AppShared {

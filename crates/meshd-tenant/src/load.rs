@@ -6,6 +6,7 @@
 use crate::cache::CacheOutcome;
 use crate::compile::CompileError;
 use crate::engine::Runtime;
+use crate::ledger::AppLedger;
 use crate::settings::TenantSettings;
 use crate::version::{AppVersion, Compiled};
 use std::sync::Arc;
@@ -43,11 +44,11 @@ pub enum LoadError {
     NotHttp(String),
 }
 
-/// Checks, compiles and pre-instantiates one version of `app`. Blocking and
+/// Checks, compiles and pre-instantiates one version of the app of `ledger`. Blocking and
 /// CPU-heavy: run it with `spawn_blocking`.
 pub fn load_version(
     runtime: &Arc<Runtime>,
-    app: &str,
+    ledger: &Arc<AppLedger>,
     id: &str,
     wasm: &[u8],
     settings: TenantSettings,
@@ -74,7 +75,7 @@ pub fn load_version(
         .map_err(|e| LoadError::Link(format!("{e:#}")))?;
     let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp(format!("{e:#}")))?;
     if let CacheOutcome::Replaced(reason) = &cache {
-        tracing::warn!(app = %app, version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
+        tracing::warn!(app = %ledger.app(), version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
     }
     let compiled = Compiled {
         pre,
@@ -83,7 +84,7 @@ pub fn load_version(
         compile_time,
     };
     Ok(AppVersion::new(
-        Arc::from(app),
+        ledger,
         id.to_owned(),
         runtime.clone(),
         compiled,

@@ -10,6 +10,7 @@ use crate::cpu_budget::CpuBudget;
 use crate::engine::{Runtime, SharedCode};
 use crate::host::{AppShared, Host};
 use crate::in_flight::{InFlight, InFlightGuard};
+use crate::ledger::AppLedger;
 use crate::log_budget::LogBudget;
 use crate::settings::TenantSettings;
 use crate::stats::VersionStats;
@@ -46,21 +47,22 @@ pub struct AppVersion {
     outbound: Arc<[OutboundRule]>,
     config: Arc<WasiConfigVariables>,
     /// How much its guests may log, shared by all its requests and by the
-    /// versions of the app that follow it.
+    /// app's other versions (from its [`AppLedger`]).
     log_budget: Arc<LogBudget>,
     /// How much processor time its guests may take, shared like the log
-    /// budget (see [`AppVersion::succeed`]).
+    /// budget (a new meter when its cpu limit differs).
     cpu: Arc<CpuBudget>,
     /// The app's descriptors and outbound requests in flight, shared like
     /// the log budget.
     shared: Arc<AppShared>,
+    /// The app's state across versions, which the budgets above come from.
+    ledger: Arc<AppLedger>,
     /// What it has served, for the metrics endpoint.
     stats: VersionStats,
     /// This version's requests, for draining.
     in_flight: Arc<InFlight>,
-    /// The app's requests across all its versions, for `max_concurrency`:
-    /// shared with the version this one replaces (see
-    /// [`AppVersion::succeed`]).
+    /// The app's requests across all its versions, for `max_concurrency`
+    /// (from its [`AppLedger`]).
     app_in_flight: Arc<InFlight>,
     cancel: CancellationToken,
     cache: CacheOutcome,
@@ -190,29 +192,28 @@ const MEMORY_CEILING_REACHED: &str = "meshd's guests hold all of --max-total-mem
 
 impl AppVersion {
     pub(crate) fn new(
-        app: Arc<str>,
+        ledger: &Arc<AppLedger>,
         id: String,
         runtime: Arc<Runtime>,
         compiled: Compiled,
         settings: TenantSettings,
     ) -> Self {
-        let log_budget = Arc::new(LogBudget::new(app.clone(), runtime.config.guest_log_rate));
-        let cpu = Arc::new(CpuBudget::new(app.clone(), settings.cpu));
         AppVersion {
-            app,
+            app: ledger.app_name(),
             id,
             runtime,
             pre: compiled.pre,
             code: compiled.code,
             outbound: settings.outbound.clone().into(),
             config: Arc::new(settings.config.iter().cloned().collect()),
-            log_budget,
-            cpu,
-            shared: Arc::default(),
+            log_budget: ledger.log_budget.clone(),
+            cpu: ledger.cpu_for(settings.cpu),
+            shared: ledger.shared.clone(),
+            ledger: ledger.clone(),
             stats: VersionStats::default(),
             settings,
             in_flight: Arc::new(InFlight::default()),
-            app_in_flight: Arc::new(InFlight::default()),
+            app_in_flight: ledger.in_flight.clone(),
             cancel: CancellationToken::new(),
             cache: compiled.cache,
             compile_time: compiled.compile_time,
@@ -221,7 +222,8 @@ impl AppVersion {
     }
 
     /// The same code with other settings (a manifest-only change): no
-    /// recompile, but a new version with its own in-flight count.
+    /// recompile, but a new version with its own in-flight count, in the
+    /// same app ledger.
     pub fn with_settings(&self, settings: TenantSettings) -> AppVersion {
         let compiled = Compiled {
             pre: self.pre.clone(),
@@ -229,28 +231,13 @@ impl AppVersion {
             cache: CacheOutcome::Shared,
             compile_time: Duration::ZERO,
         };
-        let mut version = AppVersion::new(
-            self.app.clone(),
+        AppVersion::new(
+            &self.ledger,
             self.id.clone(),
             self.runtime.clone(),
             compiled,
             settings,
-        );
-        version.succeed(self);
-        version
-    }
-
-    /// Makes this version the successor of `previous`, the version of the
-    /// same app it replaces: their requests count together against
-    /// `max_concurrency`, so a swap (while the old version drains) never
-    /// lets the app run more than its limit, and they log and run within one
-    /// budget each, so a redeploy does not refill them. Their descriptors and
-    /// outbound requests count together too.
-    pub fn succeed(&mut self, previous: &AppVersion) {
-        self.app_in_flight = previous.app_in_flight.clone();
-        self.log_budget = previous.log_budget.clone();
-        self.shared = previous.shared.clone();
-        self.cpu = previous.cpu.successor(self.settings.cpu);
+        )
     }
 
     /// The app's name.
@@ -286,14 +273,13 @@ impl AppVersion {
     }
 
     /// Guest log lines of the app dropped over `--guest-log-rate`, since its
-    /// first version that is still succeeded by this one.
+    /// ledger was made (the app's first deploy in this run).
     pub fn log_lines_dropped(&self) -> u64 {
         self.log_budget.dropped_total()
     }
 
     /// Time the app's guests have run, and time they were made to wait over
-    /// their `cpu` limit, since its first version that is still succeeded
-    /// by this one.
+    /// their `cpu` limit, since its ledger was made.
     pub fn cpu_time(&self) -> (Duration, Duration) {
         (self.cpu.ran(), self.cpu.held())
     }

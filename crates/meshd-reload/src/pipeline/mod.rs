@@ -23,7 +23,7 @@ use crate::progress::LoadProgress;
 use crate::ReloadConfig;
 use meshd_artifacts::{ArtifactStore, StoredVersion};
 use meshd_registry::{Origin, Refused, Registry};
-use meshd_tenant::{InFlight, Runtime};
+use meshd_tenant::{AppLedger, InFlight, Runtime};
 use prepare::Deployed;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +89,9 @@ struct Trial {
 /// What the pipeline knows of one app.
 struct Entry {
     origin: Origin,
+    /// What the app keeps across its versions (its requests in flight, its
+    /// budgets): every version built for it runs within it.
+    ledger: Arc<AppLedger>,
     live: Option<Deployed>,
     canary: Option<Trial>,
     last_error: Option<(Refused, SystemTime)>,
@@ -100,9 +103,10 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(origin: Origin) -> Self {
+    fn new(runtime: &Runtime, name: &str, origin: Origin) -> Self {
         Entry {
             origin,
+            ledger: AppLedger::new(runtime, name),
             live: None,
             canary: None,
             last_error: None,
@@ -287,7 +291,7 @@ impl Pipeline {
             let entry = self
                 .apps
                 .entry(spec.name.clone())
-                .or_insert_with(|| Entry::new(spec.origin));
+                .or_insert_with(|| Entry::new(&self.runtime, &spec.name, spec.origin));
             entry.origin = spec.origin;
             entry.deploying = true;
         }
@@ -462,7 +466,10 @@ impl Pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         let mut names = HashMap::new();
         for spec in specs {
-            let previous = self.apps.get(&spec.name).and_then(|e| e.live.clone());
+            let Some(entry) = self.apps.get(&spec.name) else {
+                continue;
+            };
+            let (previous, ledger) = (entry.live.clone(), entry.ledger.clone());
             let (runtime, config, store) = (
                 self.runtime.clone(),
                 self.config.clone(),
@@ -474,7 +481,8 @@ impl Pipeline {
                 let _permit = permits.acquire_owned().await;
                 let name = spec.name.clone();
                 let prepared = tokio::task::spawn_blocking(move || {
-                    prepare::prepare(&runtime, &config, store.as_ref(), &spec, previous.as_ref())
+                    let store = store.as_ref();
+                    prepare::prepare(&runtime, &ledger, &config, store, &spec, previous.as_ref())
                 })
                 .await
                 .unwrap_or_else(|e| Err(Refused::Internal(format!("loading panicked: {e}"))));

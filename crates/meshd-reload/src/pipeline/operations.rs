@@ -76,7 +76,7 @@ impl Pipeline {
             let entry = self
                 .apps
                 .entry(name.clone())
-                .or_insert_with(|| Entry::new(origin));
+                .or_insert_with(|| Entry::new(&self.runtime, &name, origin));
             let refusal = if entry.origin != origin && entry.is_claimed() {
                 Refused::OriginConflict {
                     app: name.clone(),
@@ -146,7 +146,9 @@ impl Pipeline {
                 "a canary takes 1 to 99 percent of the requests, not {percent}"
             )));
         }
-        let live = self.owned(name, origin)?.live.clone().ok_or_else(|| {
+        let entry = self.owned(name, origin)?;
+        let ledger = entry.ledger.clone();
+        let live = entry.live.clone().ok_or_else(|| {
             Refused::BadRequest(format!(
                 "app {name} has no live version to try a canary against"
             ))
@@ -171,6 +173,7 @@ impl Pipeline {
         let deployed = tokio::task::spawn_blocking(move || {
             prepare::prepare(
                 &runtime,
+                &ledger,
                 &config,
                 store.as_ref(),
                 &task_spec,

@@ -8,7 +8,9 @@ use meshd_apps::{Ceiling, Limits, Manifest};
 use meshd_artifacts::{ArtifactStore, Digest};
 use meshd_registry::{Origin, Refused};
 use meshd_routes::Prefix;
-use meshd_tenant::{load_version, AppVersion, LoadError, Preopen, Runtime, TenantSettings};
+use meshd_tenant::{
+    load_version, AppLedger, AppVersion, LoadError, Preopen, Runtime, TenantSettings,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -44,10 +46,12 @@ impl Deployed {
 /// Reads, checks and (unless the code is the running version's) compiles
 /// one app version. Blocking and CPU-heavy: run it on a blocking thread.
 ///
-/// With `previous` (the app's live version), unchanged code is not
-/// recompiled, and a new version shares the app's budgets with it.
+/// The new version runs within the app's `ledger` (shared with its other
+/// versions). With `previous` (the app's live version), unchanged code is
+/// not recompiled.
 pub(crate) fn prepare(
     runtime: &Arc<Runtime>,
+    ledger: &Arc<AppLedger>,
     config: &ReloadConfig,
     store: Option<&ArtifactStore>,
     spec: &AppSpec,
@@ -115,18 +119,14 @@ pub(crate) fn prepare(
         }
         return Ok(deployed(Arc::new(previous.version.with_settings(settings))));
     }
-    let mut version = load_version(runtime, &spec.name, &digest.short(), &spec.wasm, settings)
-        .map_err(|e| {
+    let version =
+        load_version(runtime, ledger, &digest.short(), &spec.wasm, settings).map_err(|e| {
             let message = format!("{}: {e}", spec.wasm_label);
             match e {
                 LoadError::Compile(_) => Refused::Compile(message),
                 _ => Refused::InvalidComponent(message),
             }
         })?;
-    if let Some(previous) = previous {
-        // The old version drains while this one serves: one limit for both.
-        version.succeed(&previous.version);
-    }
     Ok(deployed(Arc::new(version)))
 }
 
