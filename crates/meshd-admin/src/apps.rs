@@ -55,7 +55,9 @@ pub(crate) async fn put(
 ) -> Answer<(StatusCode, Json<AppJson>)> {
     let name = app_name(name)?;
     let upload = read_upload(request, state.max_wasm_size).await?;
-    let applied = apply(&state, &name, Change::Upsert(spec(&name, upload))).await?;
+    let applied = apply(&state, &name, Change::Upsert(spec(&name, &upload))).await?;
+    // Its place among the uploads is given back only now.
+    drop(upload);
     let status = match applied {
         Applied::Deployed => StatusCode::CREATED,
         _ => StatusCode::OK,
@@ -119,6 +121,8 @@ pub(crate) async fn canary(
     let name = app_name(name)?;
     let Query(query) =
         query.map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    // Held until the change is decided (its place among the uploads).
+    let mut upload = None;
     let (from, percent, sticky_header) = if body_kind(request.headers()) == BodyKind::Json {
         let body: CanaryBody = parse_json(&read_small(request).await?)?;
         let percent = canary_percent(body.percent.or(query.percent))?;
@@ -129,8 +133,8 @@ pub(crate) async fn canary(
         // Checked before the upload is read: a bad request costs no upload.
         let percent = canary_percent(query.percent)?;
         let sticky = sticky_header(query.sticky_header)?;
-        let upload = read_upload(request, state.max_wasm_size).await?;
-        (CanarySource::Upload(spec(&name, upload)), percent, sticky)
+        let read = upload.insert(read_upload(request, state.max_wasm_size).await?);
+        (CanarySource::Upload(spec(&name, read)), percent, sticky)
     };
     let change = Change::Canary {
         name: name.clone(),
@@ -140,6 +144,7 @@ pub(crate) async fn canary(
         sticky_header,
     };
     apply(&state, &name, change).await?;
+    drop(upload);
     Ok((StatusCode::CREATED, Json(after_change(&state, &name)?)))
 }
 
@@ -219,13 +224,13 @@ fn after_change(state: &AdminState, name: &str) -> Answer<AppJson> {
     })
 }
 
-fn spec(name: &str, upload: Upload) -> AppSpec {
+fn spec(name: &str, upload: &Upload) -> AppSpec {
     AppSpec {
         name: name.to_owned(),
         origin: Origin::Api,
-        wasm: upload.wasm,
+        wasm: upload.wasm.clone(),
         manifest_label: upload.manifest.as_ref().map(|_| MANIFEST_LABEL.to_owned()),
-        manifest: upload.manifest,
+        manifest: upload.manifest.clone(),
         wasm_label: WASM_LABEL.to_owned(),
     }
 }

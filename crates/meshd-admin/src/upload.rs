@@ -24,6 +24,13 @@ const MULTIPART_OVERHEAD: usize = MAX_MANIFEST_SIZE + 16 * 1024;
 /// Largest JSON body (rollback, canary of a kept version).
 pub(crate) const MAX_JSON_SIZE: usize = 64 * 1024;
 
+/// Uploads read (and held until the pipeline has decided them) at once. The
+/// pipeline applies one change at a time anyway; without this bound, every
+/// admin connection could hold a `--max-wasm-size` upload in memory.
+const MAX_UPLOADS_AT_ONCE: usize = 2;
+
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS_AT_ONCE);
+
 /// An app's code and manifest, as uploaded.
 #[derive(Debug)]
 pub(crate) struct Upload {
@@ -31,6 +38,9 @@ pub(crate) struct Upload {
     pub(crate) wasm: Bytes,
     /// The manifest text, if the upload had one.
     pub(crate) manifest: Option<String>,
+    /// One of the [`MAX_UPLOADS_AT_ONCE`] places: keep the upload until its
+    /// change is decided.
+    _place: tokio::sync::SemaphorePermit<'static>,
 }
 
 /// The body types an endpoint can get, by `Content-Type`.
@@ -76,17 +86,35 @@ pub(crate) async fn read_upload(request: Request, max_wasm_size: u64) -> Result<
     let max_wasm = usize::try_from(max_wasm_size).unwrap_or(usize::MAX);
     match body_kind(request.headers()) {
         BodyKind::Wasm => {
+            let place = take_place().await?;
             let wasm = read_limited(request, max_wasm, || too_large_wasm(max_wasm)).await?;
             Ok(Upload {
                 wasm,
                 manifest: None,
+                _place: place,
             })
         }
-        BodyKind::Multipart => read_multipart(request, max_wasm).await,
+        BodyKind::Multipart => {
+            let place = take_place().await?;
+            let (wasm, manifest) = read_multipart(request, max_wasm).await?;
+            Ok(Upload {
+                wasm,
+                manifest,
+                _place: place,
+            })
+        }
         _ => Err(ApiError::unsupported_type(
             "send the wasm as the body with `Content-Type: application/wasm`, or as `multipart/form-data` with a part `wasm` and an optional part `manifest`",
         )),
     }
+}
+
+/// Waits for one of the places for an upload.
+async fn take_place() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    UPLOADS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the upload limiter is closed"))
 }
 
 /// Reads a small body (JSON) whole, at most [`MAX_JSON_SIZE`] bytes.
@@ -118,7 +146,10 @@ async fn read_limited(
     }
 }
 
-async fn read_multipart(request: Request, max_wasm: usize) -> Result<Upload, ApiError> {
+async fn read_multipart(
+    request: Request,
+    max_wasm: usize,
+) -> Result<(Bytes, Option<String>), ApiError> {
     let limit = max_wasm.saturating_add(MULTIPART_OVERHEAD);
     if declared_length(request.headers()).is_some_and(|length| length > limit as u64) {
         return Err(too_large_form(limit));
@@ -175,7 +206,7 @@ async fn read_multipart(request: Request, max_wasm: usize) -> Result<Upload, Api
                 .map_err(|_| ApiError::bad_request("the manifest part is not UTF-8 text"))
         })
         .transpose()?;
-    Ok(Upload { wasm, manifest })
+    Ok((wasm, manifest))
 }
 
 /// A multipart failure: 413 when the stream passed its cap (`limit`), else
