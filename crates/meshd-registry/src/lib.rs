@@ -128,3 +128,33 @@ impl Registry {
         &self.startup
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_progress_counts_until_finished() {
+        let startup = Startup::default();
+        startup.expect(3);
+        startup.decided();
+        assert_eq!(
+            startup.progress(),
+            StartupProgress {
+                decided: 1,
+                total: 3,
+                done: false
+            }
+        );
+        startup.finish();
+        // Once finished, everything counts as decided.
+        assert_eq!(
+            startup.progress(),
+            StartupProgress {
+                decided: 3,
+                total: 3,
+                done: true
+            }
+        );
+    }
+}

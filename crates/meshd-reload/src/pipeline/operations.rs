@@ -243,21 +243,17 @@ impl Pipeline {
 
     /// The canary becomes the live version.
     pub(super) async fn promote(&mut self, name: &str, origin: Origin) -> Result<Applied, Refused> {
-        self.owned(name, origin)?;
-        let Some(entry) = self.apps.get_mut(name) else {
-            return Err(Refused::NotFound(name.to_owned()));
-        };
-        let trial = entry
-            .canary
-            .take()
-            .ok_or_else(|| Refused::NoCanary(name.to_owned()))?;
+        let trial = self.take_canary(name, origin)?;
         let mut promoted = trial.deployed;
         promoted.deployed_at = SystemTime::now();
-        let old = entry.live.replace(promoted.clone());
+        let old = self
+            .apps
+            .get_mut(name)
+            .and_then(|entry| entry.live.replace(promoted.clone()));
         // Its bytes may have been collected if the trial ran long: stored
         // again (if missing) before it is recorded.
         if let Some(store) = self.store.clone() {
-            let (spec, d) = (trial.spec.clone(), promoted.clone());
+            let (spec, d) = (trial.spec, promoted.clone());
             let stored = tokio::task::spawn_blocking(move || {
                 super::prepare::put_spec(&store, &spec, &d.digest, d.manifest_digest.as_ref())
             })
@@ -266,9 +262,11 @@ impl Pipeline {
                 tracing::warn!(app = %name, error = %e, "cannot keep the promoted version in the artifact store");
             }
         }
-        let specs = HashMap::from([(name.to_owned(), trial.spec)]);
-        self.keep_history(&[(name.to_owned(), promoted.clone(), None)], &specs)
-            .await;
+        self.keep_history(
+            &[(name.to_owned(), promoted.clone(), None)],
+            &HashMap::new(),
+        )
+        .await;
         self.publish();
         tracing::info!(app = %name, version = %promoted.version.id(), "canary promoted; it serves all requests");
         self.totals.count(&Ok(Applied::Deployed));
@@ -278,16 +276,18 @@ impl Pipeline {
         Ok(Applied::Deployed)
     }
 
+    /// Ends the canary of an app `origin` owns, returning it.
+    fn take_canary(&mut self, name: &str, origin: Origin) -> Result<Trial, Refused> {
+        self.owned(name, origin)?;
+        self.apps
+            .get_mut(name)
+            .and_then(|entry| entry.canary.take())
+            .ok_or_else(|| Refused::NoCanary(name.to_owned()))
+    }
+
     /// The canary stops; the live version serves everything.
     pub(super) async fn abort(&mut self, name: &str, origin: Origin) -> Result<Applied, Refused> {
-        self.owned(name, origin)?;
-        let Some(entry) = self.apps.get_mut(name) else {
-            return Err(Refused::NotFound(name.to_owned()));
-        };
-        let trial = entry
-            .canary
-            .take()
-            .ok_or_else(|| Refused::NoCanary(name.to_owned()))?;
+        let trial = self.take_canary(name, origin)?;
         self.publish();
         tracing::info!(app = %name, version = %trial.deployed.version.id(), "canary aborted; the live version serves all requests");
         retire(
