@@ -19,6 +19,13 @@ use subtle::ConstantTimeEq as _;
 /// Largest token file read: a token is a line, not a document.
 const MAX_TOKEN_FILE: u64 = 4096;
 
+/// Wrong tokens are warned about at most once a second, so a client
+/// guessing tokens cannot flood meshd's log.
+static WRONG_TOKEN_WARNINGS: std::sync::LazyLock<governor::DefaultDirectRateLimiter> =
+    std::sync::LazyLock::new(|| {
+        governor::RateLimiter::direct(governor::Quota::per_second(std::num::NonZeroU32::MIN))
+    });
+
 /// The secret every admin request must present as
 /// `Authorization: Bearer <token>`. Its `Debug` output does not show it.
 #[derive(Clone)]
@@ -123,7 +130,9 @@ pub(crate) async fn require_token(
     match presented_token(&request) {
         Some(presented) if token.matches(presented) => next.run(request).await,
         Some(_) => {
-            tracing::warn!(method = %request.method(), path = request.uri().path(), "admin request with a wrong token refused");
+            if WRONG_TOKEN_WARNINGS.check().is_ok() {
+                tracing::warn!(method = %request.method(), path = request.uri().path(), "admin request with a wrong token refused (this warning: at most one a second)");
+            }
             ApiError::unauthorized("the bearer token is not the admin token").into_response()
         }
         None => ApiError::unauthorized(
