@@ -335,6 +335,9 @@ impl Pipeline {
 
         let mut retired = Vec::new();
         let mut went_live = Vec::new();
+        // Live versions that stay, with a new manifest: kept as versions of
+        // their own, so that a restart or a rollback finds that manifest.
+        let mut new_manifest = Vec::new();
         let names: Vec<String> = self.apps.keys().cloned().collect();
         for name in names {
             let Some(entry) = self.apps.get_mut(&name) else {
@@ -345,9 +348,13 @@ impl Pipeline {
             let old = entry.live.take();
             let (now_live, outcome) = match (candidate, chosen) {
                 (Some(Ok(new)), Some(0)) => {
-                    let unchanged = old
-                        .as_ref()
-                        .is_some_and(|o| Arc::ptr_eq(&o.version, &new.version));
+                    // The same running version with the same manifest text:
+                    // a new manifest that changes no setting (a route, a
+                    // health path) reuses the version but is a change.
+                    let unchanged = old.as_ref().is_some_and(|o| {
+                        Arc::ptr_eq(&o.version, &new.version)
+                            && o.manifest_digest == new.manifest_digest
+                    });
                     let applied = if unchanged {
                         Applied::Unchanged
                     } else {
@@ -404,6 +411,9 @@ impl Pipeline {
                     if old.prefix != new.prefix {
                         tracing::info!(app = %name, from = %old.prefix, to = %new.prefix, "app moved");
                     }
+                    if old.manifest_digest != new.manifest_digest {
+                        new_manifest.push((name.clone(), new.clone(), None));
+                    }
                 }
                 (Some(old), Some(new)) => {
                     went_live.push((name.clone(), new.clone(), Some(old.version.id().to_owned())));
@@ -420,7 +430,8 @@ impl Pipeline {
             entry.live = now_live;
         }
 
-        self.keep_history(&went_live, &specs).await;
+        self.keep_history(&[went_live.as_slice(), &new_manifest].concat(), &specs)
+            .await;
         self.update_holdings();
         // Switch first, then say so: once `app deployed` or `app updated`
         // is logged, requests reach the new version.
