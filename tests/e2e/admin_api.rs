@@ -671,12 +671,14 @@ async fn listing_apps_does_not_wait_for_a_slow_health_check() {
     let reply = admin.put_wasm("warm", platform.clone()).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
 
-    // The issue asks for 100 ms. On this shared 2-core machine (three
-    // engineers building and testing at once) a loopback request can stall
-    // for longer than that for reasons that have nothing to do with meshd, so
-    // each listing is held to 500 ms: still far below the 3 s health check
-    // that a listing waiting for the deploy would take. The slowest listing is
-    // printed so the figure can be read in the test's output.
+    // The issue asks for 100 ms. Measured here during a deploy: a median
+    // under 1 ms, the slowest of ~130 listings 2 to 5 ms. But this machine has 2 cores shared by three
+    // engineers building and testing at once, where a loopback request can
+    // stall past 100 ms for reasons that have nothing to do with meshd. So
+    // the median listing is held to the issue's 100 ms, and every listing to
+    // 500 ms: both far below the 3 s health check that a listing waiting for
+    // the deploy would take. The figures are printed in the test's output.
+    const MEDIAN_BOUND: Duration = Duration::from_millis(100);
     const BOUND: Duration = Duration::from_millis(500);
     // The [env] makes it a new version of warm's code (other settings), so
     // that its health check runs.
@@ -707,13 +709,13 @@ async fn listing_apps_does_not_wait_for_a_slow_health_check() {
                 (reply, started.elapsed())
             })
         };
-        let mut slowest = Duration::ZERO;
+        let mut took_all = Vec::new();
         let mut seen_in_progress = 0;
         while !deploy.is_finished() {
             let started = Instant::now();
             let list = admin.apps().await;
             let took = started.elapsed();
-            slowest = slowest.max(took);
+            took_all.push(took);
             assert!(took < BOUND, "GET /v1/apps took {took:?} during a deploy");
             let app = list.iter().find(|a| a["name"] == name);
             let in_progress = match (first, app) {
@@ -742,7 +744,14 @@ async fn listing_apps_does_not_wait_for_a_slow_health_check() {
             seen_in_progress >= 10,
             "{name}: the listing showed the deploy in progress only {seen_in_progress} times"
         );
-        eprintln!("{name}: slowest GET /v1/apps during the deploy: {slowest:?}");
+        took_all.sort();
+        let median = took_all[took_all.len() / 2];
+        let slowest = took_all[took_all.len() - 1];
+        eprintln!(
+            "{name}: {} GET /v1/apps during the deploy: median {median:?}, slowest {slowest:?}",
+            took_all.len()
+        );
+        assert!(median < MEDIAN_BOUND, "median GET /v1/apps {median:?}");
         let app = admin.app(name).await;
         assert_eq!(app["state"], "live");
         assert_eq!(
@@ -804,6 +813,12 @@ async fn a_newcomer_asking_for_a_held_route_is_refused_before_and_after_the_hold
     let holder = admin.app("holder").await;
     assert_eq!(holder["route"], "/shared");
     assert!(holder["last_error"].is_null(), "{holder:#}");
+
+    // A refused newcomer has no version, but can be removed from the list.
+    let reply = admin.delete("newcomer").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    refusal(&admin.get("/v1/apps/newcomer").await, 404, "not_found");
+    assert_eq!(names(&admin.apps().await), ["holder"]);
 
     // Once the holder is gone, the route is free.
     assert_eq!(admin.delete("holder").await.status, 200);
@@ -925,4 +940,101 @@ async fn a_new_manifest_for_the_same_code_is_a_new_deploy_that_survives_a_restar
     wait_for_answer(&meshd.url("/two"), 200, Some(HELLO)).await;
     assert_eq!(Client::http1().get(&meshd.url("/one")).await.status, 404);
     assert_live(&admin.app("app").await, "/two", &hello_digest);
+}
+
+#[tokio::test]
+async fn uploads_too_large_or_malformed_are_refused_and_only_the_last_versions_are_kept() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let token = TokenFile::new();
+    // hello (113 KiB), counter (120 KiB) and stream (133 KiB) fit; echo
+    // (163 KiB) does not.
+    let meshd = Meshd::builder(apps.path())
+        .args(&[
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            &token.arg(),
+            "--max-wasm-size",
+            "150KB",
+            "--keep-versions",
+            "2",
+        ])
+        .data_dir(data.path())
+        .cache_dir(&shared_cache_dir())
+        .start();
+    let admin = Admin::of(&meshd);
+    let echo = wasm("echo");
+    assert!(echo.len() > 150_000 && wasm("stream").len() < 150_000);
+
+    let reply = admin.put_wasm("app", echo.clone()).await;
+    let message = refusal(&reply, 413, "too_large");
+    assert!(message.contains("--max-wasm-size"), "{message}");
+    assert_eq!(
+        reply.headers["connection"], "close",
+        "the body was not read"
+    );
+    let reply = admin.put_form("app", &echo, None).await;
+    refusal(&reply, 413, "too_large");
+    let reply = admin
+        .send("PUT", "/v1/apps/app", Some("text/plain"), wasm("hello"))
+        .await;
+    refusal(&reply, 415, "bad_request");
+    let reply = admin.send("PUT", "/v1/apps/app", None, wasm("hello")).await;
+    refusal(&reply, 415, "bad_request");
+    let boundary = "b0undary";
+    let only_manifest = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\r\nroute = \"/x\"\r\n--{boundary}--\r\n"
+    );
+    let form = format!("multipart/form-data; boundary={boundary}");
+    let reply = admin
+        .send("PUT", "/v1/apps/app", Some(&form), only_manifest)
+        .await;
+    let message = refusal(&reply, 400, "bad_request");
+    assert!(message.contains("wasm"), "{message}");
+    let reply = admin
+        .put_form("app", &wasm("hello"), Some("route = 42\n"))
+        .await;
+    let message = refusal(&reply, 422, "invalid_manifest");
+    assert!(message.contains("route"), "{message}");
+    // The uploads refused before the pipeline left no trace; the one the
+    // pipeline refused shows as refused, with no version.
+    let app = admin.app("app").await;
+    assert_eq!(app["state"], "refused", "{app:#}");
+    assert!(
+        app["version"].is_null() && app["route"].is_null(),
+        "{app:#}"
+    );
+    assert_eq!(app["last_error"]["kind"], "invalid_manifest", "{app:#}");
+    assert_eq!(app["kept"], serde_json::json!([]), "{app:#}");
+    refusal(&admin.get("/v2/nothing").await, 404, "not_found");
+    refusal(
+        &admin.send("POST", "/v1/apps", None, Vec::new()).await,
+        405,
+        "method_not_allowed",
+    );
+    assert_eq!(meshd.count_log(&["app deployed"]), 0);
+    assert_eq!(
+        Client::http1().get(&meshd.url("/app")).await.status,
+        404,
+        "nothing serves"
+    );
+
+    // --keep-versions 2: the oldest of three versions is forgotten.
+    let digests: Vec<String> = ["hello", "counter", "stream"]
+        .iter()
+        .map(|g| sha256_file(&guest(g)))
+        .collect();
+    for g in ["hello", "counter", "stream"] {
+        let reply = admin.put_wasm("app", wasm(g)).await;
+        assert_eq!(reply.status, 201, "{g}: {}", reply.text());
+    }
+    let app = admin.app("app").await;
+    assert_live(&app, "/app", &digests[2]);
+    assert_eq!(kept(&app), [digests[2].as_str(), digests[1].as_str()]);
+    let body = format!(r#"{{"version": "{}"}}"#, &digests[0][..12]);
+    refusal(&admin.rollback("app", &body).await, 422, "no_such_version");
+    let reply = admin.rollback("app", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_live(&reply.json(), "/app", &digests[1]);
 }
