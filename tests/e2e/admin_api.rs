@@ -609,6 +609,12 @@ async fn the_directory_and_the_api_do_not_take_each_others_apps() {
             "{what}: the message names both sources: {message}"
         );
     }
+    // Nor can an API app take its route.
+    let reply = admin
+        .put_form("thief", &wasm("echo"), Some("route = \"/hello\"\n"))
+        .await;
+    let message = refusal(&reply, 422, "route_conflict");
+    assert!(message.contains("hello"), "{message}");
     assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
     let app = admin.app("hello").await;
     assert_eq!(app["origin"], "dir");
@@ -639,6 +645,7 @@ async fn the_directory_and_the_api_do_not_take_each_others_apps() {
     apps.remove("other.wasm");
     wait_for_answer(&meshd.url("/hello"), 404, None).await;
     wait_for_answer(&meshd.url("/other"), 404, None).await;
+    assert_eq!(admin.delete("thief").await.status, 200, "the refused thief");
     let deadline = Instant::now() + Duration::from_secs(30);
     while names(&admin.apps().await) != ["mine"] {
         assert!(
@@ -1037,4 +1044,81 @@ async fn uploads_too_large_or_malformed_are_refused_and_only_the_last_versions_a
     let reply = admin.rollback("app", "").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_live(&reply.json(), "/app", &digests[1]);
+}
+
+#[tokio::test]
+async fn an_api_app_keeps_its_name_across_a_restart_when_the_directory_gets_a_file_of_that_name() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let token = TokenFile::new();
+    let echo_digest = sha256_file(&guest("echo"));
+    {
+        let meshd = start(&apps, data.path(), &token);
+        let admin = Admin::of(&meshd);
+        let reply = admin.put_wasm("x", wasm("echo")).await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        meshd.signal("TERM");
+    }
+    // While meshd is down, a file of the same name lands in the directory.
+    apps.deploy("x", "hello");
+    apps.deploy("y", "hello");
+    let meshd = start(&apps, data.path(), &token);
+    let admin = Admin::of(&meshd);
+    // The API's app is restored before the directory is read: it keeps the
+    // name, and the directory's file is refused naming both sources.
+    let line = meshd.wait_for_log(&["app not loaded", "app=x"]);
+    assert!(
+        line.contains("admin API") && line.contains("apps directory"),
+        "{line}"
+    );
+    let served = wait_for_answer(&meshd.url("/x/p"), 200, None).await;
+    assert_eq!(served.json()["path"], "/p");
+    assert_eq!(Client::http1().get(&meshd.url("/y")).await.text(), HELLO);
+    let x = admin.app("x").await;
+    assert_eq!(x["origin"], "api", "{x:#}");
+    assert_live(&x, "/x", &echo_digest);
+    assert_eq!(admin.app("y").await["origin"], "dir");
+    meshd.wait_for_log(&["meshd listening", "apps=2", "failed=1"]);
+}
+
+#[tokio::test]
+async fn delete_lets_requests_in_flight_finish_then_unmounts() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let token = TokenFile::new();
+    let meshd = start(&apps, data.path(), &token);
+    let admin = Admin::of(&meshd);
+    let reply = admin.put_wasm("sleepy", wasm("platform")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+
+    let in_flight = crate::support::spawn_get(meshd.url("/sleepy/sleep?ms=1500"));
+    // Wait until the request is in the app (the registry counts it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin.app("sleepy").await["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "the request never got in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reply = admin.delete("sleepy").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json(), serde_json::json!({"removed": "sleepy"}));
+    // Listed as draining while its request (1.5 s) is in flight.
+    let app = admin.app("sleepy").await;
+    assert_eq!(app["state"], "draining", "{app:#}");
+    assert_eq!(app["in_flight"], 1, "{app:#}");
+    // New requests find no app; the one in flight finishes.
+    assert_eq!(Client::http1().get(&meshd.url("/sleepy")).await.status, 404);
+    let finished = in_flight
+        .await
+        .expect("the task")
+        .expect("the request in flight is answered");
+    assert_eq!(finished.status, 200);
+    assert_eq!(finished.text(), "slept");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin.get("/v1/apps/sleepy").await.status != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "sleepy still listed after its drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
