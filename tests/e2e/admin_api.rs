@@ -889,6 +889,26 @@ async fn probes_answer_without_the_token_and_metrics_need_it() {
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics ends with # EOF"
     );
+
+    // The admin listener speaks h2c (prior knowledge) too.
+    let mut req =
+        crate::support::request("GET", &admin.url("/v1/apps/api"), crate::support::empty());
+    req.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    let reply = Client::http2().fetch(req).await.expect("h2c answers");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["version"]["requests"]["2xx"], 1);
+    let reply = Client::http2()
+        .fetch(crate::support::request(
+            "GET",
+            &admin.url("/v1/apps"),
+            crate::support::empty(),
+        ))
+        .await
+        .expect("h2c answers");
+    assert_eq!(reply.status, 401);
 }
 
 /// Polls `/readyz` (without a token) until it answers 200; its body.
@@ -946,7 +966,15 @@ async fn a_new_manifest_for_the_same_code_is_a_new_deploy_that_survives_a_restar
     let admin = Admin::of(&meshd);
     wait_for_answer(&meshd.url("/two"), 200, Some(HELLO)).await;
     assert_eq!(Client::http1().get(&meshd.url("/one")).await.status, 404);
-    assert_live(&admin.app("app").await, "/two", &hello_digest);
+    let app = admin.app("app").await;
+    assert_live(&app, "/two", &hello_digest);
+    assert_eq!(kept(&app), [hello_digest.as_str(), hello_digest.as_str()]);
+    // Rolling back brings the previous manifest back, and its route.
+    let reply = admin.rollback("app", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_live(&reply.json(), "/one", &hello_digest);
+    wait_for_answer(&meshd.url("/one"), 200, Some(HELLO)).await;
+    wait_for_answer(&meshd.url("/two"), 404, None).await;
 }
 
 #[tokio::test]
