@@ -1150,3 +1150,68 @@ async fn delete_lets_requests_in_flight_finish_then_unmounts() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_deploy_cut_short_by_a_stop_is_not_loaded_by_the_restart() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let token = TokenFile::new();
+    let hello_digest = sha256_file(&guest("hello"));
+    {
+        let meshd = start(&apps, data.path(), &token);
+        let admin = Admin::of(&meshd);
+        let reply = admin.put_wasm("app", wasm("hello")).await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        // A new app whose health check takes 3 s; meshd stops meanwhile.
+        let (content_type, body) = crate::support::admin::multipart(
+            &wasm("platform"),
+            Some("health = \"/sleep?ms=3000\"\n"),
+        );
+        let url = admin.url("/v1/apps/cut");
+        let deploy = tokio::spawn(async move {
+            let mut req = crate::support::request("PUT", &url, crate::support::full(body));
+            req.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            );
+            req.headers_mut()
+                .insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+            Client::http1().fetch(req).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = admin.get("/v1/apps/cut").await;
+            if reply.status == 200 && reply.json()["state"] == "loading" {
+                break;
+            }
+            assert!(
+                !deploy.is_finished(),
+                "the deploy ended before it was seen loading"
+            );
+            assert!(Instant::now() < deadline, "cut never showed as loading");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        meshd.signal("TERM");
+        let answer = deploy.await.expect("the deploy task");
+        if let Ok(reply) = &answer {
+            assert_ne!(
+                reply.status,
+                201,
+                "deployed after the stop? {}",
+                reply.text()
+            );
+        }
+        eprintln!("the deploy cut short got: {answer:?}");
+    }
+    // The restart serves what was live, and knows nothing of the cut deploy.
+    let meshd = start(&apps, data.path(), &token);
+    let admin = Admin::of(&meshd);
+    assert_eq!(
+        wait_for_answer(&meshd.url("/app"), 200, None).await.text(),
+        HELLO
+    );
+    assert_live(&admin.app("app").await, "/app", &hello_digest);
+    assert_eq!(names(&admin.apps().await), ["app"]);
+    assert_eq!(Client::http1().get(&meshd.url("/cut")).await.status, 404);
+    assert_eq!(meshd.count_log(&["app=cut"]), 0);
+}
