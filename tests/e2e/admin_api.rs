@@ -1210,3 +1210,69 @@ async fn a_deploy_cut_short_by_a_stop_is_not_loaded_by_the_restart() {
     assert_eq!(Client::http1().get(&meshd.url("/cut")).await.status, 404);
     assert_eq!(meshd.count_log(&["app=cut"]), 0);
 }
+
+#[tokio::test]
+async fn concurrent_deploys_of_one_app_are_each_decided_and_the_last_one_serves() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let token = TokenFile::new();
+    let meshd = start(&apps, data.path(), &token);
+    let admin = Admin::of(&meshd);
+    let digests = [
+        sha256_file(&guest("hello")),
+        sha256_file(&guest("echo")),
+        sha256_file(&guest("counter")),
+    ];
+    let mut tasks = Vec::new();
+    for g in ["hello", "echo", "counter"] {
+        let url = admin.url("/v1/apps/race");
+        let bytes = wasm(g);
+        tasks.push(tokio::spawn(async move {
+            let mut req = crate::support::request("PUT", &url, crate::support::full(bytes));
+            req.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            );
+            req.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                "application/wasm".parse().unwrap(),
+            );
+            Client::http1()
+                .fetch(req)
+                .await
+                .expect("the deploy answers")
+        }));
+    }
+    let mut answered = Vec::new();
+    for task in tasks {
+        let reply = task.await.expect("the task");
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        answered.push(
+            reply.json()["version"]["digest"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut sorted_answered = answered.clone();
+    sorted_answered.sort();
+    let mut sorted_digests = digests.to_vec();
+    sorted_digests.sort();
+    assert_eq!(
+        sorted_answered, sorted_digests,
+        "each answer names its own version"
+    );
+    let app = admin.app("race").await;
+    let live = app["version"]["digest"].as_str().unwrap().to_owned();
+    let mut kept_sorted = kept(&app);
+    assert_eq!(kept_sorted[0], live, "the newest kept is live: {app:#}");
+    kept_sorted.sort();
+    assert_eq!(kept_sorted, sorted_digests, "{app:#}");
+    // What serves is the live version.
+    let served = Client::http1().get(&meshd.url("/race/x")).await;
+    match digests.iter().position(|d| *d == live).unwrap() {
+        0 => assert_eq!(served.text(), HELLO),
+        1 => assert_eq!(served.json()["path"], "/x"),
+        _ => assert_eq!(served.text(), "try GET / or POST /incr\n", "counter"),
+    }
+}
