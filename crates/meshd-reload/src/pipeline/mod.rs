@@ -304,7 +304,7 @@ impl Pipeline {
         let new: Vec<(String, Deployed)> = candidates
             .iter()
             .filter_map(|(name, c)| c.as_ref().ok().map(|d| (name, d)))
-            .filter(|(name, d)| !self.is_live_version(name, d))
+            .filter(|(name, d)| !self.is_live_as_is(name, d))
             .map(|(name, d)| (name.clone(), d.clone()))
             .collect();
         let failed = check::check_all(
@@ -459,11 +459,17 @@ impl Pipeline {
         outcomes
     }
 
-    fn is_live_version(&self, name: &str, candidate: &Deployed) -> bool {
+    /// Whether `candidate` is the app's live version with the same manifest
+    /// text: nothing to check. A new manifest for the running code (a new
+    /// route or health path) is checked like a new version.
+    fn is_live_as_is(&self, name: &str, candidate: &Deployed) -> bool {
         self.apps
             .get(name)
             .and_then(|e| e.live.as_ref())
-            .is_some_and(|live| Arc::ptr_eq(&live.version, &candidate.version))
+            .is_some_and(|live| {
+                Arc::ptr_eq(&live.version, &candidate.version)
+                    && live.manifest_digest == candidate.manifest_digest
+            })
     }
 
     /// Prepares every spec, at most `load_parallelism` at a time, off the
