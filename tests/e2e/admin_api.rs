@@ -975,6 +975,40 @@ async fn a_new_manifest_for_the_same_code_is_a_new_deploy_that_survives_a_restar
     assert_live(&reply.json(), "/one", &hello_digest);
     wait_for_answer(&meshd.url("/one"), 200, Some(HELLO)).await;
     wait_for_answer(&meshd.url("/two"), 404, None).await;
+
+    // A new manifest for the running code is checked like a new version: a
+    // health path that fails is refused, and the live manifest stays.
+    let failing = "route = \"/three\"\nhealth = \"/status?code=503\"\n";
+    let reply = admin.put_form("app", &wasm("stream"), Some(two)).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(
+        Client::http1()
+            .get(&meshd.url("/two/status?code=200"))
+            .await
+            .status,
+        200
+    );
+    let reply = admin.put_form("app", &wasm("stream"), Some(failing)).await;
+    let message = refusal(&reply, 422, "health_check");
+    assert!(
+        message.contains("/status?code=503") && message.contains("503"),
+        "{message}"
+    );
+    let app = admin.app("app").await;
+    assert_live(&app, "/two", &sha256_file(&guest("stream")));
+    assert_eq!(
+        app["kept"][0]["manifest"],
+        sha256_hex(two.as_bytes()),
+        "{app:#}"
+    );
+    assert_eq!(Client::http1().get(&meshd.url("/three")).await.status, 404);
+    assert_eq!(
+        Client::http1()
+            .get(&meshd.url("/two/status?code=200"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
