@@ -5,6 +5,7 @@
 mod support;
 
 mod access_log;
+mod admin_api;
 mod bad_apps;
 mod bodies;
 mod cache;

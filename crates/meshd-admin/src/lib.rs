@@ -46,7 +46,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use meshd_server::ServeConfig;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tower::ServiceExt as _;
 
 /// Most connections the admin listener keeps open at once: a few operators
@@ -129,12 +132,31 @@ pub async fn serve(
 
 /// Runs one request through the router. Admin answers are small: they are
 /// collected whole, into a body the accept loop can watch.
+///
+/// An HTTP/1 request whose body was not read to its end (refused before it
+/// was read: 401, 413, 415, an unknown path) is answered with
+/// `Connection: close`: the connection cannot carry another request, and a
+/// keep-alive client that is not told so sends its next request on a
+/// connection that is about to close.
 async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let http1 = request.version() < http::Version::HTTP_2;
+    let has_body = !hyper::body::Body::is_end_stream(request.body());
+    let read = Arc::new(AtomicBool::new(false));
+    let request = request.map(|inner| Tracked {
+        inner,
+        read: read.clone(),
+    });
     let response = match app.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    if http1 && has_body && !read.load(Ordering::Acquire) {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     match body.collect().await {
         Ok(collected) => Response::from_parts(parts, Full::new(collected.to_bytes())),
         Err(e) => {
@@ -143,6 +165,36 @@ async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Respons
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             response
         }
+    }
+}
+
+/// A request body that records whether it was read to its end.
+struct Tracked {
+    inner: hyper::body::Incoming,
+    read: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

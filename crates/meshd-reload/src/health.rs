@@ -45,14 +45,18 @@ pub async fn check(
         got_slot.store(true, Ordering::Relaxed);
         let status = resp.status();
         // Read the body so the guest runs to completion.
-        resp.into_body()
+        let body = resp
+            .into_body()
             .collect()
             .await
-            .map_err(|e| format!("body failed: {e}"))?;
+            .map_err(|e| format!("body failed: {e}"))?
+            .to_bytes();
         if status.is_success() {
             Ok(())
-        } else {
+        } else if body.is_empty() {
             Err(format!("answered {status}"))
+        } else {
+            Err(format!("answered {status}: {}", excerpt(&body)))
         }
     };
     match tokio::time::timeout(timeout, probe).await {
@@ -64,5 +68,37 @@ pub async fn check(
         Err(_) => Err(format!(
             "health check GET {path} did not answer within {timeout:?}"
         )),
+    }
+}
+
+/// Most characters of a failed health check's body shown in its refusal.
+const EXCERPT_CHARS: usize = 200;
+
+/// The start of `body` as one line of text, quoted: at most
+/// [`EXCERPT_CHARS`] characters, control characters escaped, `...` when cut.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let mut shown: String = text.chars().take(EXCERPT_CHARS).collect();
+    if shown.len() < text.len() {
+        shown.push_str("...");
+    }
+    format!("{shown:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_is_one_quoted_line_of_at_most_200_characters() {
+        assert_eq!(
+            excerpt(b"down for maintenance\n"),
+            "\"down for maintenance\""
+        );
+        assert_eq!(excerpt(b"a\nb\x1b"), "\"a\\nb\\u{1b}\"");
+        let long = excerpt("x".repeat(500).as_bytes());
+        assert_eq!(long, format!("\"{}...\"", "x".repeat(200)));
+        assert_eq!(excerpt(b"\xff ok"), "\"\u{fffd} ok\"");
     }
 }

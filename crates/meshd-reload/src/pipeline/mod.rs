@@ -308,7 +308,7 @@ impl Pipeline {
         let new: Vec<(String, Deployed)> = candidates
             .iter()
             .filter_map(|(name, c)| c.as_ref().ok().map(|d| (name, d)))
-            .filter(|(name, d)| !self.is_live_version(name, d))
+            .filter(|(name, d)| !self.is_live_as_is(name, d))
             .map(|(name, d)| (name.clone(), d.clone()))
             .collect();
         let failed = check::check_all(
@@ -339,6 +339,9 @@ impl Pipeline {
 
         let mut retired = Vec::new();
         let mut went_live = Vec::new();
+        // Live versions that stay, with a new manifest: kept as versions of
+        // their own, so that a restart or a rollback finds that manifest.
+        let mut new_manifest = Vec::new();
         let names: Vec<String> = self.apps.keys().cloned().collect();
         for name in names {
             let Some(entry) = self.apps.get_mut(&name) else {
@@ -349,9 +352,13 @@ impl Pipeline {
             let old = entry.live.take();
             let (now_live, outcome) = match (candidate, chosen) {
                 (Some(Ok(new)), Some(0)) => {
-                    let unchanged = old
-                        .as_ref()
-                        .is_some_and(|o| Arc::ptr_eq(&o.version, &new.version));
+                    // The same running version with the same manifest text:
+                    // a new manifest that changes no setting (a route, a
+                    // health path) reuses the version but is a change.
+                    let unchanged = old.as_ref().is_some_and(|o| {
+                        Arc::ptr_eq(&o.version, &new.version)
+                            && o.manifest_digest == new.manifest_digest
+                    });
                     let applied = if unchanged {
                         Applied::Unchanged
                     } else {
@@ -408,6 +415,9 @@ impl Pipeline {
                     if old.prefix != new.prefix {
                         tracing::info!(app = %name, from = %old.prefix, to = %new.prefix, "app moved");
                     }
+                    if old.manifest_digest != new.manifest_digest {
+                        new_manifest.push((name.clone(), new.clone(), None));
+                    }
                 }
                 (Some(old), Some(new)) => {
                     went_live.push((name.clone(), new.clone(), Some(old.version.id().to_owned())));
@@ -424,7 +434,8 @@ impl Pipeline {
             entry.live = now_live;
         }
 
-        self.keep_history(&went_live, &specs).await;
+        self.keep_history(&[went_live.as_slice(), &new_manifest].concat(), &specs)
+            .await;
         self.update_holdings();
         // Switch first, then say so: once `app deployed` or `app updated`
         // is logged, requests reach the new version.
@@ -452,11 +463,17 @@ impl Pipeline {
         outcomes
     }
 
-    fn is_live_version(&self, name: &str, candidate: &Deployed) -> bool {
+    /// Whether `candidate` is the app's live version with the same manifest
+    /// text: nothing to check. A new manifest for the running code (a new
+    /// route or health path) is checked like a new version.
+    fn is_live_as_is(&self, name: &str, candidate: &Deployed) -> bool {
         self.apps
             .get(name)
             .and_then(|e| e.live.as_ref())
-            .is_some_and(|live| Arc::ptr_eq(&live.version, &candidate.version))
+            .is_some_and(|live| {
+                Arc::ptr_eq(&live.version, &candidate.version)
+                    && live.manifest_digest == candidate.manifest_digest
+            })
     }
 
     /// Prepares every spec, at most `load_parallelism` at a time, off the

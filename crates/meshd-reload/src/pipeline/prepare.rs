@@ -112,8 +112,14 @@ pub(crate) fn prepare(
         // Same code: no recompile. Same settings too: the running version
         // stays (no drain); otherwise a new version of the same code.
         if previous.version.settings() == &settings {
+            // Deployed when its manifest went live: now, if it is new.
+            let deployed_at = if previous.manifest_digest == manifest_digest {
+                previous.deployed_at
+            } else {
+                SystemTime::now()
+            };
             return Ok(Deployed {
-                deployed_at: previous.deployed_at,
+                deployed_at,
                 ..deployed(previous.version.clone())
             });
         }
