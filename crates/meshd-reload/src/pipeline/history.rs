@@ -30,40 +30,71 @@ enum JobKind {
 /// A new kept list of an app, written in the background.
 pub(super) type KeptUpdate = (String, Vec<StoredVersion>);
 
-/// Runs the store's writes one after another until the pipeline goes away.
+/// How often blobs no kept version names (refused uploads, ended canaries)
+/// are collected, besides at start-up.
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Runs the store's writes one after another until the pipeline goes away,
+/// and collects unnamed blobs at start and every hour.
 pub(super) async fn write_history(
     store: ArtifactStore,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     updates: mpsc::UnboundedSender<KeptUpdate>,
 ) {
-    while let Some(Job { app, kind, done }) = jobs.recv().await {
-        let store = store.clone();
-        let name = app.clone();
-        let outcome = tokio::task::spawn_blocking(move || match kind {
-            JobKind::Record(spec, version) => {
-                if let Some(spec) = &spec {
-                    put_spec(&store, spec, &version.wasm, version.manifest.as_ref())?;
-                }
-                record(&store, &name, version)
-            }
-            JobKind::Forget => store.forget(&name).map(|()| Vec::new()),
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|written| written.map_err(|e| e.to_string()));
-        match done {
-            Some(done) => {
-                let _ = done.send(outcome);
-            }
-            None => match outcome {
-                Ok(kept) => {
-                    let _ = updates.send((app, kept));
-                }
-                Err(e) => {
-                    tracing::warn!(app = %app, error = %e, "cannot keep the version in the artifact store; it serves, but cannot be rolled back to");
-                }
+    let mut collect = tokio::time::interval(COLLECT_EVERY);
+    collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => return,
             },
+            _ = collect.tick() => {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.collect_garbage()).await {
+                    Ok(Ok(0)) | Err(_) => {}
+                    Ok(Ok(deleted)) => tracing::info!(deleted, "artifact store: deleted blobs no kept version names"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "artifact store: cannot collect unused blobs"),
+                }
+                continue;
+            }
+        };
+        write(&store, job, &updates).await;
+    }
+}
+
+/// Runs one job.
+async fn write(
+    store: &ArtifactStore,
+    Job { app, kind, done }: Job,
+    updates: &mpsc::UnboundedSender<KeptUpdate>,
+) {
+    let store = store.clone();
+    let name = app.clone();
+    let outcome = tokio::task::spawn_blocking(move || match kind {
+        JobKind::Record(spec, version) => {
+            if let Some(spec) = &spec {
+                put_spec(&store, spec, &version.wasm, version.manifest.as_ref())?;
+            }
+            record(&store, &name, version)
         }
+        JobKind::Forget => store.forget(&name).map(|()| Vec::new()),
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|written| written.map_err(|e| e.to_string()));
+    match done {
+        Some(done) => {
+            let _ = done.send(outcome);
+        }
+        None => match outcome {
+            Ok(kept) => {
+                let _ = updates.send((app, kept));
+            }
+            Err(e) => {
+                tracing::warn!(app = %app, error = %e, "cannot keep the version in the artifact store; it serves, but cannot be rolled back to");
+            }
+        },
     }
 }
 

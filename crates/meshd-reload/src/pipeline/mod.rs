@@ -278,7 +278,14 @@ impl Pipeline {
                         owner: entry.origin,
                         asked: spec.origin,
                     };
-                    tracing::error!(app = %spec.name, "app not loaded: {refusal}");
+                    match &entry.live {
+                        Some(live) => tracing::error!(
+                            app = %spec.name,
+                            "new version refused: {refusal}; version {} keeps serving",
+                            live.version.id()
+                        ),
+                        None => tracing::error!(app = %spec.name, "new version refused: {refusal}"),
+                    }
                     outcomes.insert(spec.name, Err(refusal));
                 }
                 _ => accepted.push(spec),
