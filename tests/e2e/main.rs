@@ -8,6 +8,8 @@ mod access_log;
 mod bad_apps;
 mod bodies;
 mod cache;
+mod canary;
+mod cli;
 mod front_door;
 mod harness;
 mod isolation;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test module uses a different part of the harness.
 
+pub mod canary;
 mod client;
 mod meshd;
 mod pki;

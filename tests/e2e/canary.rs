@@ -1,0 +1,451 @@
+//! Canaries through the admin API: the split of the requests between the
+//! live version and the canary (by weight, or by a sticky header), promote
+//! and abort under load without a failed request, the refusals, and a
+//! redeploy that ends a canary.
+
+use crate::support::canary::{answered_by, assert_error, Admin, Load, Tally};
+use crate::support::{empty, guest, request, AppsDir, Client, Meshd};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Requests of each split test.
+const N: usize = 1000;
+
+/// The bytes of guest `name`.
+fn wasm(name: &str) -> Vec<u8> {
+    std::fs::read(guest(name)).expect("the guest is readable")
+}
+
+/// meshd with an empty apps directory and the admin API on loopback.
+fn meshd_with_admin(apps: &AppsDir, extra: &[&str]) -> (Meshd, Admin) {
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--admin", "127.0.0.1:0"])
+        .args(extra)
+        .start();
+    let admin = Admin::new(meshd.admin_url());
+    (meshd, admin)
+}
+
+/// Deploys guest `guest` as app `name` through the API; its version id.
+async fn deploy(admin: &Admin, name: &str, guest_name: &str) -> String {
+    let reply = admin.deploy(name, &wasm(guest_name)).await;
+    assert_eq!(reply.status, 201, "deploy {name}: {}", reply.text());
+    reply.json()["version"]["id"]
+        .as_str()
+        .expect("a live version")
+        .to_owned()
+}
+
+/// The access log's lines once at least `count` of them are about `app`,
+/// parsed as JSON.
+fn access_lines(path: &Path, app: &str, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .filter(|line: &serde_json::Value| line["app"] == app)
+            .collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} access-log lines of {app} within 30 s, wanted {count}",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `n` GETs to `url` from 8 keep-alive HTTP/1.1 connections at once;
+/// returns how many each guest answered. Every answer must be a 200 with
+/// a whole body of one of the guests.
+async fn send_many(url: &str, n: usize) -> BTreeMap<&'static str, usize> {
+    const TASKS: usize = 8;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let client = Client::http1();
+                let mut seen = Vec::new();
+                for _ in (t..n).step_by(TASKS) {
+                    let reply = client.get(&url).await;
+                    assert_eq!(reply.status, 200, "{}", reply.text());
+                    let by = answered_by(&reply.body)
+                        .unwrap_or_else(|| panic!("a body of no guest: {:?}", reply.text()));
+                    seen.push(by);
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut counts = BTreeMap::new();
+    for task in tasks {
+        for by in task.await.expect("a client task panicked") {
+            *counts.entry(by).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Asserts that `k` canary answers out of `n` fit a split of `percent`.
+///
+/// The bound is 5 standard deviations of the binomial distribution:
+/// |k - n·p| <= 5·sqrt(n·p·(1-p)). A fair split falls outside it with
+/// probability < 1e-6 (the normal tail beyond 5 sigma is 5.7e-7; n·p >= 100
+/// here, where the normal approximation holds), so this test does not
+/// flake; a split that ignores the percent (e.g. 50% asked 10%: k = 500,
+/// 47 allowed around 100) fails it.
+fn assert_binomial(k: usize, n: usize, percent: u32) {
+    let p = f64::from(percent) / 100.0;
+    let expected = n as f64 * p;
+    let bound = 5.0 * (n as f64 * p * (1.0 - p)).sqrt();
+    assert!(
+        (k as f64 - expected).abs() <= bound,
+        "{k} of {n} requests went to a {percent}% canary: expected {expected} ± {bound:.1}"
+    );
+}
+
+/// A canary at `percent` takes its share of N requests, and the app's
+/// counters and the access log agree with what the clients saw.
+async fn split_within_binomial_bound(percent: u32) {
+    let apps = AppsDir::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("access.log");
+    let (meshd, admin) = meshd_with_admin(
+        &apps,
+        &[
+            "--log-format",
+            "json",
+            "--access-log",
+            log_path.to_str().expect("utf-8 path"),
+        ],
+    );
+    let live_id = deploy(&admin, "app", "hello").await;
+    let reply = admin
+        .canary("app", &format!("percent={percent}"), &wasm("echo"))
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let started = reply.json();
+    assert_eq!(started["canary"]["percent"], percent, "{started}");
+    assert_eq!(started["version"]["id"], live_id.as_str(), "{started}");
+    let canary_id = started["canary"]["id"].as_str().expect("a canary id");
+    assert_ne!(canary_id, live_id);
+    meshd.wait_for_log(&["canary started", canary_id]);
+
+    let counts = send_many(&meshd.url("/app/some/path"), N).await;
+    let k = counts.get("echo").copied().unwrap_or(0);
+    let live = counts.get("hello").copied().unwrap_or(0);
+    assert_eq!(k + live, N, "{counts:?}");
+    assert_binomial(k, N, percent);
+
+    // The API counts each side's answers: they add up to N.
+    let app = admin.app("app").await;
+    assert_eq!(app["canary"]["percent"], percent, "{app}");
+    assert_eq!(app["canary"]["id"], canary_id, "{app}");
+    assert_eq!(app["canary"]["requests"]["2xx"], k, "{app}");
+    assert_eq!(app["version"]["requests"]["2xx"], live, "{app}");
+    for side in ["version", "canary"] {
+        for class in ["1xx", "3xx", "4xx", "5xx"] {
+            assert_eq!(app[side]["requests"][class], 0, "{side} {class}: {app}");
+        }
+    }
+
+    // One access-log line per request, naming its side and version.
+    let lines = access_lines(&log_path, "app", N);
+    assert_eq!(lines.len(), N);
+    let on = |side: &str, version: &str| {
+        lines
+            .iter()
+            .filter(|l| l["side"] == side && l["version"] == version && l["status"] == 200)
+            .count()
+    };
+    assert_eq!(on("canary", canary_id), k);
+    assert_eq!(on("live", &live_id), live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_at_10_percent_takes_its_share_of_1000_requests() {
+    split_within_binomial_bound(10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_at_50_percent_takes_its_share_of_1000_requests() {
+    split_within_binomial_bound(50).await;
+}
+
+/// The guest that answers each of `users` (10 requests each, with the
+/// header `x-user: USER`); asserts that every user's 10 answers agree.
+async fn sides_of_users(url: &str, users: &[String]) -> BTreeMap<String, &'static str> {
+    let client = Client::http1();
+    let mut sides = BTreeMap::new();
+    for user in users {
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let mut req = request("GET", url, empty());
+            req.headers_mut()
+                .insert("x-user", user.parse().expect("a header value"));
+            let reply = client.fetch(req).await.expect("the app answers");
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            seen.push(answered_by(&reply.body).expect("a guest's body"));
+        }
+        assert!(
+            seen.iter().all(|by| *by == seen[0]),
+            "user {user} landed on both sides: {seen:?}"
+        );
+        sides.insert(user.clone(), seen[0]);
+    }
+    sides
+}
+
+#[tokio::test]
+async fn a_sticky_header_keeps_each_user_on_one_side() {
+    let apps = AppsDir::new();
+    let (meshd, admin) = meshd_with_admin(&apps, &[]);
+    // echo first, then hello: echo is a kept version, hello is live.
+    let echo_id = deploy(&admin, "app", "echo").await;
+    deploy(&admin, "app", "hello").await;
+    let url = meshd.url("/app/");
+    let users: Vec<String> = (0..50).map(|i| format!("user-{i}")).collect();
+
+    // A new upload as the canary, the header in the query.
+    let reply = admin
+        .canary("app", "percent=50&sticky_header=x-user", &wasm("echo"))
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.json()["canary"]["id"], echo_id.as_str());
+    let by_upload = sides_of_users(&url, &users).await;
+    let on_canary = by_upload.values().filter(|by| **by == "echo").count();
+    // 50 users at 50%: all on one side has probability 2^-49.
+    assert!(
+        (1..users.len()).contains(&on_canary),
+        "{on_canary} of {} users on the canary: {by_upload:?}",
+        users.len()
+    );
+
+    // The kept version as the canary, the header in the JSON body: the
+    // side depends only on the header's value and the share, so every
+    // user lands where they did before.
+    let reply = admin.post("/v1/apps/app/abort").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = admin
+        .post_json(
+            "/v1/apps/app/canary",
+            serde_json::json!({"version": echo_id, "percent": 50, "sticky_header": "x-user"}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.json()["canary"]["percent"], 50);
+    let by_kept = sides_of_users(&url, &users).await;
+    assert_eq!(by_kept, by_upload);
+}
+
+/// Which guests answered the requests completed in phase 0 (before any
+/// switch was asked for).
+fn guests_before_any_switch(tally: &Tally) -> Vec<&'static str> {
+    let mut guests: Vec<_> = tally
+        .answers
+        .iter()
+        .filter(|(_, done, _)| *done == 0)
+        .map(|(_, _, g)| *g)
+        .collect();
+    guests.sort();
+    guests.dedup();
+    guests
+}
+
+/// Load on `app` (hello live), a canary (echo, 50%) started under it;
+/// returns the load in phase 1 (the canary answered) and both ids.
+async fn canary_under_load(meshd: &Meshd, admin: &Admin) -> (Load, String, String) {
+    let live_id = deploy(admin, "app", "hello").await;
+    let load = Load::start(meshd.url("/app/"), 6);
+    load.wait_for(0, "hello", 50).await;
+    let reply = admin.canary("app", "percent=50", &wasm("echo")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let canary_id = reply.json()["canary"]["id"]
+        .as_str()
+        .expect("a canary")
+        .to_owned();
+    let phase = load.next_phase();
+    assert_eq!(phase, 1);
+    load.wait_for(1, "echo", 100).await;
+    load.wait_for(1, "hello", 100).await;
+    (load, live_id, canary_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_a_canary_under_load_fails_no_request() {
+    let apps = AppsDir::new();
+    let (meshd, admin) = meshd_with_admin(&apps, &[]);
+    let (load, live_id, canary_id) = canary_under_load(&meshd, &admin).await;
+
+    let reply = admin.post("/v1/apps/app/promote").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let promoted = reply.json();
+    assert_eq!(promoted["version"]["id"], canary_id.as_str(), "{promoted}");
+    assert!(promoted["canary"].is_null(), "{promoted}");
+    let after = load.next_phase();
+    load.wait_for(after, "echo", 300).await;
+    let tally = load.stop().await;
+
+    assert!(
+        tally.failures.is_empty(),
+        "{} failed requests across the switches: {:?}",
+        tally.failures.len(),
+        &tally.failures[..tally.failures.len().min(10)]
+    );
+    assert_eq!(guests_before_any_switch(&tally), ["hello"]);
+    // Every request sent once the promote was answered reached the new
+    // version.
+    assert_eq!(tally.guests_sent_from(after), ["echo"]);
+    meshd.wait_for_log(&["canary promoted", "app=app"]);
+    meshd.wait_for_log(&["old version drained and retired", &live_id]);
+    let app = admin.app("app").await;
+    assert_eq!(app["version"]["id"], canary_id.as_str(), "{app}");
+    assert!(app["canary"].is_null(), "{app}");
+    assert_eq!(app["state"], "live", "{app}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_a_canary_under_load_fails_no_request() {
+    let apps = AppsDir::new();
+    let (meshd, admin) = meshd_with_admin(&apps, &[]);
+    let (load, live_id, canary_id) = canary_under_load(&meshd, &admin).await;
+
+    let reply = admin.post("/v1/apps/app/abort").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let aborted = reply.json();
+    assert_eq!(aborted["version"]["id"], live_id.as_str(), "{aborted}");
+    assert!(aborted["canary"].is_null(), "{aborted}");
+    let after = load.next_phase();
+    load.wait_for(after, "hello", 300).await;
+    let tally = load.stop().await;
+
+    assert!(
+        tally.failures.is_empty(),
+        "{} failed requests across the switches: {:?}",
+        tally.failures.len(),
+        &tally.failures[..tally.failures.len().min(10)]
+    );
+    assert_eq!(guests_before_any_switch(&tally), ["hello"]);
+    assert_eq!(tally.guests_sent_from(after), ["hello"]);
+    meshd.wait_for_log(&["canary aborted", "app=app"]);
+    meshd.wait_for_log(&["old version drained and retired", &canary_id]);
+    let app = admin.app("app").await;
+    assert_eq!(app["version"]["id"], live_id.as_str(), "{app}");
+    assert!(app["canary"].is_null(), "{app}");
+}
+
+/// GETs `url` `n` times; asserts that `hello` answered every one.
+async fn assert_all_hello(url: &str, n: usize) {
+    let client = Client::http1();
+    for _ in 0..n {
+        let reply = client.get(url).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(answered_by(&reply.body), Some("hello"), "{}", reply.text());
+    }
+}
+
+#[tokio::test]
+async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_serves() {
+    let apps = AppsDir::new();
+    let (meshd, admin) = meshd_with_admin(&apps, &["--health-timeout", "5s"]);
+    let live_id = deploy(&admin, "app", "hello").await;
+    let url = meshd.url("/app/");
+
+    // Promote or abort without a canary.
+    for action in ["promote", "abort"] {
+        let reply = admin.post(&format!("/v1/apps/app/{action}")).await;
+        assert_error(&reply, 422, "no_canary");
+        assert_eq!(reply.json()["error"]["app"], "app");
+    }
+    // No such app.
+    let reply = admin.canary("nope", "percent=10", &wasm("echo")).await;
+    assert_error(&reply, 404, "not_found");
+
+    // A share of 0 or 100 percent is no canary: query and JSON forms.
+    for percent in [0, 100] {
+        let reply = admin
+            .canary("app", &format!("percent={percent}"), &wasm("echo"))
+            .await;
+        assert_error(&reply, 400, "bad_request");
+        let reply = admin
+            .post_json(
+                "/v1/apps/app/canary",
+                serde_json::json!({"version": live_id, "percent": percent}),
+            )
+            .await;
+        assert_error(&reply, 400, "bad_request");
+    }
+
+    // A canary must keep the route: a manifest that moves it is refused.
+    let reply = admin
+        .canary_with_manifest(
+            "app",
+            "percent=10",
+            &wasm("echo"),
+            "route = \"/elsewhere\"\n",
+        )
+        .await;
+    assert_error(&reply, 400, "bad_request");
+    assert!(reply.text().contains("route"), "{}", reply.text());
+    assert_eq!(
+        Client::http1().get(&meshd.url("/elsewhere/")).await.status,
+        404
+    );
+
+    // A canary that fails its health check.
+    let reply = admin
+        .canary_with_manifest(
+            "app",
+            "percent=50",
+            &wasm("stream"),
+            "health = \"/status?code=503\"\n",
+        )
+        .await;
+    assert_error(&reply, 422, "health_check");
+    let message = reply.json()["error"]["message"].to_string();
+    assert!(message.contains("503"), "{message}");
+    meshd.wait_for_log(&["canary refused", "app=app"]);
+
+    // Nothing started: the live version serves every request.
+    let app = admin.app("app").await;
+    assert!(app["canary"].is_null(), "{app}");
+    assert_eq!(app["version"]["id"], live_id.as_str(), "{app}");
+    assert_eq!(app["state"], "live", "{app}");
+    assert_all_hello(&url, 200).await;
+    assert_eq!(meshd.count_log(&["canary started"]), 0);
+}
+
+#[tokio::test]
+async fn a_redeploy_during_a_canary_stops_it_and_serves_the_new_version() {
+    let apps = AppsDir::new();
+    let (meshd, admin) = meshd_with_admin(&apps, &[]);
+    deploy(&admin, "app", "hello").await;
+    let reply = admin.canary("app", "percent=50", &wasm("echo")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let canary_id = reply.json()["canary"]["id"]
+        .as_str()
+        .expect("a canary")
+        .to_owned();
+
+    let new_id = deploy(&admin, "app", "stream").await;
+    meshd.wait_for_log(&["canary stopped", "app=app", &canary_id]);
+    let app = admin.app("app").await;
+    assert!(app["canary"].is_null(), "{app}");
+    assert_eq!(app["version"]["id"], new_id.as_str(), "{app}");
+    let client = Client::http1();
+    for _ in 0..200 {
+        let reply = client.get(&meshd.url("/app/")).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(answered_by(&reply.body), Some("stream"), "{}", reply.text());
+    }
+    meshd.wait_for_log(&["old version drained and retired", &canary_id]);
+    // With no canary left, promote and abort have nothing to do.
+    assert_error(&admin.post("/v1/apps/app/promote").await, 422, "no_canary");
+}
