@@ -3,7 +3,7 @@
 //! and abort under load without a failed request, the refusals, and a
 //! redeploy that ends a canary.
 
-use crate::support::canary::{answered_by, assert_error, Admin, Load, Tally};
+use crate::support::canary::{answered_by, assert_error, drip_by, Admin, Load, Tally};
 use crate::support::{empty, guest, request, AppsDir, Client, Meshd};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -259,13 +259,72 @@ fn guests_before_any_switch(tally: &Tally) -> Vec<&'static str> {
     guests
 }
 
-/// Load on `app` (hello live), a canary (echo, 50%) started under it;
-/// returns the load in phase 1 (the canary answered) and both ids.
+/// Asserts that the load saw no failed request.
+fn assert_no_failures(tally: &Tally) {
+    assert!(
+        tally.failures.is_empty(),
+        "{} failed requests across the switches (of {} answered): {:?}",
+        tally.failures.len(),
+        tally.answers.len(),
+        &tally.failures[..tally.failures.len().min(10)]
+    );
+}
+
+/// Lines and pace of the slow request that spans a switch: 1.5 s in all.
+const DRIP_CHUNKS: usize = 30;
+const DRIP_PATH: &str = "/app/drip?chunks=30&ms=50";
+
+/// A value of `x-user` whose requests the sticky split sends to `guest`.
+async fn user_on(url: &str, guest_name: &str) -> String {
+    let client = Client::http1();
+    for i in 0..200 {
+        let user = format!("user-{i}");
+        let mut req = request("GET", url, empty());
+        req.headers_mut()
+            .insert("x-user", user.parse().expect("a header value"));
+        let reply = client.fetch(req).await.expect("the app answers");
+        if answered_by(&reply.body) == Some(guest_name) {
+            return user;
+        }
+    }
+    panic!("none of 200 users lands on {guest_name}");
+}
+
+/// Starts a slow `GET /app/drip` as `user` on a connection of its own and
+/// waits until its head has arrived (it is in flight on its version);
+/// the task returns its whole body.
+async fn slow_request_in_flight(
+    meshd: &Meshd,
+    user: &str,
+) -> tokio::task::JoinHandle<Result<bytes::Bytes, String>> {
+    let mut req = request("GET", &meshd.url(DRIP_PATH), empty());
+    req.headers_mut()
+        .insert("x-user", user.parse().expect("a header value"));
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let resp = Client::http1_no_retries().send(req).await?;
+        let status = resp.status();
+        let _ = head_tx.send(status);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|body| body.to_bytes())
+            .map_err(|e| format!("the body was cut: {e:?}"))
+    });
+    let status = head_rx.await.expect("the slow request's head arrives");
+    assert_eq!(status, 200);
+    task
+}
+
+/// Load on `app` (stream live), a canary (stream-v2, 50%, sticky on
+/// `x-user`) started under it; returns the load in phase 1 (both sides
+/// answered) and both ids.
 async fn canary_under_load(meshd: &Meshd, admin: &Admin) -> (Load, String, String) {
-    let live_id = deploy(admin, "app", "hello").await;
+    let live_id = deploy(admin, "app", "stream").await;
     let load = Load::start(meshd.url("/app/"), 6);
-    load.wait_for(0, "hello", 50).await;
-    let reply = admin.canary("app", "percent=50", &wasm("echo")).await;
+    load.wait_for(0, "stream", 50).await;
+    let reply = admin
+        .canary("app", "percent=50&sticky_header=x-user", &wasm("stream-v2"))
+        .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     let canary_id = reply.json()["canary"]["id"]
         .as_str()
@@ -273,72 +332,91 @@ async fn canary_under_load(meshd: &Meshd, admin: &Admin) -> (Load, String, Strin
         .to_owned();
     let phase = load.next_phase();
     assert_eq!(phase, 1);
-    load.wait_for(1, "echo", 100).await;
-    load.wait_for(1, "hello", 100).await;
+    // Requests without the sticky header are split at random.
+    load.wait_for(1, "stream-v2", 100).await;
+    load.wait_for(1, "stream", 100).await;
     (load, live_id, canary_id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn promoting_a_canary_under_load_fails_no_request() {
+/// Promote (`promote`) or abort under load; `retired` is the side that
+/// stops serving, `kept` the one that serves everything after.
+async fn switch_under_load(action: &str) {
     let apps = AppsDir::new();
     let (meshd, admin) = meshd_with_admin(&apps, &[]);
     let (load, live_id, canary_id) = canary_under_load(&meshd, &admin).await;
+    let (retired, retired_id, kept, kept_id) = match action {
+        "promote" => ("stream", &live_id, "stream-v2", &canary_id),
+        _ => ("stream-v2", &canary_id, "stream", &live_id),
+    };
+    // A slow request on the side that goes away, in flight at the switch.
+    let user = user_on(&meshd.url("/app/"), retired).await;
+    let slow = slow_request_in_flight(&meshd, &user).await;
 
-    let reply = admin.post("/v1/apps/app/promote").await;
+    let reply = admin.post(&format!("/v1/apps/app/{action}")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let promoted = reply.json();
-    assert_eq!(promoted["version"]["id"], canary_id.as_str(), "{promoted}");
-    assert!(promoted["canary"].is_null(), "{promoted}");
+    let after_switch = reply.json();
+    assert_eq!(
+        after_switch["version"]["id"],
+        kept_id.as_str(),
+        "{after_switch}"
+    );
+    assert!(after_switch["canary"].is_null(), "{after_switch}");
     let after = load.next_phase();
-    load.wait_for(after, "echo", 300).await;
+    load.wait_for(after, kept, 300).await;
     let tally = load.stop().await;
 
-    assert!(
-        tally.failures.is_empty(),
-        "{} failed requests across the switches: {:?}",
-        tally.failures.len(),
-        &tally.failures[..tally.failures.len().min(10)]
+    assert_no_failures(&tally);
+    assert_eq!(guests_before_any_switch(&tally), ["stream"]);
+    // Every request sent once the switch was answered reached the version
+    // that stays.
+    assert_eq!(tally.guests_sent_from(after), [kept]);
+    // The request in flight on the retired version finished whole there.
+    let body = slow
+        .await
+        .expect("the slow request's task")
+        .expect("the slow request completes");
+    assert_eq!(
+        drip_by(&body, DRIP_CHUNKS),
+        Some(retired),
+        "{}",
+        String::from_utf8_lossy(&body)
     );
-    assert_eq!(guests_before_any_switch(&tally), ["hello"]);
-    // Every request sent once the promote was answered reached the new
-    // version.
-    assert_eq!(tally.guests_sent_from(after), ["echo"]);
-    meshd.wait_for_log(&["canary promoted", "app=app"]);
-    meshd.wait_for_log(&["old version drained and retired", &live_id]);
+    // The same user now lands on the version that stays.
+    let mut req = request("GET", &meshd.url("/app/"), empty());
+    req.headers_mut()
+        .insert("x-user", user.parse().expect("a header value"));
+    let reply = Client::http1().fetch(req).await.expect("the app answers");
+    assert_eq!(answered_by(&reply.body), Some(kept));
+
+    let said = if action == "promote" {
+        "canary promoted"
+    } else {
+        "canary aborted"
+    };
+    meshd.wait_for_log(&[said, "app=app"]);
+    let line = meshd.wait_for_log(&["old version drained and retired", retired_id]);
+    // It waited for the slow request (and maybe some of the load's).
+    let in_flight: usize = line
+        .split("in_flight=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no in_flight count in {line}"));
+    assert!(in_flight >= 1, "{line}");
     let app = admin.app("app").await;
-    assert_eq!(app["version"]["id"], canary_id.as_str(), "{app}");
+    assert_eq!(app["version"]["id"], kept_id.as_str(), "{app}");
     assert!(app["canary"].is_null(), "{app}");
     assert_eq!(app["state"], "live", "{app}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_a_canary_under_load_fails_no_request() {
+    switch_under_load("promote").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborting_a_canary_under_load_fails_no_request() {
-    let apps = AppsDir::new();
-    let (meshd, admin) = meshd_with_admin(&apps, &[]);
-    let (load, live_id, canary_id) = canary_under_load(&meshd, &admin).await;
-
-    let reply = admin.post("/v1/apps/app/abort").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let aborted = reply.json();
-    assert_eq!(aborted["version"]["id"], live_id.as_str(), "{aborted}");
-    assert!(aborted["canary"].is_null(), "{aborted}");
-    let after = load.next_phase();
-    load.wait_for(after, "hello", 300).await;
-    let tally = load.stop().await;
-
-    assert!(
-        tally.failures.is_empty(),
-        "{} failed requests across the switches: {:?}",
-        tally.failures.len(),
-        &tally.failures[..tally.failures.len().min(10)]
-    );
-    assert_eq!(guests_before_any_switch(&tally), ["hello"]);
-    assert_eq!(tally.guests_sent_from(after), ["hello"]);
-    meshd.wait_for_log(&["canary aborted", "app=app"]);
-    meshd.wait_for_log(&["old version drained and retired", &canary_id]);
-    let app = admin.app("app").await;
-    assert_eq!(app["version"]["id"], live_id.as_str(), "{app}");
-    assert!(app["canary"].is_null(), "{app}");
+    switch_under_load("abort").await;
 }
 
 /// GETs `url` `n` times; asserts that `hello` answered every one.

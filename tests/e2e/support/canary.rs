@@ -157,13 +157,17 @@ pub fn assert_error(reply: &Reply, status: u16, kind: &str) {
 }
 
 /// Which guest answered a request, by its whole body: `hello`, `echo`,
-/// `stream`, or `None` for anything else (a cut or foreign body).
+/// `stream`, `stream-v2`, or `None` for anything else (a cut or foreign
+/// body).
 pub fn answered_by(body: &[u8]) -> Option<&'static str> {
     if body == HELLO.as_bytes() {
         return Some("hello");
     }
     if body == b"stream" {
         return Some("stream");
+    }
+    if body == b"stream-v2" {
+        return Some("stream-v2");
     }
     // echo's answer is one complete JSON object describing the request.
     let json: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -303,4 +307,14 @@ impl Load {
         }
         std::mem::take(&mut *self.tally.lock().unwrap())
     }
+}
+
+/// Which of `stream` and `stream-v2` answered `GET /drip?chunks=N`, by its
+/// whole body: N lines `TAG chunk I`, I from 0; `None` for anything else
+/// (a body cut short).
+pub fn drip_by(body: &[u8], chunks: usize) -> Option<&'static str> {
+    ["stream", "stream-v2"].into_iter().find(|tag| {
+        let whole: String = (0..chunks).map(|i| format!("{tag} chunk {i}\n")).collect();
+        body == whole.as_bytes()
+    })
 }
