@@ -4,7 +4,7 @@
 //! redeploy that ends a canary.
 
 use crate::support::canary::{answered_by, assert_error, drip_by, Admin, Load, Tally};
-use crate::support::{empty, guest, request, AppsDir, Client, Meshd};
+use crate::support::{empty, guest, metric_sample, request, AppsDir, Client, Meshd};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -148,12 +148,32 @@ async fn split_within_binomial_bound(percent: u32) {
     let app = admin.app("app").await;
     assert_eq!(app["canary"]["percent"], percent, "{app}");
     assert_eq!(app["canary"]["id"], canary_id, "{app}");
+    assert!(app["canary"]["sticky_header"].is_null(), "{app}");
     assert_eq!(app["canary"]["requests"]["2xx"], k, "{app}");
     assert_eq!(app["version"]["requests"]["2xx"], live, "{app}");
     for side in ["version", "canary"] {
         for class in ["1xx", "3xx", "4xx", "5xx"] {
             assert_eq!(app[side]["requests"][class], 0, "{side} {class}: {app}");
         }
+    }
+
+    // So do the metrics, with a `side` label.
+    let metrics = admin.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let metrics = metrics.text();
+    for (side, version, count) in [("canary", canary_id, k), ("live", &live_id, live)] {
+        let labels = [
+            "app=\"app\"".to_owned(),
+            format!("version=\"{version}\""),
+            format!("side=\"{side}\""),
+            "status=\"2xx\"".to_owned(),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(
+            metric_sample(&metrics, "meshd_requests_total", &labels),
+            count as f64,
+            "{side}"
+        );
     }
 
     // One access-log line per request, naming its side and version.
@@ -219,6 +239,7 @@ async fn a_sticky_header_keeps_each_user_on_one_side() {
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(reply.json()["canary"]["id"], echo_id.as_str());
+    assert_eq!(reply.json()["canary"]["sticky_header"], "x-user");
     let by_upload = sides_of_users(&url, &users).await;
     let on_canary = by_upload.values().filter(|by| **by == "echo").count();
     // 50 users at 50%: all on one side has probability 2^-49.
@@ -241,6 +262,7 @@ async fn a_sticky_header_keeps_each_user_on_one_side() {
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert_eq!(reply.json()["canary"]["percent"], 50);
+    assert_eq!(reply.json()["canary"]["sticky_header"], "x-user");
     let by_kept = sides_of_users(&url, &users).await;
     assert_eq!(by_kept, by_upload);
 }
@@ -526,4 +548,64 @@ async fn a_redeploy_during_a_canary_stops_it_and_serves_the_new_version() {
     meshd.wait_for_log(&["old version drained and retired", &canary_id]);
     // With no canary left, promote and abort have nothing to do.
     assert_error(&admin.post("/v1/apps/app/promote").await, 422, "no_canary");
+}
+
+/// Stops `meshd` (TERM) and starts another on the same apps, data and
+/// cache directories, with the admin API.
+fn restart(meshd: Meshd, apps: &AppsDir, data: &Path, cache: &Path) -> (Meshd, Admin) {
+    let mut meshd = meshd;
+    meshd.signal("TERM");
+    meshd.wait_exit(Duration::from_secs(30));
+    drop(meshd);
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--admin", "127.0.0.1:0"])
+        .data_dir(data)
+        .cache_dir(cache)
+        .start();
+    let admin = Admin::new(meshd.admin_url());
+    (meshd, admin)
+}
+
+#[tokio::test]
+async fn a_restart_keeps_a_promoted_canary_and_forgets_a_running_one() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--admin", "127.0.0.1:0"])
+        .data_dir(data.path())
+        .cache_dir(cache.path())
+        .start();
+    let admin = Admin::new(meshd.admin_url());
+    deploy(&admin, "app", "hello").await;
+    let reply = admin.canary("app", "percent=30", &wasm("echo")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let echo_id = reply.json()["canary"]["id"].as_str().unwrap().to_owned();
+    let reply = admin.post("/v1/apps/app/promote").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // The promoted canary is the live version after a restart.
+    let (meshd, admin) = restart(meshd, &apps, data.path(), cache.path());
+    meshd.wait_for_log(&["app deployed", "app=app", &echo_id]);
+    let app = admin.app("app").await;
+    assert_eq!(app["version"]["id"], echo_id.as_str(), "{app}");
+    assert_eq!(
+        answered_by(&Client::http1().get(&meshd.url("/app/")).await.body),
+        Some("echo")
+    );
+
+    // A canary still on trial at the stop is not brought back: the live
+    // version serves everything.
+    let reply = admin.canary("app", "percent=50", &wasm("stream")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let (meshd, admin) = restart(meshd, &apps, data.path(), cache.path());
+    meshd.wait_for_log(&["app deployed", "app=app", &echo_id]);
+    let app = admin.app("app").await;
+    assert_eq!(app["version"]["id"], echo_id.as_str(), "{app}");
+    assert!(app["canary"].is_null(), "{app}");
+    let client = Client::http1();
+    for _ in 0..100 {
+        let reply = client.get(&meshd.url("/app/")).await;
+        assert_eq!(answered_by(&reply.body), Some("echo"), "{}", reply.text());
+    }
 }

@@ -174,6 +174,37 @@ async fn deploy_list_canary_promote_rollback_and_remove_with_the_cli() {
         assert_eq!(served_by(&url).await, "hello");
     }
 
+    // canary NAME --version ID (a kept version), sticky on a header, then
+    // abort NAME: the live version serves everything again.
+    let out = setup.ok(&[
+        "canary",
+        "web",
+        "--version",
+        &echo_id,
+        "--percent",
+        "50",
+        "--sticky-header",
+        "x-user",
+    ]);
+    assert!(out.contains(&echo_id) && out.contains("50%"), "{out}");
+    let out = setup.ok(&["apps", "web"]);
+    assert!(out.contains("sticky on header x-user"), "{out}");
+    let out = setup.ok(&["abort", "web"]);
+    assert!(out.contains(&hello_id), "{out}");
+    for _ in 0..50 {
+        assert_eq!(served_by(&url).await, "hello");
+    }
+    // A share the CLI knows meshd refuses is a usage error: nothing sent.
+    let output = setup.cli(&["canary", "web", path_str(&echo), "--percent", "100"]);
+    assert_eq!(output.status.code(), Some(2), "{}", show(&output));
+    let output = setup.cli(&["promote", "web"]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no_canary"),
+        "{}",
+        show(&output)
+    );
+
     // rm NAME: gone from the route and from the API.
     let out = setup.ok(&["rm", "web"]);
     assert!(out.contains("removed web"), "{out}");
