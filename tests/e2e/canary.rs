@@ -454,7 +454,7 @@ async fn assert_all_hello(url: &str, n: usize) {
 #[tokio::test]
 async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_serves() {
     let apps = AppsDir::new();
-    let (meshd, admin) = meshd_with_admin(&apps, &["--health-timeout", "5s"]);
+    let (meshd, admin) = meshd_with_admin(&apps, &["--health-timeout", "5s", "--settle", "50ms"]);
     let live_id = deploy(&admin, "app", "hello").await;
     let url = meshd.url("/app/");
 
@@ -482,6 +482,23 @@ async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_se
             .await;
         assert_error(&reply, 400, "bad_request");
     }
+
+    // The live version itself is no canary.
+    let reply = admin.canary("app", "percent=10", &wasm("hello")).await;
+    assert_error(&reply, 400, "bad_request");
+
+    // An app with no live version has nothing to split with.
+    let reply = admin.deploy("ghost", b"garbage, not wasm").await;
+    assert_error(&reply, 422, "invalid_component");
+    let reply = admin.canary("ghost", "percent=10", &wasm("echo")).await;
+    assert_error(&reply, 400, "bad_request");
+    assert!(reply.text().contains("no live version"), "{}", reply.text());
+
+    // An app of the apps directory is not the API's to try canaries on.
+    apps.deploy("dirapp", "hello");
+    meshd.wait_for_log(&["app deployed", "app=dirapp"]);
+    let reply = admin.canary("dirapp", "percent=10", &wasm("echo")).await;
+    assert_error(&reply, 422, "origin_conflict");
 
     // A canary must keep the route: a manifest that moves it is refused.
     let reply = admin
@@ -608,4 +625,30 @@ async fn a_restart_keeps_a_promoted_canary_and_forgets_a_running_one() {
         let reply = client.get(&meshd.url("/app/")).await;
         assert_eq!(answered_by(&reply.body), Some("echo"), "{}", reply.text());
     }
+}
+
+#[tokio::test]
+async fn a_second_canary_replaces_the_first() {
+    let apps = AppsDir::new();
+    let (meshd, admin) = meshd_with_admin(&apps, &[]);
+    let live_id = deploy(&admin, "app", "hello").await;
+    let reply = admin.canary("app", "percent=50", &wasm("echo")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let first = reply.json()["canary"]["id"].as_str().unwrap().to_owned();
+
+    let reply = admin.canary("app", "percent=30", &wasm("stream")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let app = reply.json();
+    let second = app["canary"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    assert_eq!(app["canary"]["percent"], 30, "{app}");
+    assert_eq!(app["version"]["id"], live_id.as_str(), "{app}");
+    meshd.wait_for_log(&["old version drained and retired", &first]);
+
+    // The first canary serves nothing any more; the second takes its share.
+    let counts = send_many(&meshd.url("/app/"), 400).await;
+    assert_eq!(counts.get("echo"), None, "{counts:?}");
+    let k = counts.get("stream").copied().unwrap_or(0);
+    assert_binomial(k, 400, 30);
+    assert_eq!(counts.get("hello").copied().unwrap_or(0) + k, 400);
 }
