@@ -535,6 +535,8 @@ async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_se
     assert!(app["canary"].is_null(), "{app}");
     assert_eq!(app["version"]["id"], live_id.as_str(), "{app}");
     assert_eq!(app["state"], "live", "{app}");
+    // The refusal is the app's last error, as for a refused deploy.
+    assert_eq!(app["last_error"]["kind"], "health_check", "{app}");
     assert_all_hello(&url, 200).await;
     assert_eq!(meshd.count_log(&["canary started"]), 0);
 }
