@@ -129,12 +129,32 @@ pub async fn serve(
 
 /// Runs one request through the router. Admin answers are small: they are
 /// collected whole, into a body the accept loop can watch.
+///
+/// An answer given before the request's body was read (a refusal checked
+/// first: a bad share, a bad token, an upload too large) ends an HTTP/1.1
+/// connection, since the rest of the body is still on its way: it says
+/// `Connection: close`, so that a keep-alive client does not send its next
+/// request on a connection that is closing.
 async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let http1 = request.version() < http::Version::HTTP_2;
+    let unread = Arc::new(std::sync::atomic::AtomicBool::new(
+        !hyper::body::Body::is_end_stream(request.body()),
+    ));
+    let request = request.map(|inner| Tracked {
+        inner,
+        unread: unread.clone(),
+    });
     let response = match app.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    if http1 && unread.load(std::sync::atomic::Ordering::Relaxed) {
+        parts.headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     match body.collect().await {
         Ok(collected) => Response::from_parts(parts, Full::new(collected.to_bytes())),
         Err(e) => {
@@ -143,6 +163,37 @@ async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Respons
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             response
         }
+    }
+}
+
+/// A request body that records when it has been read to its end.
+struct Tracked {
+    inner: hyper::body::Incoming,
+    unread: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.unread
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
