@@ -267,8 +267,8 @@ async fn a_sticky_header_keeps_each_user_on_one_side() {
     assert_eq!(by_kept, by_upload);
 }
 
-/// Which guests answered the requests completed in phase 0 (before any
-/// switch was asked for).
+/// Which guests answered the requests completed in phase 0 (before the
+/// canary was asked for).
 fn guests_before_any_switch(tally: &Tally) -> Vec<&'static str> {
     let mut guests: Vec<_> = tally
         .answers
@@ -338,12 +338,14 @@ async fn slow_request_in_flight(
 }
 
 /// Load on `app` (stream live), a canary (stream-v2, 50%, sticky on
-/// `x-user`) started under it; returns the load in phase 1 (both sides
-/// answered) and both ids.
+/// `x-user`) started under it; returns the load in phase 2 (the canary
+/// answered, both sides served) and both ids. Phase 1 is the canary's
+/// start: asked, not yet answered (it may serve already).
 async fn canary_under_load(meshd: &Meshd, admin: &Admin) -> (Load, String, String) {
     let live_id = deploy(admin, "app", "stream").await;
     let load = Load::start(meshd.url("/app/"), 6);
     load.wait_for(0, "stream", 50).await;
+    assert_eq!(load.next_phase(), 1);
     let reply = admin
         .canary("app", "percent=50&sticky_header=x-user", &wasm("stream-v2"))
         .await;
@@ -352,11 +354,10 @@ async fn canary_under_load(meshd: &Meshd, admin: &Admin) -> (Load, String, Strin
         .as_str()
         .expect("a canary")
         .to_owned();
-    let phase = load.next_phase();
-    assert_eq!(phase, 1);
+    assert_eq!(load.next_phase(), 2);
     // Requests without the sticky header are split at random.
-    load.wait_for(1, "stream-v2", 100).await;
-    load.wait_for(1, "stream", 100).await;
+    load.wait_for(2, "stream-v2", 100).await;
+    load.wait_for(2, "stream", 100).await;
     (load, live_id, canary_id)
 }
 
@@ -429,6 +430,31 @@ async fn switch_under_load(action: &str) {
     assert_eq!(app["version"]["id"], kept_id.as_str(), "{app}");
     assert!(app["canary"].is_null(), "{app}");
     assert_eq!(app["state"], "live", "{app}");
+    // The kept versions (written in the background) mark the one that
+    // stays live: a promoted canary is kept for rollback, an aborted one
+    // is not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let app = admin.app("app").await;
+        let kept: Vec<(String, bool)> = app["kept"]
+            .as_array()
+            .expect("a kept list")
+            .iter()
+            .map(|k| (k["id"].as_str().unwrap().to_owned(), k["live"] == true))
+            .collect();
+        let expected = match action {
+            "promote" => vec![(canary_id.clone(), true), (live_id.clone(), false)],
+            _ => vec![(live_id.clone(), true)],
+        };
+        if kept == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kept {kept:?}, wanted {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +481,11 @@ async fn assert_all_hello(url: &str, n: usize) {
 async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_serves() {
     let apps = AppsDir::new();
     let (meshd, admin) = meshd_with_admin(&apps, &["--health-timeout", "5s", "--settle", "50ms"]);
-    let live_id = deploy(&admin, "app", "hello").await;
+    let reply = admin.deploy("app", &wasm("hello")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    // An upload read whole keeps its connection.
+    assert_eq!(reply.headers.get("connection"), None);
+    let live_id = reply.json()["version"]["id"].as_str().unwrap().to_owned();
     let url = meshd.url("/app/");
 
     // Promote or abort without a canary.
@@ -474,6 +504,15 @@ async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_se
             .canary("app", &format!("percent={percent}"), &wasm("echo"))
             .await;
         assert_error(&reply, 400, "bad_request");
+        // Refused before the upload was read: the connection cannot be
+        // used again, and the answer says so (a keep-alive client would
+        // otherwise send its next request on a closing connection).
+        assert_eq!(
+            reply.headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{:?}",
+            reply.headers
+        );
         let reply = admin
             .post_json(
                 "/v1/apps/app/canary",
@@ -653,4 +692,38 @@ async fn a_second_canary_replaces_the_first() {
     let k = counts.get("stream").copied().unwrap_or(0);
     assert_binomial(k, 400, 30);
     assert_eq!(counts.get("hello").copied().unwrap_or(0) + k, 400);
+}
+
+#[tokio::test]
+async fn a_rollback_or_a_removal_during_a_canary_ends_it() {
+    let apps = AppsDir::new();
+    let (meshd, admin) = meshd_with_admin(&apps, &[]);
+    let first = deploy(&admin, "app", "hello").await;
+    deploy(&admin, "app", "stream").await;
+    let reply = admin.canary("app", "percent=50", &wasm("echo")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let canary_id = reply.json()["canary"]["id"].as_str().unwrap().to_owned();
+
+    // Rollback: the version before the live one serves everything.
+    let reply = admin.post("/v1/apps/app/rollback").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let app = reply.json();
+    assert_eq!(app["version"]["id"], first.as_str(), "{app}");
+    assert!(app["canary"].is_null(), "{app}");
+    meshd.wait_for_log(&["canary stopped", &canary_id]);
+    let counts = send_many(&meshd.url("/app/"), 100).await;
+    assert_eq!(counts, BTreeMap::from([("hello", 100)]));
+
+    // Removal during a canary: both versions go, the route answers 404.
+    let reply = admin.canary("app", "percent=50", &wasm("echo")).await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let reply = admin
+        .send("DELETE", "/v1/apps/app", None, Default::default())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let client = Client::http1();
+    for _ in 0..50 {
+        assert_eq!(client.get(&meshd.url("/app/")).await.status, 404);
+    }
+    meshd.wait_for_log_count(&["old version drained and retired", &canary_id], 2);
 }
