@@ -9,6 +9,8 @@ mod admin_api;
 mod bad_apps;
 mod bodies;
 mod cache;
+mod canary;
+mod cli;
 mod front_door;
 mod harness;
 mod isolation;

@@ -74,6 +74,8 @@ pub struct CanaryJson {
     pub version: VersionJson,
     /// Its share of the requests, 1–99.
     pub percent: u8,
+    /// The header whose value keeps a client on one side, or `null`.
+    pub sticky_header: Option<String>,
 }
 
 /// A version kept in the artifact store.
@@ -193,6 +195,10 @@ impl AppJson {
             canary: status.canary.as_ref().map(|(info, percent)| CanaryJson {
                 version: VersionJson::from_info(info),
                 percent: *percent,
+                sticky_header: status
+                    .canary_sticky_header
+                    .as_ref()
+                    .map(|h| h.as_str().to_owned()),
             }),
             kept: kept_newest_first(&status.kept, live_digest),
             last_error: status
@@ -314,9 +320,11 @@ mod tests {
         let canary = CanaryJson {
             version: VersionJson::new(&digest, at(0), 0, [0; 5]),
             percent: 10,
+            sticky_header: Some("x-user".to_owned()),
         };
         let value = serde_json::to_value(&canary).unwrap();
         assert_eq!(value["percent"], 10);
+        assert_eq!(value["sticky_header"], "x-user");
         assert_eq!(value["digest"], digest.to_hex());
         assert_eq!(value["deployed_at"], "1970-01-01T00:00:00Z");
         let back: CanaryJson = serde_json::from_value(value).unwrap();

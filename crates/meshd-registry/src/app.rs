@@ -110,6 +110,8 @@ pub struct AppStatus {
     pub live: Option<VersionInfo>,
     /// A version on trial and its share of the traffic.
     pub canary: Option<(VersionInfo, u8)>,
+    /// The header that keeps a client on one side of the canary, if any.
+    pub canary_sticky_header: Option<http::HeaderName>,
     /// The versions kept for rollback, oldest first (the artifact store's
     /// list; the live one is among them).
     pub kept: Vec<StoredVersion>,
@@ -131,6 +133,7 @@ impl AppStatus {
             route: None,
             live: None,
             canary: None,
+            canary_sticky_header: None,
             kept: Vec::new(),
             last_error: None,
             deploying: false,

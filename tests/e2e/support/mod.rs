@@ -4,6 +4,7 @@
 #![allow(dead_code)] // Each test module uses a different part of the harness.
 
 pub mod admin;
+pub mod canary;
 mod client;
 mod meshd;
 mod pki;

@@ -219,9 +219,15 @@ impl Pipeline {
             Err(refusal) => {
                 tracing::error!(app = %name, "canary refused: {refusal}; version {} keeps serving", live.version.id());
                 self.totals.count(&Err(refusal.clone()));
+                // Shown as the app's last error, as a refused deploy is.
+                if refusal.is_about_the_app() {
+                    entry.last_error = Some((refusal.clone(), SystemTime::now()));
+                    self.publish();
+                }
                 return Err(refusal);
             }
         };
+        entry.last_error = None;
         let version = deployed.version.clone();
         let replaced = entry.canary.replace(Trial {
             deployed,

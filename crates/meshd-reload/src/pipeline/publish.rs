@@ -67,6 +67,10 @@ fn status_of(name: &str, entry: &Entry) -> AppStatus {
             .canary
             .as_ref()
             .map(|trial| (info(&trial.deployed), trial.percent)),
+        canary_sticky_header: entry
+            .canary
+            .as_ref()
+            .and_then(|trial| trial.sticky_header.clone()),
         kept: entry.kept.clone(),
         last_error: entry.last_error.clone(),
         deploying: entry.deploying,
