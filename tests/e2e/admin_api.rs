@@ -129,10 +129,12 @@ async fn without_the_right_token_every_request_gets_401_and_nothing_changes() {
     let client = Client::http1();
     assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
     assert_eq!(client.get(&meshd.url("/echo")).await.status, 404);
-    assert_eq!(
-        meshd.count_log(&["wrong token"]),
-        14,
-        "each request with a wrong token is logged (without a token: not)"
+    // Wrong tokens are warned about, at most once a second (a client
+    // guessing tokens cannot flood the log); a missing token is not.
+    let warned = meshd.count_log(&["wrong token"]);
+    assert!(
+        (1..=14).contains(&warned),
+        "{warned} warnings for 14 requests with a wrong token"
     );
 
     // The right token works.
@@ -625,7 +627,7 @@ async fn the_directory_and_the_api_do_not_take_each_others_apps() {
     let reply = admin.put_wasm("mine", wasm("echo")).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     apps.deploy("mine", "hello");
-    let line = meshd.wait_for_log(&["app not loaded", "app=mine"]);
+    let line = meshd.wait_for_log(&["new version refused", "app=mine"]);
     assert!(
         line.contains("apps directory") && line.contains("admin API"),
         "the log names both sources: {line}"
@@ -1128,7 +1130,7 @@ async fn an_api_app_keeps_its_name_across_a_restart_when_the_directory_gets_a_fi
     let admin = Admin::of(&meshd);
     // The API's app is restored before the directory is read: it keeps the
     // name, and the directory's file is refused naming both sources.
-    let line = meshd.wait_for_log(&["app not loaded", "app=x"]);
+    let line = meshd.wait_for_log(&["new version refused", "app=x"]);
     assert!(
         line.contains("admin API") && line.contains("apps directory"),
         "{line}"
