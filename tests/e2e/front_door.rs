@@ -83,3 +83,55 @@ async fn connections_over_the_limit_wait_until_one_closes() {
     let (received, _) = read_until_closed(&mut third, Duration::from_secs(5)).await;
     assert!(received.starts_with("HTTP/1.1 200"), "{received:?}");
 }
+
+/// meshd's own answers to a request whose body it did not read (a 413 on
+/// the declared length, a 404) end the HTTP/1.1 connection, and say so with
+/// `Connection: close`: a keep-alive client that is not told would send its
+/// next request on a connection that is closing. An answer to a request
+/// without a body keeps the connection open.
+#[tokio::test]
+async fn an_answer_that_leaves_the_body_unread_says_connection_close() {
+    let apps = AppsDir::with(&["echo"]);
+    apps.write("echo.toml", "[limits]\nmax_body = \"1KiB\"\n");
+    let meshd = Meshd::start(apps.path());
+
+    for (request, status) in [
+        (
+            "POST /echo/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+            "413",
+        ),
+        (
+            "POST /nothing-here HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+            "404",
+        ),
+    ] {
+        let mut socket = TcpStream::connect(meshd.addr()).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        socket.write_all(&[b'a'; 1000]).await.unwrap();
+        let (answer, _) = read_until_closed(&mut socket, Duration::from_secs(10)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+
+    // Without a body, the same 404 keeps the connection for the next request.
+    let mut socket = TcpStream::connect(meshd.addr()).await.unwrap();
+    let get = "GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n";
+    socket.write_all(get.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = socket.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(first.starts_with("http/1.1 404"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+    socket.write_all(get.as_bytes()).await.unwrap();
+    let n = socket.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 404"),
+        "the connection serves a second request"
+    );
+}

@@ -40,6 +40,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<meshd_tenant::BodyError>,
 {
+    // When meshd answers itself, the request's body may not have been read
+    // (a 404, a 413 on its declared length): over HTTP/1.1 the connection
+    // then cannot carry another request, so the answer says so.
+    let close = CloseIfUnread::of(&req);
     // Refused rather than normalised: a proxy in front must read the path
     // exactly as meshd routes it, and proxies normalise in different ways
     // (see meshd_routes::path_check and docs/operations.md).
@@ -49,7 +53,7 @@ where
             StatusCode::BAD_REQUEST,
             format!("ambiguous request path: {why}\n"),
         );
-        return (resp, None);
+        return (close.apply(resp), None);
     }
     let (version, side, prefix_header) = {
         let apps = registry.peek();
@@ -58,7 +62,7 @@ where
                 StatusCode::NOT_FOUND,
                 format!("no app is mounted at {}\n", req.uri().path()),
             );
-            return (resp, None);
+            return (close.apply(resp), None);
         };
         let prefix_header = if route.prefix.is_root() {
             None
@@ -69,7 +73,7 @@ where
             Ok(uri) => uri,
             Err(e) => {
                 let resp = plain(StatusCode::BAD_REQUEST, format!("bad request URI: {e}\n"));
-                return (resp, None);
+                return (close.apply(resp), None);
             }
         };
         let (version, side) = route.value.pick(req.headers());
@@ -88,12 +92,31 @@ where
     let started = Instant::now();
     let resp = match version.handle(req).await {
         Ok(resp) => resp.map(Either::Left),
-        Err(e) => error_response(&version, e),
+        Err(e) => close.apply(error_response(&version, e)),
     };
     version
         .stats()
         .record(resp.status().as_u16(), started.elapsed());
     (resp, Some((version, side)))
+}
+
+/// Whether an answer of meshd's own must close an HTTP/1 connection: the
+/// request has a body, which meshd may not have read to its end.
+#[derive(Clone, Copy)]
+struct CloseIfUnread(bool);
+
+impl CloseIfUnread {
+    fn of<B: hyper::body::Body>(req: &Request<B>) -> Self {
+        CloseIfUnread(req.version() < http::Version::HTTP_2 && !req.body().is_end_stream())
+    }
+
+    fn apply(self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+        if self.0 {
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
 }
 
 /// The same URI with its path replaced by what the app sees.
