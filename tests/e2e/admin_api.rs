@@ -131,6 +131,7 @@ async fn without_the_right_token_every_request_gets_401_and_nothing_changes() {
     assert_eq!(client.get(&meshd.url("/echo")).await.status, 404);
     // Wrong tokens are warned about, at most once a second (a client
     // guessing tokens cannot flood the log); a missing token is not.
+    meshd.wait_for_log(&["wrong token"]);
     let warned = meshd.count_log(&["wrong token"]);
     assert!(
         (1..=14).contains(&warned),
@@ -416,7 +417,7 @@ async fn bad_uploads_are_refused_with_their_cause_and_the_old_version_serves_acr
                 &["holder", "/held"],
             ),
         ];
-        for (what, bytes, manifest, kind, named) in cases {
+        for (refused, (what, bytes, manifest, kind, named)) in cases.into_iter().enumerate() {
             let digest = sha256_hex(&bytes);
             let reply = match manifest {
                 Some(manifest) => admin.put_form("app", &bytes, Some(manifest)).await,
@@ -438,7 +439,12 @@ async fn bad_uploads_are_refused_with_their_cause_and_the_old_version_serves_acr
             assert_live(&app, "/app", &hello_digest);
             assert_eq!(app["last_error"]["kind"], kind, "{what}: {app:#}");
             assert_eq!(kept(&app), [hello_digest.as_str()], "{what}: nothing kept");
-            meshd.wait_for_log(&["new version refused", "keeps serving", &hello_digest[..12]]);
+            // The log is read from meshd's stderr as it comes: wait for this
+            // refusal's own line, not any earlier one.
+            meshd.wait_for_log_count(
+                &["new version refused", "keeps serving", &hello_digest[..12]],
+                refused + 1,
+            );
             assert!(
                 !meshd.log().iter().any(|l| l.contains("app updated")
                     && l.contains("app")
