@@ -3,7 +3,8 @@
 //! and abort under load without a failed request, the refusals, and a
 //! redeploy that ends a canary.
 
-use crate::support::canary::{answered_by, assert_error, drip_by, Admin, Load, Tally};
+use crate::support::admin::Admin;
+use crate::support::canary::{answered_by, assert_error, drip_by, Load, Tally};
 use crate::support::{empty, guest, metric_sample, request, AppsDir, Client, Meshd};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,13 +24,13 @@ fn meshd_with_admin(apps: &AppsDir, extra: &[&str]) -> (Meshd, Admin) {
         .args(&["--admin", "127.0.0.1:0"])
         .args(extra)
         .start();
-    let admin = Admin::new(meshd.admin_url());
+    let admin = Admin::with_token(&meshd, None);
     (meshd, admin)
 }
 
 /// Deploys guest `guest` as app `name` through the API; its version id.
 async fn deploy(admin: &Admin, name: &str, guest_name: &str) -> String {
-    let reply = admin.deploy(name, &wasm(guest_name)).await;
+    let reply = admin.put_wasm(name, wasm(guest_name)).await;
     assert_eq!(reply.status, 201, "deploy {name}: {}", reply.text());
     reply.json()["version"]["id"]
         .as_str()
@@ -481,7 +482,7 @@ async fn assert_all_hello(url: &str, n: usize) {
 async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_serves() {
     let apps = AppsDir::new();
     let (meshd, admin) = meshd_with_admin(&apps, &["--health-timeout", "5s", "--settle", "50ms"]);
-    let reply = admin.deploy("app", &wasm("hello")).await;
+    let reply = admin.put_wasm("app", wasm("hello")).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
     // An upload read whole keeps its connection.
     assert_eq!(reply.headers.get("connection"), None);
@@ -527,7 +528,7 @@ async fn canaries_that_make_no_sense_or_fail_are_refused_and_the_live_version_se
     assert_error(&reply, 400, "bad_request");
 
     // An app with no live version has nothing to split with.
-    let reply = admin.deploy("ghost", b"garbage, not wasm").await;
+    let reply = admin.put_wasm("ghost", &b"garbage, not wasm"[..]).await;
     assert_error(&reply, 422, "invalid_component");
     let reply = admin.canary("ghost", "percent=10", &wasm("echo")).await;
     assert_error(&reply, 400, "bad_request");
@@ -620,7 +621,7 @@ fn restart(meshd: Meshd, apps: &AppsDir, data: &Path, cache: &Path) -> (Meshd, A
         .data_dir(data)
         .cache_dir(cache)
         .start();
-    let admin = Admin::new(meshd.admin_url());
+    let admin = Admin::with_token(&meshd, None);
     (meshd, admin)
 }
 
@@ -634,7 +635,7 @@ async fn a_restart_keeps_a_promoted_canary_and_forgets_a_running_one() {
         .data_dir(data.path())
         .cache_dir(cache.path())
         .start();
-    let admin = Admin::new(meshd.admin_url());
+    let admin = Admin::with_token(&meshd, None);
     deploy(&admin, "app", "hello").await;
     let reply = admin.canary("app", "percent=30", &wasm("echo")).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
@@ -717,9 +718,7 @@ async fn a_rollback_or_a_removal_during_a_canary_ends_it() {
     // Removal during a canary: both versions go, the route answers 404.
     let reply = admin.canary("app", "percent=50", &wasm("echo")).await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let reply = admin
-        .send("DELETE", "/v1/apps/app", None, Default::default())
-        .await;
+    let reply = admin.delete("app").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let client = Client::http1();
     for _ in 0..50 {

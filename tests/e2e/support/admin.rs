@@ -153,6 +153,38 @@ impl Admin {
             .await
     }
 
+    /// `POST path` without a body.
+    pub async fn post(&self, path: &str) -> Reply {
+        self.send("POST", path, None, Bytes::new()).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, json: serde_json::Value) -> Reply {
+        self.send("POST", path, Some("application/json"), json.to_string())
+            .await
+    }
+
+    /// `POST /v1/apps/NAME/canary?QUERY` with the wasm alone.
+    pub async fn canary(&self, name: &str, query: &str, wasm: &[u8]) -> Reply {
+        let path = format!("/v1/apps/{name}/canary?{query}");
+        self.send("POST", &path, Some("application/wasm"), wasm.to_vec())
+            .await
+    }
+
+    /// `POST /v1/apps/NAME/canary?QUERY` with a form: parts `wasm` and
+    /// `manifest`.
+    pub async fn canary_with_manifest(
+        &self,
+        name: &str,
+        query: &str,
+        wasm: &[u8],
+        manifest: &str,
+    ) -> Reply {
+        let path = format!("/v1/apps/{name}/canary?{query}");
+        let (content_type, body) = multipart(wasm, Some(manifest));
+        self.send("POST", &path, Some(&content_type), body).await
+    }
+
     /// `POST /v1/apps/NAME/rollback` with `body` (empty: the previous version).
     pub async fn rollback(&self, name: &str, body: &str) -> Reply {
         let content_type = (!body.is_empty()).then_some("application/json");
