@@ -268,29 +268,7 @@ impl Pipeline {
     /// Deploys `specs` together: each is prepared and checked, then all that
     /// passed are placed and go live in one switch of the table.
     async fn deploy(&mut self, specs: Vec<AppSpec>) -> BTreeMap<String, Result<Applied, Refused>> {
-        let mut outcomes = BTreeMap::new();
-        let mut accepted = Vec::new();
-        for spec in specs {
-            match self.apps.get(&spec.name) {
-                Some(entry) if entry.origin != spec.origin && entry.is_claimed() => {
-                    let refusal = Refused::OriginConflict {
-                        app: spec.name.clone(),
-                        owner: entry.origin,
-                        asked: spec.origin,
-                    };
-                    match &entry.live {
-                        Some(live) => tracing::error!(
-                            app = %spec.name,
-                            "new version refused: {refusal}; version {} keeps serving",
-                            live.version.id()
-                        ),
-                        None => tracing::error!(app = %spec.name, "new version refused: {refusal}"),
-                    }
-                    outcomes.insert(spec.name, Err(refusal));
-                }
-                _ => accepted.push(spec),
-            }
-        }
+        let (accepted, mut outcomes) = self.admit(specs);
         if accepted.is_empty() {
             return outcomes;
         }
@@ -357,44 +335,25 @@ impl Pipeline {
             let candidate = candidates.remove(&name);
             let chosen = placement.chosen.get(&name).copied();
             let old = entry.live.take();
-            let (now_live, outcome) = match (candidate, chosen) {
-                (Some(Ok(new)), Some(0)) => {
-                    // The same running version with the same manifest text:
-                    // a new manifest that changes no setting (a route, a
-                    // health path) reuses the version but is a change.
-                    let unchanged = old.as_ref().is_some_and(|o| {
-                        Arc::ptr_eq(&o.version, &new.version)
-                            && o.manifest_digest == new.manifest_digest
-                    });
-                    let applied = if unchanged {
-                        Applied::Unchanged
-                    } else {
-                        Applied::Deployed
-                    };
-                    (Some(new), Some(Ok(applied)))
+            if candidate.is_none() && chosen.is_none() {
+                // Lost its route to a conflict without changing: only
+                // possible when holdings were saved by another run.
+                if let (Some(refusal), Some(_)) = (placement.refused.get(&name), &old) {
+                    tracing::error!(app = %name, "app unmounted: {refusal}");
+                    entry.last_error = Some((refusal.clone(), SystemTime::now()));
                 }
-                (Some(Ok(new)), _) => {
+            }
+            if let Some(Ok(new)) = &candidate {
+                if chosen != Some(0) {
                     entry.asked_route = Some(new.prefix.clone());
-                    let refusal = placement.refused.get(&name).cloned().unwrap_or_else(|| {
-                        Refused::Internal("the version could not be placed".into())
-                    });
-                    let keep = chosen.and(old.clone());
-                    (keep, Some(Err(refusal)))
                 }
-                (Some(Err(refusal)), _) => (old.clone(), Some(Err(refusal))),
-                (None, Some(_)) => (old.clone(), None),
-                (None, None) => {
-                    // Lost its route to a conflict without changing: only
-                    // possible when holdings were saved by another run.
-                    if let Some(refusal) = placement.refused.get(&name) {
-                        if old.is_some() {
-                            tracing::error!(app = %name, "app unmounted: {refusal}");
-                            entry.last_error = Some((refusal.clone(), SystemTime::now()));
-                        }
-                    }
-                    (None, None)
-                }
-            };
+            }
+            let (now_live, outcome) = decide(
+                old.as_ref(),
+                candidate,
+                chosen,
+                placement.refused.get(&name),
+            );
             entry.deploying = false;
             if let Some(outcome) = outcome {
                 match &outcome {
@@ -447,27 +406,45 @@ impl Pipeline {
         // Switch first, then say so: once `app deployed` or `app updated`
         // is logged, requests reach the new version.
         self.publish();
-        for (name, new, previous) in went_live {
-            let version = &new.version;
-            match previous {
-                Some(previous) => tracing::info!(
-                    app = %name, version = %version.id(), previous = %previous,
-                    route = %new.prefix, cache = %version.cache_outcome().as_str(),
-                    compile_ms = version.compile_time().as_millis() as u64,
-                    "app updated"
-                ),
-                None => tracing::info!(
-                    app = %name, version = %version.id(), route = %new.prefix,
-                    cache = %version.cache_outcome().as_str(),
-                    compile_ms = version.compile_time().as_millis() as u64,
-                    "app deployed"
-                ),
-            }
+        for (name, new, previous) in &went_live {
+            log_went_live(name, new, previous.as_deref());
         }
         for (version, why) in retired {
             retire(version, self.config.drain_timeout, why);
         }
         outcomes
+    }
+
+    /// Splits `specs` into those this change may deploy and the refusals of
+    /// those whose app belongs to another source.
+    fn admit(
+        &self,
+        specs: Vec<AppSpec>,
+    ) -> (Vec<AppSpec>, BTreeMap<String, Result<Applied, Refused>>) {
+        let mut refused = BTreeMap::new();
+        let mut accepted = Vec::new();
+        for spec in specs {
+            match self.apps.get(&spec.name) {
+                Some(entry) if entry.origin != spec.origin && entry.is_claimed() => {
+                    let refusal = Refused::OriginConflict {
+                        app: spec.name.clone(),
+                        owner: entry.origin,
+                        asked: spec.origin,
+                    };
+                    match &entry.live {
+                        Some(live) => tracing::error!(
+                            app = %spec.name,
+                            "new version refused: {refusal}; version {} keeps serving",
+                            live.version.id()
+                        ),
+                        None => tracing::error!(app = %spec.name, "new version refused: {refusal}"),
+                    }
+                    refused.insert(spec.name, Err(refusal));
+                }
+                _ => accepted.push(spec),
+            }
+        }
+        (accepted, refused)
     }
 
     /// Whether `candidate` is the app's live version with the same manifest
@@ -526,5 +503,63 @@ impl Pipeline {
             prepared.insert(name, outcome);
         }
         prepared
+    }
+}
+
+/// What serves an app after a change, and the outcome to answer (`None`:
+/// the change did not touch the app), from its version before the change
+/// (`old`), its new candidate (or why it was refused), the option placement
+/// chose for it (0: the candidate, 1: the old version) and, if its first
+/// option was not placed, why.
+fn decide(
+    old: Option<&Deployed>,
+    candidate: Option<Result<Deployed, Refused>>,
+    chosen: Option<usize>,
+    placement_refusal: Option<&Refused>,
+) -> (Option<Deployed>, Option<Result<Applied, Refused>>) {
+    match (candidate, chosen) {
+        (Some(Ok(new)), Some(0)) => {
+            // The same running version with the same manifest text: a new
+            // manifest that changes no setting (a route, a health path)
+            // reuses the version but is a change.
+            let unchanged = old.is_some_and(|o| {
+                Arc::ptr_eq(&o.version, &new.version) && o.manifest_digest == new.manifest_digest
+            });
+            let applied = if unchanged {
+                Applied::Unchanged
+            } else {
+                Applied::Deployed
+            };
+            (Some(new), Some(Ok(applied)))
+        }
+        (Some(Ok(_)), chosen) => {
+            let refusal = placement_refusal
+                .cloned()
+                .unwrap_or_else(|| Refused::Internal("the version could not be placed".into()));
+            // Placed with its old version (the second option), or not at all.
+            (chosen.and(old.cloned()), Some(Err(refusal)))
+        }
+        (Some(Err(refusal)), _) => (old.cloned(), Some(Err(refusal))),
+        (None, Some(_)) => (old.cloned(), None),
+        (None, None) => (None, None),
+    }
+}
+
+/// Says that `new` went live for `name` (replacing `previous`, if any).
+fn log_went_live(name: &str, new: &Deployed, previous: Option<&str>) {
+    let version = &new.version;
+    match previous {
+        Some(previous) => tracing::info!(
+            app = %name, version = %version.id(), previous = %previous,
+            route = %new.prefix, cache = %version.cache_outcome().as_str(),
+            compile_ms = version.compile_time().as_millis() as u64,
+            "app updated"
+        ),
+        None => tracing::info!(
+            app = %name, version = %version.id(), route = %new.prefix,
+            cache = %version.cache_outcome().as_str(),
+            compile_ms = version.compile_time().as_millis() as u64,
+            "app deployed"
+        ),
     }
 }
