@@ -119,7 +119,10 @@ impl DirSource {
             .filter(|name| !present.contains(*name))
             .count();
         self.accepted.retain(|name, _| present.contains(name));
-        let to_read: Vec<AppFiles> = found
+        // An app whose files vanish between the scan and the stamp is seen
+        // by the next pass. The stamp is taken before the read, so a file
+        // changed in between is read again next pass, never missed.
+        let to_read: Vec<(AppFiles, Stamp)> = found
             .into_iter()
             .filter(|(name, _)| !held.contains(name))
             .filter_map(|(name, files)| {
@@ -128,7 +131,7 @@ impl DirSource {
                     .accepted
                     .get(&name)
                     .is_some_and(|(f, s)| *f == files && *s == stamp);
-                (!same).then_some(files)
+                (!same).then_some((files, stamp))
             })
             .collect();
 
@@ -143,7 +146,7 @@ impl DirSource {
             let read = tokio::task::spawn_blocking(move || {
                 batch
                     .into_iter()
-                    .map(|files| read_app(files, max))
+                    .map(|(files, stamp)| read_app(files, stamp, max))
                     .collect::<Vec<_>>()
             })
             .await
@@ -210,34 +213,31 @@ impl DirSource {
 }
 
 /// Splits the apps to read into batches of at most [`MAX_SNAPSHOT_BYTES`]
-/// of code (by file size; at least one app each).
-fn batches(apps: Vec<AppFiles>) -> Vec<Vec<AppFiles>> {
-    let mut batches: Vec<Vec<AppFiles>> = Vec::new();
+/// of code (by the size in their stamps; at least one app each).
+fn batches(apps: Vec<(AppFiles, Stamp)>) -> Vec<Vec<(AppFiles, Stamp)>> {
+    let mut batches: Vec<Vec<(AppFiles, Stamp)>> = Vec::new();
     let mut bytes = 0u64;
-    for files in apps {
-        let size = std::fs::metadata(&files.wasm).map_or(0, |m| m.len());
+    for app in apps {
+        let size = app.1.wasm.len;
         match batches.last_mut() {
             Some(batch) if bytes + size <= MAX_SNAPSHOT_BYTES => {
                 bytes += size;
-                batch.push(files);
+                batch.push(app);
             }
             _ => {
                 bytes = size;
-                batches.push(vec![files]);
+                batches.push(vec![app]);
             }
         }
     }
     batches
 }
 
-/// Reads one app's files: at most `max` bytes of code (a larger or still
-/// growing file is never read whole), and its manifest.
-fn read_app(files: AppFiles, max: u64) -> Read {
+/// Reads one app's files, stamped `stamp` just before: at most `max` bytes
+/// of code (a larger or still growing file is never read whole), and its
+/// manifest.
+fn read_app(files: AppFiles, stamp: Stamp, max: u64) -> Read {
     let name = files.name.clone();
-    let stamp = match stamp(&files) {
-        Ok(stamp) => stamp,
-        Err(e) => return Read::Unreadable(name, Refused::Unreadable(describe(&files.wasm, e))),
-    };
     let wasm = match read_wasm(&files.wasm, max) {
         Ok(wasm) => wasm,
         Err(refusal) => return Read::Unreadable(name, refusal),

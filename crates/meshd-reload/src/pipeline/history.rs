@@ -187,8 +187,8 @@ impl Pipeline {
             .store
             .clone()
             .ok_or_else(|| Refused::Store("meshd runs without an artifact store".into()))?;
-        let app = name.to_owned();
-        let kept = tokio::task::spawn_blocking(move || store.versions(&app))
+        let (app, reader) = (name.to_owned(), store.clone());
+        let kept = tokio::task::spawn_blocking(move || reader.versions(&app))
             .await
             .map_err(|e| Refused::Internal(e.to_string()))?
             .map_err(|e| Refused::Store(e.to_string()))?;

@@ -131,6 +131,16 @@ impl Entry {
     fn is_claimed(&self) -> bool {
         self.live.is_some() || self.deploying
     }
+
+    /// The refusal of a change of app `name` from `asked`, if the app is
+    /// claimed by another source.
+    fn origin_conflict(&self, name: &str, asked: Origin) -> Option<Refused> {
+        (self.origin != asked && self.is_claimed()).then(|| Refused::OriginConflict {
+            app: name.to_owned(),
+            owner: self.origin,
+            asked,
+        })
+    }
 }
 
 /// The single writer of the [`Registry`].
@@ -359,14 +369,7 @@ impl Pipeline {
                 match &outcome {
                     Ok(_) => entry.last_error = None,
                     Err(refusal) => {
-                        match &now_live {
-                            Some(serving) => tracing::error!(
-                                app = %name,
-                                "new version refused: {refusal}; version {} keeps serving",
-                                serving.version.id()
-                            ),
-                            None => tracing::error!(app = %name, "app not loaded: {refusal}"),
-                        }
+                        log_refusal(&name, refusal, now_live.as_ref());
                         entry.last_error = Some((refusal.clone(), SystemTime::now()));
                     }
                 }
@@ -424,24 +427,13 @@ impl Pipeline {
         let mut refused = BTreeMap::new();
         let mut accepted = Vec::new();
         for spec in specs {
-            match self.apps.get(&spec.name) {
-                Some(entry) if entry.origin != spec.origin && entry.is_claimed() => {
-                    let refusal = Refused::OriginConflict {
-                        app: spec.name.clone(),
-                        owner: entry.origin,
-                        asked: spec.origin,
-                    };
-                    match &entry.live {
-                        Some(live) => tracing::error!(
-                            app = %spec.name,
-                            "new version refused: {refusal}; version {} keeps serving",
-                            live.version.id()
-                        ),
-                        None => tracing::error!(app = %spec.name, "new version refused: {refusal}"),
-                    }
+            let entry = self.apps.get(&spec.name);
+            match entry.and_then(|e| e.origin_conflict(&spec.name, spec.origin)) {
+                Some(refusal) => {
+                    log_refusal(&spec.name, &refusal, entry.and_then(|e| e.live.as_ref()));
                     refused.insert(spec.name, Err(refusal));
                 }
-                _ => accepted.push(spec),
+                None => accepted.push(spec),
             }
         }
         (accepted, refused)
@@ -542,6 +534,18 @@ fn decide(
         (Some(Err(refusal)), _) => (old.cloned(), Some(Err(refusal))),
         (None, Some(_)) => (old.cloned(), None),
         (None, None) => (None, None),
+    }
+}
+
+/// Says why a change of `name` was refused, and what serves it meanwhile.
+fn log_refusal(name: &str, refusal: &Refused, serving: Option<&Deployed>) {
+    match serving {
+        Some(serving) => tracing::error!(
+            app = %name,
+            "new version refused: {refusal}; version {} keeps serving",
+            serving.version.id()
+        ),
+        None => tracing::error!(app = %name, "app not loaded: {refusal}"),
     }
 }
 

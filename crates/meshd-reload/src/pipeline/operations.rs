@@ -35,9 +35,7 @@ impl Pipeline {
         if let Some(live) = entry.live.take() {
             tracing::info!(app = %name, version = %live.version.id(), "app removed; unmounting it after its requests drain");
             versions.push((live.version, "removed"));
-            self.totals
-                .removed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.totals.count(&Ok(Applied::Removed));
         }
         if let Some(trial) = entry.canary.take() {
             versions.push((trial.deployed.version, "removed"));
@@ -77,24 +75,10 @@ impl Pipeline {
                 .apps
                 .entry(name.clone())
                 .or_insert_with(|| Entry::new(&self.runtime, &name, origin));
-            let refusal = if entry.origin != origin && entry.is_claimed() {
-                Refused::OriginConflict {
-                    app: name.clone(),
-                    owner: entry.origin,
-                    asked: origin,
-                }
-            } else {
-                refusal
-            };
-            match &entry.live {
-                Some(live) if entry.origin == origin => tracing::error!(
-                    app = %name,
-                    "new version refused: {refusal}; version {} keeps serving",
-                    live.version.id()
-                ),
-                _ => tracing::error!(app = %name, "app not loaded: {refusal}"),
-            }
-            if entry.origin == origin || !entry.is_claimed() {
+            let conflict = entry.origin_conflict(&name, origin);
+            let refusal = conflict.clone().unwrap_or(refusal);
+            super::log_refusal(&name, &refusal, entry.live.as_ref());
+            if conflict.is_none() {
                 entry.origin = origin;
                 entry.last_error = Some((refusal.clone(), SystemTime::now()));
             }
