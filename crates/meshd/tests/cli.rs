@@ -53,15 +53,7 @@ impl FakeAdmin {
         pki: &pki::TestPki,
         handler: impl Fn(&Received) -> (u16, String) + Send + Sync + 'static,
     ) -> FakeAdmin {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![pki.server.cert_der.clone()], pki.server.key())
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        FakeAdmin::serve(Some(acceptor), Arc::new(handler))
+        FakeAdmin::serve(Some(pki.server_acceptor()), Arc::new(handler))
     }
 
     fn serve(tls: Option<tokio_rustls::TlsAcceptor>, handler: Arc<Handler>) -> FakeAdmin {

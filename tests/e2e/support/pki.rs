@@ -61,6 +61,18 @@ impl TestPki {
         }
     }
 
+    /// A TLS acceptor serving the server certificate (for 127.0.0.1).
+    pub fn server_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.server.cert_der.clone()], self.server.key())
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+
     /// Writes the CA as `ca.pem` and each certificate and key as
     /// `NAME.pem` / `NAME.key` into `dir`; returns `dir`.
     pub fn write_to(&self, dir: &Path) -> PathBuf {
