@@ -983,3 +983,54 @@ async fn unknown_paths_are_404_and_wrong_methods_405_in_json() {
     }
     assert!(harness.changes().is_empty());
 }
+
+/// Uploads are held two at a time until the pipeline has decided them: a
+/// third is not read (nor sent) until one of the first two is answered.
+#[tokio::test]
+async fn at_most_two_uploads_are_held_at_once() {
+    let (sender, mut requests) = mpsc::channel::<meshd_reload::Request>(8);
+    let harness = Harness::with_pipeline(
+        Some(TOKEN),
+        PipelineHandle::new(sender),
+        Arc::new(Registry::new()),
+        Arc::default(),
+    );
+    publish(&harness.registry, &["a", "b", "c"]);
+    let mut uploads = Vec::new();
+    for name in ["a", "b", "c"] {
+        let request = harness
+            .request(Method::PUT, &format!("/v1/apps/{name}"))
+            .header(header::CONTENT_TYPE, "application/wasm")
+            .body(Body::from("\0asm"))
+            .unwrap();
+        let app = harness.app.clone();
+        uploads.push(tokio::spawn(async move {
+            app.oneshot(request).await.unwrap().status()
+        }));
+    }
+    let wait = std::time::Duration::from_secs(10);
+    let first = tokio::time::timeout(wait, requests.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(wait, requests.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // Both places are taken and neither change is answered: the third waits.
+    let held = std::time::Duration::from_millis(300);
+    assert!(
+        tokio::time::timeout(held, requests.recv()).await.is_err(),
+        "a third upload reached the pipeline while two were held"
+    );
+    first.reply.send(Ok(Applied::Deployed)).unwrap();
+    let third = tokio::time::timeout(wait, requests.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    second.reply.send(Ok(Applied::Deployed)).unwrap();
+    third.reply.send(Ok(Applied::Deployed)).unwrap();
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), StatusCode::CREATED);
+    }
+}

@@ -220,7 +220,6 @@ impl Pipeline {
                 }
             }
         };
-        let store = self.store.clone().ok_or(Refused::Stopped)?;
         let app = name.to_owned();
         tokio::task::spawn_blocking(move || spec_of(&store, &app, origin, &target))
             .await
@@ -334,4 +333,44 @@ fn restorable(store: &ArtifactStore) -> Vec<AppSpec> {
         }
     }
     specs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer collects blobs no kept version names (a refused upload's)
+    /// as soon as it starts, and keeps those a version names.
+    #[tokio::test]
+    async fn the_writer_collects_unnamed_blobs_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArtifactStore::open(dir.path(), 5)
+            .unwrap()
+            .with_garbage_grace(std::time::Duration::ZERO);
+        let kept = store.put(b"kept code").unwrap();
+        store
+            .record(
+                "app",
+                StoredVersion {
+                    wasm: kept,
+                    manifest: None,
+                    deployed_at: std::time::SystemTime::now(),
+                    origin: "api".to_owned(),
+                },
+            )
+            .unwrap();
+        let refused = store.put(b"refused upload").unwrap();
+        assert!(store.contains(&refused));
+
+        let (_jobs, receiver) = mpsc::unbounded_channel();
+        let (updates, _) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_history(store.clone(), receiver, updates));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.contains(&refused) {
+            assert!(tokio::time::Instant::now() < deadline, "not collected");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(store.contains(&kept));
+        writer.abort();
+    }
 }
