@@ -153,14 +153,13 @@ fn run(meshd_args: &[String]) -> Result<()> {
 fn test(cargo_test_args: &[String]) -> Result<()> {
     use std::io::BufRead as _;
     ensure_wasm_target()?;
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        bail!(
-            "the Redis tests need redis-server: `apt-get install redis-server` (.ci/run does this)"
-        );
+    for (server, what) in [
+        ("redis-server", "the Redis key-value tests"),
+        ("nats-server", "the mesh tests"),
+    ] {
+        if Command::new(server).arg("--version").output().is_err() {
+            bail!("{what} need {server}: `apt-get install {server}` (.ci/run does this)");
+        }
     }
     // One pipe for stdout and stderr: cargo's `Running ...` lines (stderr)
     // and the binaries' `test result:` lines (stdout) must be read in the

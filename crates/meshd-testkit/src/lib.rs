@@ -1,0 +1,250 @@
+//! Real servers for meshd's tests: each starts on free loopback ports, in a
+//! temporary directory of its own, and is killed when dropped.
+//!
+//! - [`NatsServer`]: one `nats-server -js` (JetStream on), which a test can
+//!   stop and start again on the same port and store (a NATS restart).
+//! - [`NatsCluster`]: three JetStream servers routed into one cluster, with
+//!   a metadata leader elected before `start` returns.
+//!
+//! Both need the `nats-server` binary on `PATH` (`.ci/run` installs
+//! Debian's package; `cargo xtask test` checks for it).
+#![deny(missing_docs)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1 (free when asked; the server binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// One nats-server process with JetStream, on a loopback port.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+    /// Extra arguments (cluster settings) given again on every start.
+    extra: Vec<String>,
+    log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl NatsServer {
+    /// Starts a standalone server with JetStream on a free port and waits
+    /// until it accepts connections.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store: dir.path().join("jetstream"),
+            extra: Vec::new(),
+            log: dir.path().join("nats.log"),
+            _dir: Some(dir),
+        };
+        server.resume();
+        server
+    }
+
+    /// The client URL, `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the process is running (not stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients). Its store
+    /// stays; [`NatsServer::resume`] starts it again on the same port.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again (after [`NatsServer::stop`]) with the same
+    /// port, store and settings, and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the server is running already");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("the server's log file");
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(&self.store)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server is installed (.ci/run installs it)");
+        self.child = Some(child);
+        wait_for_port(self.port, &self.log);
+    }
+
+    /// What the server logged so far (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Three nats-server processes with JetStream, routed into one cluster.
+pub struct NatsCluster {
+    /// The members, by index; a test may stop and resume any of them.
+    pub servers: Vec<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts a three-server JetStream cluster on free ports and waits
+    /// until every member accepts connections and JetStream answers.
+    pub fn start() -> NatsCluster {
+        const SIZE: usize = 3;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cluster_ports: Vec<u16> = (0..SIZE).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (index, cluster_port) in cluster_ports.iter().enumerate() {
+            let member = dir.path().join(format!("n{index}"));
+            let mut server = NatsServer {
+                child: None,
+                port: free_port(),
+                store: member.join("jetstream"),
+                extra: vec![
+                    "--server_name".into(),
+                    format!("n{index}"),
+                    "--cluster_name".into(),
+                    "meshd-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{cluster_port}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+                log: dir.path().join(format!("n{index}.log")),
+                _dir: None,
+            };
+            std::fs::create_dir_all(&member).expect("a member directory");
+            // Start all three before waiting on any: JetStream in a cluster
+            // needs a quorum before it answers.
+            let log = std::fs::File::create(&server.log).expect("the server's log file");
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &server.port.to_string()])
+                .arg("-sd")
+                .arg(&server.store)
+                .args(&server.extra)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("nats-server is installed (.ci/run installs it)");
+            server.child = Some(child);
+            servers.push(server);
+        }
+        for server in &servers {
+            wait_for_port(server.port, &server.log);
+        }
+        let cluster = NatsCluster { servers, _dir: dir };
+        cluster.wait_for_leader();
+        cluster
+    }
+
+    /// Every member's client URL, comma-separated (what `--mesh` takes).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until some member logged that it is the JetStream metadata
+    /// leader (or that one was elected).
+    fn wait_for_leader(&self) {
+        let started = Instant::now();
+        loop {
+            if self.servers.iter().any(|s| {
+                let log = s.log();
+                log.contains("JetStream cluster new metadata leader")
+                    || log.contains("Self is new JetStream cluster metadata leader")
+            }) {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "the NATS cluster elected no JetStream leader; logs:\n{}",
+                self.servers
+                    .iter()
+                    .map(NatsServer::log)
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits until something accepts connections on `port`, or panics with the
+/// server's log.
+fn wait_for_port(port: u16, log: &Path) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "nats-server did not start on port {port}; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stopped server refuses connections, and a resumed one accepts
+    /// them again on the same port.
+    #[test]
+    fn a_server_stops_and_resumes_on_its_port() {
+        let mut server = NatsServer::start();
+        let port = server.port();
+        server.stop();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+        server.resume();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(server.log().contains("JetStream"), "{}", server.log());
+    }
+
+    /// Three members start and elect a JetStream leader.
+    #[test]
+    fn a_cluster_elects_a_leader() {
+        let cluster = NatsCluster::start();
+        assert_eq!(cluster.urls().split(',').count(), 3);
+    }
+}
