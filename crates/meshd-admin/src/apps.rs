@@ -106,8 +106,8 @@ pub(crate) async fn rollback(
 /// The query string of `POST /v1/apps/NAME/canary`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct CanaryQuery {
-    percent: Option<u8>,
-    sticky_header: Option<String>,
+    pub(crate) percent: Option<u8>,
+    pub(crate) sticky_header: Option<String>,
 }
 
 /// `POST /v1/apps/NAME/canary`: an upload (with `?percent=P`) or a kept
@@ -237,7 +237,7 @@ fn spec(name: &str, upload: &Upload) -> AppSpec {
 
 /// The app name of the path, if it is one meshd accepts: ASCII letters,
 /// digits, `-` and `_`, starting with a letter or digit, at most 64 long.
-fn app_name(path: Result<Path<String>, PathRejection>) -> Answer<String> {
+pub(crate) fn app_name(path: Result<Path<String>, PathRejection>) -> Answer<String> {
     let Path(name) =
         path.map_err(|e| ApiError::bad_request(format!("bad app name: {}", e.body_text())))?;
     let mut chars = name.chars();
@@ -254,7 +254,7 @@ fn app_name(path: Result<Path<String>, PathRejection>) -> Answer<String> {
 
 /// A version as a request names it: 64 hex digits or the first 12 (an
 /// optional `sha256:` prefix is dropped).
-fn version_ref(text: &str) -> Answer<String> {
+pub(crate) fn version_ref(text: &str) -> Answer<String> {
     let hex = text
         .strip_prefix("sha256:")
         .unwrap_or(text)
@@ -268,7 +268,7 @@ fn version_ref(text: &str) -> Answer<String> {
     }
 }
 
-fn canary_percent(percent: Option<u8>) -> Answer<u8> {
+pub(crate) fn canary_percent(percent: Option<u8>) -> Answer<u8> {
     match percent {
         Some(p @ 1..=99) => Ok(p),
         Some(p) => Err(ApiError::bad_request(format!(
@@ -280,7 +280,7 @@ fn canary_percent(percent: Option<u8>) -> Answer<u8> {
     }
 }
 
-fn sticky_header(name: Option<String>) -> Answer<Option<http::HeaderName>> {
+pub(crate) fn sticky_header(name: Option<String>) -> Answer<Option<http::HeaderName>> {
     name.map(|name| {
         http::HeaderName::try_from(name.as_str())
             .map_err(|_| ApiError::bad_request(format!("{name:?} is not a header name")))
@@ -288,6 +288,6 @@ fn sticky_header(name: Option<String>) -> Answer<Option<http::HeaderName>> {
     .transpose()
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Answer<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Answer<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }

@@ -61,6 +61,12 @@ impl ApiError {
         )
     }
 
+    /// 503: something meshd needs (the mesh's NATS servers) is unreachable;
+    /// nothing was changed.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 500: meshd itself failed.
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

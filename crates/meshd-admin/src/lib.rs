@@ -18,7 +18,11 @@
 //! | `POST /v1/apps/NAME/rollback` (optional `{"version"}`) | 200 |
 //! | `POST /v1/apps/NAME/canary?percent=P` (an upload, or JSON `{"version","percent"}`) | 201 |
 //! | `POST /v1/apps/NAME/promote`, `.../abort` | 200 |
+//! | `GET /v1/mesh` | the mesh's desired set and every node's view (mesh mode) |
 //!
+//! On a node that follows a mesh (`--mesh`), the changes above go to the
+//! mesh's desired state instead (every node applies them) and answer 202
+//! with the stored state; see docs/mesh.md.
 //! Every answer is JSON (errors: `{"error":{"kind","message"}}`);
 //! docs/admin-api.md has the details. With a [`Token`], every request needs
 //! `Authorization: Bearer <token>`, or gets 401 and changes nothing.
@@ -30,6 +34,7 @@
 mod apps;
 mod auth;
 mod error;
+mod mesh;
 mod probes;
 mod upload;
 pub mod view;
@@ -70,23 +75,45 @@ pub struct AdminState {
     pub token: Option<Token>,
     /// Largest `.wasm` an upload may carry (`--max-wasm-size`), in bytes.
     pub max_wasm_size: u64,
+    /// The mesh this node follows (`--mesh`), if any: then changes of apps
+    /// go to the mesh's desired state (every node applies them), and
+    /// `GET /v1/mesh` shows every node.
+    pub mesh: Option<Arc<meshd_mesh::Publisher>>,
 }
 
 /// The admin API as a service, to serve with [`serve`] or call directly
 /// (`tower::ServiceExt::oneshot`) in tests.
 pub fn router(state: AdminState) -> Router {
+    let in_mesh = state.mesh.is_some();
     let state = Arc::new(state);
+    let changes = if in_mesh {
+        // A node in mesh mode changes the mesh's desired state: a change
+        // made on one node alone would be undone by the mesh.
+        Router::new()
+            .route(
+                "/v1/apps/{name}",
+                get(apps::get).put(mesh::put).delete(mesh::remove),
+            )
+            .route("/v1/apps/{name}/rollback", post(mesh::rollback))
+            .route("/v1/apps/{name}/canary", post(mesh::canary))
+            .route("/v1/apps/{name}/promote", post(mesh::promote))
+            .route("/v1/apps/{name}/abort", post(mesh::abort))
+    } else {
+        Router::new()
+            .route(
+                "/v1/apps/{name}",
+                get(apps::get).put(apps::put).delete(apps::remove),
+            )
+            .route("/v1/apps/{name}/rollback", post(apps::rollback))
+            .route("/v1/apps/{name}/canary", post(apps::canary))
+            .route("/v1/apps/{name}/promote", post(apps::promote))
+            .route("/v1/apps/{name}/abort", post(apps::abort))
+    };
     let protected = Router::new()
         .route("/metrics", get(probes::metrics))
         .route("/v1/apps", get(apps::list))
-        .route(
-            "/v1/apps/{name}",
-            get(apps::get).put(apps::put).delete(apps::remove),
-        )
-        .route("/v1/apps/{name}/rollback", post(apps::rollback))
-        .route("/v1/apps/{name}/canary", post(apps::canary))
-        .route("/v1/apps/{name}/promote", post(apps::promote))
-        .route("/v1/apps/{name}/abort", post(apps::abort))
+        .route("/v1/mesh", get(mesh::view))
+        .merge(changes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Uploads enforce their own limits while reading (upload.rs).

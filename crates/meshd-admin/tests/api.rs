@@ -87,6 +87,7 @@ impl Harness {
             metrics: Arc::default(),
             token: token.map(|t| Token::new(t).unwrap()),
             max_wasm_size: MAX_WASM,
+            mesh: None,
         });
         Harness {
             app,
@@ -943,6 +944,7 @@ async fn metrics_are_the_registry_in_openmetrics_text() {
         metrics: Arc::new(metrics),
         token: None,
         max_wasm_size: MAX_WASM,
+        mesh: None,
     });
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = app.oneshot(request).await.unwrap();

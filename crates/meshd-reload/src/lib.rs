@@ -60,4 +60,8 @@ pub struct ReloadConfig {
     /// Where who holds which route and `[files]` directory is saved, so that
     /// holdings survive a restart; `None`: not saved.
     pub holdings_file: Option<PathBuf>,
+    /// Whether the apps the mesh deployed are brought back from the artifact
+    /// store at start (the node follows a mesh, and serves what it last had
+    /// until the mesh is reachable). Apps of the admin API always are.
+    pub restore_mesh: bool,
 }

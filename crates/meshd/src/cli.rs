@@ -220,6 +220,34 @@ pub struct Args {
     #[arg(long, env = "MESHD_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
 
+    /// Follow a mesh: the NATS servers (comma-separated nats:// or tls://
+    /// URLs, with JetStream) whose buckets hold the desired app set of many
+    /// meshd nodes. This node deploys what the mesh asks for, reports what
+    /// it serves, and serves what it last had while NATS is unreachable.
+    /// Its admin API then changes the mesh, not this node alone.
+    /// docs/mesh.md explains.
+    #[arg(long, env = "MESHD_MESH", value_name = "URLS")]
+    pub mesh: Option<String>,
+
+    /// This node's name in the mesh (unique per node). [default: the host
+    /// name]
+    #[arg(long, env = "MESHD_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// A NATS credentials file (.creds) for the mesh connection.
+    #[arg(long, env = "MESHD_MESH_CREDS", value_name = "FILE")]
+    pub mesh_creds: Option<PathBuf>,
+
+    /// PEM CA to trust for tls:// NATS servers instead of the system roots.
+    #[arg(long, env = "MESHD_MESH_CA_FILE", value_name = "FILE")]
+    pub mesh_ca_file: Option<PathBuf>,
+
+    /// JetStream replicas of the mesh's buckets when this node creates them
+    /// (3 on a three-server NATS cluster; existing buckets are used as
+    /// they are).
+    #[arg(long, env = "MESHD_MESH_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), value_name = "N")]
+    pub mesh_replicas: u8,
+
     /// A file holding the admin API's bearer token (one line; readable by
     /// meshd's user only, e.g. mode 600). With it every admin request needs
     /// `Authorization: Bearer <token>`; without it the admin API only listens

@@ -111,6 +111,23 @@ async fn open_keyvalue(
     Ok(kv)
 }
 
+/// How to reach the mesh, from the flags.
+fn mesh_config(args: &cli::Args, servers: &str) -> meshd_mesh::MeshConfig {
+    let node = args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "meshd".to_owned())
+    });
+    meshd_mesh::MeshConfig {
+        credentials: args.mesh_creds.clone(),
+        ca_file: args.mesh_ca_file.clone(),
+        replicas: usize::from(args.mesh_replicas),
+        ..meshd_mesh::MeshConfig::from_list(servers, &node)
+    }
+}
+
 /// Binds the admin API's address and serves it until `shutdown`.
 async fn start_admin(
     addr: std::net::SocketAddr,
@@ -284,9 +301,10 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
             ceiling: daemon_config.ceiling,
             max_wasm_size: args.max_wasm_size.as_u64(),
             holdings_file: Some(args.data_dir().join("holdings.json")),
+            restore_mesh: args.mesh.is_some(),
         },
         registry.clone(),
-        Some(store),
+        Some(store.clone()),
     );
     let deploy_totals = pipeline.totals();
     let metrics_registry = metrics::registry(&registry, &deploy_totals, &runtime, &serve_config);
@@ -299,6 +317,16 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         registry.clone(),
         args.max_wasm_size.as_u64(),
     );
+    // The mesh's connection, shared by the follower and the admin API; it
+    // connects in the background (NATS may be down at start).
+    let mesh = match &args.mesh {
+        Some(servers) => {
+            let config = mesh_config(&args, servers);
+            let client = meshd_mesh::connect(&config, true).await?;
+            Some((config, client))
+        }
+        None => None,
+    };
     // Up before the first load, so /readyz can tell how far it has got.
     let admin = match args.admin {
         Some(addr) => Some(
@@ -310,6 +338,13 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
                     metrics: metrics_registry.clone(),
                     token: admin_token,
                     max_wasm_size: args.max_wasm_size.as_u64(),
+                    mesh: mesh.as_ref().map(|(config, client)| {
+                        Arc::new(meshd_mesh::Publisher::with_client(
+                            client.clone(),
+                            config.replicas,
+                            &format!("admin API of node {}", config.name),
+                        ))
+                    }),
                 },
                 signals.shutdown.clone(),
                 &serve_config,
@@ -368,6 +403,22 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
 
+    let follower = mesh.map(|(config, client)| {
+        let follower = meshd_mesh::Follower::new(
+            meshd_mesh::FollowerConfig {
+                node: config.name.clone(),
+                mesh: config,
+                listen: Some(format!("http://{addr}")),
+                max_wasm_size: args.max_wasm_size.as_u64(),
+                meshd_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+            deploys.clone(),
+            registry.clone(),
+            store.clone(),
+        );
+        tokio::spawn(follower.run(client, shutdown.clone()))
+    });
+
     let expiry = tokio::spawn(meshd_reload::expire_idle_instances(
         registry.clone(),
         args.reuse_idle_timeout,
@@ -381,6 +432,9 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     )
     .await;
     watcher.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     expiry.abort();
     pipeline.abort();
     if let Some(metrics) = metrics {

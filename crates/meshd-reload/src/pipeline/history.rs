@@ -227,12 +227,17 @@ impl Pipeline {
     }
 
     /// Deploys again every app whose newest kept version came from the
-    /// admin API: those live nowhere else.
+    /// admin API (and, on a node that follows a mesh, from the mesh): those
+    /// live nowhere else on this machine.
     pub(super) async fn restore(&mut self) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let specs = tokio::task::spawn_blocking(move || restorable(&store))
+        let mut origins = vec![Origin::Api];
+        if self.config.restore_mesh {
+            origins.push(Origin::Mesh);
+        }
+        let specs = tokio::task::spawn_blocking(move || restorable(&store, &origins))
             .await
             .unwrap_or_default();
         if specs.is_empty() {
@@ -240,7 +245,7 @@ impl Pipeline {
         }
         tracing::info!(
             apps = specs.len(),
-            "restoring the apps deployed through the admin API"
+            "restoring the apps deployed through the admin API or the mesh"
         );
         for batch in specs.chunks(super::MAX_BATCH_APPS) {
             self.deploy(batch.to_vec()).await;
@@ -306,12 +311,13 @@ fn spec_of(
     })
 }
 
-/// The specs of the apps whose newest kept version came from the API.
-fn restorable(store: &ArtifactStore) -> Vec<AppSpec> {
+/// The specs of the apps whose newest kept version came from one of
+/// `origins`.
+fn restorable(store: &ArtifactStore, origins: &[Origin]) -> Vec<AppSpec> {
     let apps = match store.apps() {
         Ok(apps) => apps,
         Err(e) => {
-            tracing::error!(error = %e, "cannot list the artifact store; apps deployed through the admin API are not restored");
+            tracing::error!(error = %e, "cannot list the artifact store; apps deployed through the admin API or the mesh are not restored");
             return Vec::new();
         }
     };
@@ -324,10 +330,13 @@ fn restorable(store: &ArtifactStore) -> Vec<AppSpec> {
                 continue;
             }
         };
-        let Some(newest) = newest.filter(|v| v.origin == Origin::Api.as_str()) else {
+        let Some((newest, origin)) = newest.and_then(|v| {
+            let origin = v.origin.parse::<Origin>().ok()?;
+            origins.contains(&origin).then_some((v, origin))
+        }) else {
             continue;
         };
-        match spec_of(store, &app, Origin::Api, &newest) {
+        match spec_of(store, &app, origin, &newest) {
             Ok(spec) => specs.push(spec),
             Err(e) => tracing::error!(app = %app, "cannot restore the app: {e}"),
         }

@@ -8,6 +8,7 @@
 
 mod answer;
 mod http;
+mod mesh;
 mod table;
 mod upload;
 
@@ -156,6 +157,16 @@ pub enum ClientCommand {
     /// Stop an app's canary: the live version serves all requests again.
     #[command(after_help = EXIT_CODES)]
     Abort(NameArgs),
+    /// Publish an app to the mesh: every meshd node following it (--mesh)
+    /// serves the new version.
+    ///
+    /// The .wasm goes to the mesh's object store under its SHA-256, and the
+    /// app's desired state (code digest and manifest) to its key-value
+    /// bucket. meshd answers once the desired state is stored; with --wait
+    /// it waits until every live node serves the version, or one refuses it
+    /// (exit 1, with that node's reason).
+    #[command(after_help = EXIT_CODES)]
+    Publish(mesh::PublishArgs),
 }
 
 /// How to reach the admin API; every client subcommand has these.
@@ -242,6 +253,15 @@ pub struct AppsArgs {
     /// Show this app in detail (with its kept versions) instead of the list.
     #[arg(value_name = "NAME", value_parser = parse_app_name)]
     pub name: Option<String>,
+
+    /// Show the mesh instead of one node: the desired app set and every
+    /// live node's view of it side by side, read from these NATS servers
+    /// (comma-separated nats:// URLs).
+    #[arg(long, value_name = "URLS")]
+    pub mesh: Option<String>,
+
+    #[command(flatten)]
+    pub mesh_access: mesh::MeshAccess,
 
     #[command(flatten)]
     pub connection: Connection,
@@ -355,9 +375,18 @@ fn execute(command: ClientCommand) -> (Action, Result<(), Failure>) {
             let action = format!("deploy {}", name.as_deref().unwrap_or("the app"));
             (action, name.and_then(|name| deploy(&args, &name)))
         }
-        ClientCommand::Apps(args) => match &args.name {
-            Some(name) => (format!("show app {name}"), show_app(&args.connection, name)),
-            None => ("list the apps".to_owned(), list_apps(&args.connection)),
+        ClientCommand::Apps(args) => match (&args.mesh, &args.name) {
+            (Some(servers), name) => (
+                "show the mesh".to_owned(),
+                mesh::show(
+                    servers,
+                    &args.mesh_access,
+                    name.as_deref(),
+                    args.connection.json,
+                ),
+            ),
+            (None, Some(name)) => (format!("show app {name}"), show_app(&args.connection, name)),
+            (None, None) => ("list the apps".to_owned(), list_apps(&args.connection)),
         },
         ClientCommand::Rollback(args) => (format!("roll back {}", args.name), rollback(&args)),
         ClientCommand::Rm(args) => (format!("remove {}", args.name), remove(&args)),
@@ -370,6 +399,14 @@ fn execute(command: ClientCommand) -> (Action, Result<(), Failure>) {
             format!("abort the canary of {}", args.name),
             change(&args, "abort", table::aborted),
         ),
+        ClientCommand::Publish(args) => {
+            let name = match &args.name {
+                Some(name) => Ok(name.clone()),
+                None => name_from_file(&args.file),
+            };
+            let action = format!("publish {}", name.as_deref().unwrap_or("the app"));
+            (action, name.and_then(|name| mesh::publish(&args, &name)))
+        }
     }
 }
 

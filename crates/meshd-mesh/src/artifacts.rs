@@ -1,0 +1,150 @@
+//! Artifacts in the mesh's object store: stored by publishers under their
+//! digest, fetched by nodes into their own artifact store.
+
+use crate::buckets::CHUNK_SIZE;
+use async_nats::jetstream::object_store::{ObjectMetadata, ObjectStore};
+use meshd_artifacts::{ArtifactStore, Digest, StoreError};
+
+/// Why an artifact could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The object store has no artifact of that digest.
+    #[error("artifact sha256:{0} is not in the mesh's object store")]
+    Missing(String),
+    /// The bytes received do not have the digest they are stored under.
+    #[error("artifact sha256:{digest} from the mesh is corrupt: {detail}")]
+    Corrupt {
+        /// The digest asked for (hex).
+        digest: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The artifact is larger than this node takes.
+    #[error("artifact sha256:{digest} is larger than this node's --max-wasm-size ({limit} bytes)")]
+    TooLarge {
+        /// The digest asked for (hex).
+        digest: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// NATS failed while sending it (the node retries on the next change
+    /// or resynchronisation).
+    #[error("cannot fetch artifact sha256:{digest} from the mesh: {detail}")]
+    Transfer {
+        /// The digest asked for (hex).
+        digest: String,
+        /// The cause.
+        detail: String,
+    },
+    /// The local artifact store failed.
+    #[error("cannot keep artifact sha256:{digest}: {detail}")]
+    Store {
+        /// The digest asked for (hex).
+        digest: String,
+        /// The cause.
+        detail: String,
+    },
+}
+
+/// Stores `bytes` in the object store under their digest (unless an
+/// artifact of that digest is there already) and returns the digest.
+pub async fn upload(objects: &ObjectStore, bytes: &[u8]) -> anyhow::Result<Digest> {
+    let digest = Digest::of(bytes);
+    let name = digest.to_hex();
+    if let Ok(info) = objects.info(&name).await {
+        if !info.deleted && info.size as u64 == bytes.len() as u64 {
+            return Ok(digest);
+        }
+    }
+    let meta = ObjectMetadata {
+        name: name.clone(),
+        chunk_size: Some(CHUNK_SIZE),
+        ..Default::default()
+    };
+    let mut reader = bytes;
+    objects
+        .put(meta, &mut reader)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot store artifact sha256:{name} in the mesh: {e}"))?;
+    Ok(digest)
+}
+
+/// Makes sure the node's artifact store has `digest`: if it does not, the
+/// artifact is streamed from the object store into a temporary file of the
+/// local store, verified against the digest once the whole of it was read,
+/// and only then renamed into place. Returns its bytes.
+pub async fn fetch(
+    objects: &ObjectStore,
+    store: &ArtifactStore,
+    digest: &Digest,
+    limit: u64,
+) -> Result<Vec<u8>, FetchError> {
+    let hex = digest.to_hex();
+    if !store.contains(digest) {
+        let object = objects.get(&hex).await.map_err(|e| {
+            use async_nats::jetstream::object_store::GetErrorKind;
+            match e.kind() {
+                GetErrorKind::NotFound | GetErrorKind::BucketLink => {
+                    FetchError::Missing(hex.clone())
+                }
+                _ => FetchError::Transfer {
+                    digest: hex.clone(),
+                    detail: e.to_string(),
+                },
+            }
+        })?;
+        let bridge = tokio_util::io::SyncIoBridge::new(object);
+        let (writer, expected) = (store.clone(), *digest);
+        let stored =
+            tokio::task::spawn_blocking(move || writer.put_reader(bridge, limit, Some(&expected)))
+                .await
+                .map_err(|e| FetchError::Store {
+                    digest: hex.clone(),
+                    detail: e.to_string(),
+                })?;
+        match stored {
+            Ok(_) => {}
+            Err(StoreError::DigestMismatch { actual, .. }) => {
+                return Err(FetchError::Corrupt {
+                    digest: hex,
+                    detail: format!("its bytes hash to sha256:{actual}"),
+                })
+            }
+            Err(StoreError::TooLarge { limit }) => {
+                return Err(FetchError::TooLarge { digest: hex, limit })
+            }
+            // The object store checks its own digest at the end of the
+            // stream: a short or altered transfer ends as a read error.
+            Err(StoreError::Read(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(FetchError::Corrupt {
+                    digest: hex,
+                    detail: e.to_string(),
+                })
+            }
+            Err(StoreError::Read(e)) => {
+                return Err(FetchError::Transfer {
+                    digest: hex,
+                    detail: e.to_string(),
+                })
+            }
+            Err(e) => {
+                return Err(FetchError::Store {
+                    digest: hex,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+    let reader = store.clone();
+    let digest = *digest;
+    tokio::task::spawn_blocking(move || reader.get(&digest))
+        .await
+        .map_err(|e| FetchError::Store {
+            digest: digest.to_hex(),
+            detail: e.to_string(),
+        })?
+        .map_err(|e| FetchError::Store {
+            digest: digest.to_hex(),
+            detail: e.to_string(),
+        })
+}

@@ -1,0 +1,127 @@
+//! The JetStream buckets the mesh keeps its state in, opened (and created
+//! on first use) the same way by every node and every publisher.
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, object_store};
+use std::time::Duration;
+
+/// The desired app set: one key per app (its name), value a
+/// [`crate::DesiredApp`] as JSON.
+pub const DESIRED: &str = "meshd-apps";
+/// The artifacts: objects named by the hex SHA-256 of their bytes.
+pub const ARTIFACTS: &str = "meshd-artifacts";
+/// Each node's status, one key per node (its name); entries expire.
+pub const NODES: &str = "meshd-nodes";
+
+/// How many earlier values of an app the desired bucket keeps: what a mesh
+/// rollback can go back to (JetStream's maximum is 64).
+pub const DESIRED_HISTORY: i64 = 10;
+/// How long a node's status outlives its last heartbeat: a node silent for
+/// longer is gone from the view (server-side expiry; no node's clock is
+/// trusted).
+pub const NODE_STATUS_TTL: Duration = Duration::from_secs(30);
+/// How often a node rewrites its status.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Artifacts are stored in chunks of this size: each chunk's publish is
+/// acknowledged before the next, so bigger chunks mean fewer round trips.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// The three buckets.
+#[derive(Clone)]
+pub struct Buckets {
+    /// [`DESIRED`].
+    pub desired: kv::Store,
+    /// [`ARTIFACTS`].
+    pub artifacts: object_store::ObjectStore,
+    /// [`NODES`].
+    pub nodes: kv::Store,
+}
+
+impl Buckets {
+    /// Opens the buckets, creating any that does not exist with `replicas`
+    /// JetStream replicas.
+    pub async fn open(js: &jetstream::Context, replicas: usize) -> anyhow::Result<Buckets> {
+        let replicas = replicas.max(1);
+        let desired = open_kv(
+            js,
+            kv::Config {
+                bucket: DESIRED.to_owned(),
+                description:
+                    "meshd: the desired app set (app name -> code digest, manifest, canary)"
+                        .to_owned(),
+                history: DESIRED_HISTORY,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let nodes = open_kv(
+            js,
+            kv::Config {
+                bucket: NODES.to_owned(),
+                description: "meshd: each node's status and heartbeat".to_owned(),
+                history: 1,
+                max_age: NODE_STATUS_TTL,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let artifacts = match js.get_object_store(ARTIFACTS).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: ARTIFACTS.to_owned(),
+                    description: Some("meshd: app artifacts by SHA-256".to_owned()),
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the object store {ARTIFACTS}"))?,
+        };
+        Ok(Buckets {
+            desired,
+            artifacts,
+            nodes,
+        })
+    }
+}
+
+/// Opens a key-value bucket, creating it if it does not exist. An existing
+/// bucket is used as it is (its settings may have been tuned by hand).
+///
+/// The bucket's stream is created here with the key-value layout (what
+/// `Context::create_key_value` would make) because async-nats 0.51's
+/// `create_key_value` first reads the account's info, and cannot parse
+/// nats-server 2.9's (it lacks `reserved_memory`): the stream API alone
+/// works with 2.9 and every later server.
+async fn open_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    let bucket = config.bucket.clone();
+    let stream = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(config.description),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: config.history.max(1),
+        max_age: config.max_age,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: config.num_replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    };
+    match js.create_stream(stream).await {
+        Ok(_) => {}
+        // Another node may have created it between our two calls.
+        Err(e) => {
+            tracing::debug!(bucket = %bucket, error = %e, "mesh: cannot create the bucket; another node may have")
+        }
+    }
+    js.get_key_value(&bucket)
+        .await
+        .with_context(|| format!("cannot open the key-value bucket {bucket}"))
+}
