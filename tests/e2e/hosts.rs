@@ -360,3 +360,35 @@ async fn the_access_log_names_the_host_a_request_was_routed_by() {
     assert_eq!(line("/b")["host"], "-");
     assert_eq!(line("/b")["app"], "-");
 }
+
+#[tokio::test]
+async fn a_held_host_route_survives_a_restart_and_other_hosts_stay_free() {
+    let apps = AppsDir::new();
+    let data = tempfile::tempdir().expect("temp dir");
+    apps.deploy("shop", "hello");
+    apps.write("shop.toml", "route = \"shop.example.com/api\"\n");
+    let meshd = Meshd::builder(apps.path()).data_dir(data.path()).start();
+    let reply = get_host(&meshd, "shop.example.com", "/api").await;
+    assert_eq!(served_by(&reply, "shop"), "hello");
+    drop(meshd);
+
+    // While meshd is down, an app that sorts first by name asks for the same
+    // host and prefix (written differently); another asks for /api on
+    // another host, which is free.
+    apps.deploy("aaa", "echo");
+    apps.write("aaa.toml", "route = \"Shop.Example.com/api/\"\n");
+    apps.deploy("aab", "stream");
+    apps.write("aab.toml", "route = \"blog.example.com/api\"\n");
+
+    let meshd = Meshd::builder(apps.path()).data_dir(data.path()).start();
+    meshd.wait_for_log(&[
+        "route shop.example.com/api asked for by app aaa",
+        "held by app shop",
+    ]);
+    let reply = get_host(&meshd, "shop.example.com", "/api").await;
+    assert_eq!(served_by(&reply, "shop"), "hello");
+    meshd.wait_for_log(&["app deployed", "app=aab", "route=blog.example.com/api"]);
+    let reply = get_host(&meshd, "blog.example.com", "/api").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(meshd.count_log(&["app deployed", "app=aaa"]), 0);
+}

@@ -52,6 +52,12 @@ impl RouteHost {
     /// Parses the host of a manifest route: `shop.example.com`,
     /// `*.example.com`, or a Unicode name (converted to punycode).
     pub fn parse(host: &str) -> Result<Self, HostError> {
+        if host.starts_with('[') {
+            return Err(HostError::Invalid {
+                host: host.to_owned(),
+                reason: "IPv6 addresses cannot be route hosts".to_owned(),
+            });
+        }
         if host.contains(':') {
             return Err(HostError::Port(host.to_owned()));
         }
@@ -245,6 +251,7 @@ mod tests {
             "sh op.example",
             "a@b.example",
             "-x.example",
+            "[::1]",
         ] {
             assert!(
                 matches!(RouteHost::parse(host), Err(HostError::Invalid { .. })),
