@@ -180,20 +180,22 @@ impl<T> RouteTable<T> {
 
     /// Removes the mount at `route`, returning what was mounted there.
     pub fn remove(&mut self, route: &Route) -> Option<T> {
-        let (map, key) = match route.host() {
-            None => {
-                let removed = self.any_host.mounts.remove(route.path());
-                self.len -= usize::from(removed.is_some());
-                return removed.map(|(_, value)| value);
+        let (_, value) = match route.host() {
+            None => self.any_host.mounts.remove(route.path())?,
+            Some(host) => {
+                let (hosts, key) = match host {
+                    RouteHost::Exact(host) => (&mut self.exact, host),
+                    RouteHost::Wildcard(domain) => (&mut self.wildcard, domain),
+                };
+                let paths = hosts.get_mut(key.as_str())?;
+                let removed = paths.mounts.remove(route.path())?;
+                // A host without routes would linger in the map forever.
+                if paths.mounts.is_empty() {
+                    hosts.remove(key.as_str());
+                }
+                removed
             }
-            Some(RouteHost::Exact(host)) => (&mut self.exact, host),
-            Some(RouteHost::Wildcard(domain)) => (&mut self.wildcard, domain),
         };
-        let paths = map.get_mut(key.as_str())?;
-        let (_, value) = paths.mounts.remove(route.path())?;
-        if paths.mounts.is_empty() {
-            map.remove(key.as_str());
-        }
         self.len -= 1;
         Some(value)
     }
