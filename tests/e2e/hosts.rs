@@ -311,7 +311,8 @@ async fn the_admin_api_deploys_and_shows_host_routes() {
     assert_eq!(error["kind"], "route_conflict");
     let message = error["message"].as_str().expect("a message");
     assert!(
-        message.contains("shop.example.com/api") && message.contains("shop"),
+        message.contains("route shop.example.com/api asked for by app thief")
+            && message.contains("held by app shop"),
         "{message}"
     );
     let reply = get_host(&meshd, "shop.example.com", "/api/x").await;
