@@ -13,6 +13,7 @@ mod canary;
 mod cli;
 mod front_door;
 mod harness;
+mod hosts;
 mod isolation;
 mod metrics;
 mod outbound_tls;

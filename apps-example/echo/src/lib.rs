@@ -1,5 +1,6 @@
 //! `echo`: answers with JSON describing the request as the app sees it:
-//! method, path (with query), headers, body length and `x-forwarded-prefix`.
+//! method, authority (the client's `Host` or `:authority`), path (with
+//! query), headers, body length and `x-forwarded-prefix`.
 //! The body is counted as it streams in, never held whole.
 
 use std::io::Write as _;
@@ -16,6 +17,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let method = method_name(&request.method());
         let path = request.path_with_query().unwrap_or_default();
+        let authority = request.authority();
         let mut headers = serde_json::Map::new();
         let mut prefix = serde_json::Value::Null;
         for (name, value) in request.headers().entries() {
@@ -31,6 +33,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         };
         let reply = serde_json::json!({
             "method": method,
+            "authority": authority,
             "path": path,
             "headers": headers,
             "body_length": body_length,

@@ -174,7 +174,7 @@ fn app_of(change: &Change) -> Option<&str> {
 /// `AppVersion` needs wasmtime; the e2e tests cover live versions).
 fn status(name: &str) -> AppStatus {
     let mut status = AppStatus::new(name, Origin::Api);
-    status.route = Some(meshd_routes::Prefix::parse(&format!("/{name}")).unwrap());
+    status.route = Some(meshd_routes::Route::parse(&format!("/{name}")).unwrap());
     status.deploying = true;
     status
 }

@@ -2,7 +2,7 @@
 
 use crate::limits::Limits;
 use crate::outbound::OutboundRule;
-use meshd_routes::{Prefix, PrefixError};
+use meshd_routes::{Route, RouteError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ impl Manifest {
             message: e.to_string().trim_end().replace('\n', " "),
         })?;
         if let Some(route) = &manifest.route {
-            Prefix::parse(route).map_err(|e| invalid(path, "route", e))?;
+            Route::parse(route).map_err(|e| invalid(path, "route", e))?;
         }
         for rule in &manifest.outbound.allow {
             OutboundRule::parse(rule).map_err(|e| invalid(path, "outbound.allow", e))?;
@@ -180,11 +180,12 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// The mount prefix of an app called `name` with this manifest.
-    pub fn prefix(&self, name: &str) -> Result<Prefix, PrefixError> {
+    /// The route of an app called `name` with this manifest: its `route`,
+    /// else `/{name}` on any host.
+    pub fn mount_route(&self, name: &str) -> Result<Route, RouteError> {
         match &self.route {
-            Some(route) => Prefix::parse(route),
-            None => Prefix::parse(&format!("/{name}")),
+            Some(route) => Route::parse(route),
+            None => Route::parse(&format!("/{name}")),
         }
     }
 }
@@ -208,13 +209,26 @@ mod tests {
     #[test]
     fn empty_manifest_mounts_at_the_app_name() {
         let m = parse("").unwrap();
-        assert_eq!(m.prefix("hello").unwrap().as_str(), "/hello");
+        assert_eq!(m.mount_route("hello").unwrap().to_string(), "/hello");
     }
 
     #[test]
     fn route_overrides_the_mount() {
         let m = parse("route = \"/other/prefix\"").unwrap();
-        assert_eq!(m.prefix("hello").unwrap().as_str(), "/other/prefix");
+        assert_eq!(m.mount_route("hello").unwrap().to_string(), "/other/prefix");
+    }
+
+    #[test]
+    fn route_may_name_a_host() {
+        let m = parse("route = \"Shop.Example.com/api/\"").unwrap();
+        assert_eq!(
+            m.mount_route("hello").unwrap().to_string(),
+            "shop.example.com/api"
+        );
+        let err = parse("route = \"shop.example.com:8080/\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`route`") && err.contains("port"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::Refused;
 use meshd_artifacts::{Digest, StoredVersion};
-use meshd_routes::Prefix;
+use meshd_routes::Route;
 use meshd_tenant::{AppVersion, InFlight};
 use std::fmt;
 use std::str::FromStr;
@@ -105,7 +105,7 @@ pub struct AppStatus {
     /// The source it came from.
     pub origin: Origin,
     /// Its route (of the live version; or asked for by the last attempt).
-    pub route: Option<Prefix>,
+    pub route: Option<Route>,
     /// The version serving it.
     pub live: Option<VersionInfo>,
     /// A version on trial and its share of the traffic.

@@ -25,7 +25,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// The route table: which app (and which of its versions) serves a prefix.
+/// The route table: which app (and which of its versions) serves a host and
+/// prefix.
 pub type Routes = RouteTable<Arc<Mount>>;
 
 /// One published state of meshd: routes and every app it knows.

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
-use meshd_routes::Prefix;
+use meshd_routes::{Route, RouteHost};
 use meshd_tenant::{AppVersion, BodyError, ServeError};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,19 +10,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Sends `GET path` to `version` directly (it is not mounted yet) and
-/// requires a 2xx answer, body included, within `timeout`.
+/// requires a 2xx answer, body included, within `timeout`. The request names
+/// the route's host if it has an exact one (else `localhost`) and says where
+/// the app is mounted, as a real request would.
 pub async fn check(
     version: &Arc<AppVersion>,
-    prefix: &Prefix,
+    route: &Route,
     path: &str,
     timeout: Duration,
 ) -> Result<(), String> {
     let request = || {
-        let mut req = http::Request::get(format!("http://localhost{path}"))
+        let host = match route.host() {
+            Some(RouteHost::Exact(host)) => host.as_str(),
+            _ => "localhost",
+        };
+        let mut req = http::Request::get(format!("http://{host}{path}"))
             .body(
                 Empty::<Bytes>::new().map_err(|never: Infallible| -> BodyError { match never {} }),
             )
             .map_err(|e| format!("health check path {path:?} is not a valid URI: {e}"))?;
+        let prefix = route.path();
         if !prefix.is_root() {
             if let Ok(value) = http::HeaderValue::from_str(prefix.as_str()) {
                 req.headers_mut().insert("x-forwarded-prefix", value);

@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The routes and directories held after a pass, by app name.
+/// The routes and directories held after a pass, by app name. A route is
+/// kept as it is shown (`/api`, `shop.example.com/api`), host included.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Holdings {
     routes: Vec<RouteHolding>,

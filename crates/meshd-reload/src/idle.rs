@@ -16,14 +16,14 @@ pub async fn expire_idle_instances(registry: Arc<Registry>, ttl: Duration) {
     loop {
         tick.tick().await;
         let apps = registry.load();
-        for (prefix, version) in apps
+        for (route, version) in apps
             .routes
             .iter()
-            .flat_map(|(prefix, mount)| mount.versions().map(move |v| (prefix, v)))
+            .flat_map(|(route, mount)| mount.versions().map(move |v| (route, v)))
         {
             let expired = version.expire_idle(ttl);
             if expired > 0 {
-                tracing::debug!(app = version.app(), %prefix, expired, "idle reused instances dropped");
+                tracing::debug!(app = version.app(), %route, expired, "idle reused instances dropped");
             }
         }
     }

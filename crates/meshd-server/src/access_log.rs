@@ -21,6 +21,9 @@ pub const ACCESS_TARGET: &str = "meshd::access";
 /// What is known of a request when it arrives.
 pub(crate) struct Arrival {
     method: Method,
+    /// The host the request was routed by (normalised: lower case, no
+    /// port); `-` when it named none or an invalid one.
+    host: String,
     /// The path as the client sent it, without the query (which may carry
     /// secrets).
     path: String,
@@ -31,6 +34,10 @@ impl Arrival {
     pub(crate) fn of<B>(req: &Request<B>) -> Arrival {
         Arrival {
             method: req.method().clone(),
+            host: match crate::request_host::request_host(req) {
+                Ok(Some(host)) => host.as_str().to_owned(),
+                Ok(None) | Err(_) => "-".to_owned(),
+            },
             path: req.uri().path().to_owned(),
             started: Instant::now(),
         }
@@ -68,6 +75,7 @@ impl Entry {
             version,
             side,
             method = %self.arrival.method,
+            host = %self.arrival.host,
             path = %self.arrival.path,
             status = self.status,
             bytes = self.bytes,

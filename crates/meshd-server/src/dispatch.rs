@@ -1,5 +1,5 @@
-//! From a request to the app that serves it: route by prefix, strip the
-//! prefix, and turn every failure into a short plain-text response.
+//! From a request to the app that serves it: route by host and prefix, strip
+//! the prefix, and turn every failure into a short plain-text response.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -55,9 +55,17 @@ where
         );
         return (close.apply(resp), None);
     }
+    let host = match crate::request_host::request_host(&req) {
+        Ok(host) => host,
+        Err(why) => {
+            tracing::debug!(%why, "request with an invalid host refused");
+            let resp = plain(StatusCode::BAD_REQUEST, format!("bad request: {why}\n"));
+            return (close.apply(resp), None);
+        }
+    };
     let (version, side, prefix_header) = {
         let apps = registry.peek();
-        let Some(route) = apps.routes.route(req.uri().path()) else {
+        let Some(route) = apps.routes.route(host.as_ref(), req.uri().path()) else {
             let resp = plain(
                 StatusCode::NOT_FOUND,
                 format!("no app is mounted at {}\n", req.uri().path()),

@@ -2,8 +2,8 @@
 //!
 //! [`serve`] accepts connections on a bound listener, speaks HTTP/1.1 (with
 //! keep-alive) and HTTP/2 cleartext with prior knowledge on the same port, and
-//! hands every request to [`dispatch`], which routes it by prefix through the
-//! routes of the registry's current snapshot and passes it to that app's live
+//! hands every request to [`dispatch`], which routes it by host and prefix
+//! through the routes of the registry's current snapshot and passes it to that app's live
 //! version (or, during a canary, to the version the split picks).
 //!
 //! The snapshot is read with one atomic load per request; the deploy pipeline
@@ -15,6 +15,7 @@ mod conn_watch;
 mod dispatch;
 mod listen;
 mod metrics;
+mod request_host;
 
 pub use access_log::{AccessLogged, ACCESS_TARGET};
 pub use dispatch::{dispatch, ResponseBody, FORWARDED_PREFIX};

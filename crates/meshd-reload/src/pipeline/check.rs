@@ -35,7 +35,7 @@ pub(crate) async fn check_all(
                 Err(e) => Err(format!("cannot instantiate: {e:#}")),
                 Ok(()) => match &new.manifest.health {
                     Some(path) => {
-                        crate::health::check(version, &new.prefix, path, health_timeout).await
+                        crate::health::check(version, &new.route, path, health_timeout).await
                     }
                     None => Ok(()),
                 },

@@ -99,7 +99,7 @@ struct Entry {
     draining: Vec<Arc<InFlight>>,
     kept: Vec<StoredVersion>,
     /// The route its last attempt asked for (shown while it is not live).
-    asked_route: Option<meshd_routes::Prefix>,
+    asked_route: Option<meshd_routes::Route>,
 }
 
 impl Entry {
@@ -355,7 +355,7 @@ impl Pipeline {
             }
             if let Some(Ok(new)) = &candidate {
                 if chosen != Some(0) {
-                    entry.asked_route = Some(new.prefix.clone());
+                    entry.asked_route = Some(new.route.clone());
                 }
             }
             let (now_live, outcome) = decide(
@@ -381,8 +381,8 @@ impl Pipeline {
             }
             match (&old, &now_live) {
                 (Some(old), Some(new)) if Arc::ptr_eq(&old.version, &new.version) => {
-                    if old.prefix != new.prefix {
-                        tracing::info!(app = %name, from = %old.prefix, to = %new.prefix, "app moved");
+                    if old.route != new.route {
+                        tracing::info!(app = %name, from = %old.route, to = %new.route, "app moved");
                     }
                     if old.manifest_digest != new.manifest_digest {
                         new_manifest.push((name.clone(), new.clone(), None));
@@ -555,12 +555,12 @@ fn log_went_live(name: &str, new: &Deployed, previous: Option<&str>) {
     match previous {
         Some(previous) => tracing::info!(
             app = %name, version = %version.id(), previous = %previous,
-            route = %new.prefix, cache = %version.cache_outcome().as_str(),
+            route = %new.route, cache = %version.cache_outcome().as_str(),
             compile_ms = version.compile_time().as_millis() as u64,
             "app updated"
         ),
         None => tracing::info!(
-            app = %name, version = %version.id(), route = %new.prefix,
+            app = %name, version = %version.id(), route = %new.route,
             cache = %version.cache_outcome().as_str(),
             compile_ms = version.compile_time().as_millis() as u64,
             "app deployed"

@@ -172,10 +172,10 @@ impl Pipeline {
                     "the canary is the live version of app {name}"
                 )));
             }
-            if d.prefix != live.prefix || d.files_dir() != live.files_dir() {
+            if d.route != live.route || d.files_dir() != live.files_dir() {
                 return Err(Refused::BadRequest(format!(
                     "a canary of app {name} must keep its route {} and [files] directory; deploy the change instead",
-                    live.prefix
+                    live.route
                 )));
             }
             Ok(d)

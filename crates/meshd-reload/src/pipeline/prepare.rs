@@ -7,7 +7,7 @@ use crate::ReloadConfig;
 use meshd_apps::{Ceiling, Limits, Manifest};
 use meshd_artifacts::{ArtifactStore, Digest};
 use meshd_registry::{Origin, Refused};
-use meshd_routes::Prefix;
+use meshd_routes::Route;
 use meshd_tenant::{
     load_version, AppLedger, AppVersion, LoadError, Preopen, Runtime, TenantSettings,
 };
@@ -23,7 +23,7 @@ pub(crate) struct Deployed {
     /// SHA-256 of the manifest text, if it has one.
     pub manifest_digest: Option<Digest>,
     pub manifest: Manifest,
-    pub prefix: Prefix,
+    pub route: Route,
     pub version: Arc<AppVersion>,
     pub deployed_at: SystemTime,
     /// How messages name what sets its route: the manifest, else the code.
@@ -76,8 +76,8 @@ pub(crate) fn prepare(
         .manifest_label
         .clone()
         .unwrap_or_else(|| spec.wasm_label.clone());
-    let prefix = manifest
-        .prefix(&spec.name)
+    let route = manifest
+        .mount_route(&spec.name)
         .map_err(|e| match &spec.manifest_label {
             Some(manifest) => {
                 Refused::InvalidManifest(format!("invalid manifest {manifest}: key `route`: {e}"))
@@ -102,7 +102,7 @@ pub(crate) fn prepare(
         digest,
         manifest_digest,
         manifest: manifest.clone(),
-        prefix: prefix.clone(),
+        route: route.clone(),
         version,
         deployed_at: SystemTime::now(),
         label: label.clone(),

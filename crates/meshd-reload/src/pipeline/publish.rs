@@ -22,7 +22,7 @@ impl Pipeline {
                 };
                 // Placement left one app per route; a clash here would be a
                 // bug, and the app that is already in keeps its route.
-                if let Err(conflict) = set.routes.insert(live.prefix.clone(), Arc::new(mount)) {
+                if let Err(conflict) = set.routes.insert(live.route.clone(), Arc::new(mount)) {
                     tracing::error!(app = %name, "internal error: {conflict}; app not mounted");
                 }
             }
@@ -60,7 +60,7 @@ fn status_of(name: &str, entry: &Entry) -> AppStatus {
         route: entry
             .live
             .as_ref()
-            .map(|live| live.prefix.clone())
+            .map(|live| live.route.clone())
             .or_else(|| entry.asked_route.clone()),
         live: entry.live.as_ref().map(info),
         canary: entry

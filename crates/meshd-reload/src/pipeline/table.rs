@@ -6,11 +6,16 @@
 //! and across restarts; any other app asking for it (or, for a directory,
 //! for one inside or around it) is refused, every time, with an error naming
 //! both apps. Between apps that held neither, the first by name wins.
+//!
+//! A route is a host and a path prefix: `/api` on `a.example.com`, on
+//! `b.example.com`, on `*.example.com` and on any host are four routes that
+//! never conflict; `Shop.Example.com/api/` and `shop.example.com/api` are
+//! one route.
 
 use super::prepare::Deployed;
 use crate::holdings::Holdings;
 use meshd_registry::Refused;
-use meshd_routes::Prefix;
+use meshd_routes::Route;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -29,12 +34,12 @@ pub(crate) struct Placement {
 /// order of preference: a new version, then the one it has) that takes no
 /// route or directory of another app.
 pub(crate) fn place(wants: &BTreeMap<String, Vec<&Deployed>>, holdings: &Holdings) -> Placement {
-    let mut held_routes: BTreeMap<Prefix, &str> = BTreeMap::new();
+    let mut held_routes: BTreeMap<Route, &str> = BTreeMap::new();
     let mut held_dirs: Vec<(PathBuf, &str)> = Vec::new();
     for (name, options) in wants {
         for option in options {
-            if holdings.holds_route(name, option.prefix.as_str()) {
-                held_routes.insert(option.prefix.clone(), name);
+            if holdings.holds_route(name, &option.route.to_string()) {
+                held_routes.insert(option.route.clone(), name);
             }
             if let Some(dir) = option
                 .files_dir()
@@ -51,31 +56,31 @@ pub(crate) fn place(wants: &BTreeMap<String, Vec<&Deployed>>, holdings: &Holding
     let mut order: Vec<&String> = wants.keys().collect();
     // Holders first, then the rest by name (BTreeMap order, stable sort).
     order.sort_by_key(|name| !is_holder(name));
-    let label_of = |holder: &str, prefix: Option<&Prefix>| {
+    let label_of = |holder: &str, route: Option<&Route>| {
         let options = wants.get(holder).map(Vec::as_slice).unwrap_or_default();
         options
             .iter()
-            .find(|o| prefix.is_none_or(|p| o.prefix == *p))
+            .find(|o| route.is_none_or(|r| o.route == *r))
             .or(options.first())
             .map_or_else(String::new, |o| o.label.clone())
     };
 
     let mut placement = Placement::default();
-    let mut owners: BTreeMap<Prefix, (&str, &str)> = BTreeMap::new();
+    let mut owners: BTreeMap<Route, (&str, &str)> = BTreeMap::new();
     let mut dirs: Vec<(PathBuf, &str, &str)> = Vec::new();
     for name in order {
         let mut first_refusal = None;
         for (i, d) in wants[name].iter().enumerate() {
             let refusal = if let Some(holder) = held_routes
-                .get(&d.prefix)
+                .get(&d.route)
                 .filter(|holder| **holder != name.as_str())
             {
                 Some(Refused::RouteConflict {
                     message: format!(
                         "route {} asked for by app {name} ({}) is held by app {holder} ({})",
-                        d.prefix,
+                        d.route,
                         d.label,
-                        label_of(holder, Some(&d.prefix)),
+                        label_of(holder, Some(&d.route)),
                     ),
                     holder: holder.to_string(),
                 })
@@ -110,11 +115,11 @@ pub(crate) fn place(wants: &BTreeMap<String, Vec<&Deployed>>, holdings: &Holding
                         ),
                         holder: owner.to_string(),
                     })
-                } else if let Some((owner, owner_label)) = owners.get(&d.prefix) {
+                } else if let Some((owner, owner_label)) = owners.get(&d.route) {
                     Some(Refused::RouteConflict {
                         message: format!(
                             "route {} of {} is already taken by {owner_label}",
-                            d.prefix, d.label,
+                            d.route, d.label,
                         ),
                         holder: owner.to_string(),
                     })
@@ -127,7 +132,7 @@ pub(crate) fn place(wants: &BTreeMap<String, Vec<&Deployed>>, holdings: &Holding
                     first_refusal.get_or_insert(refusal);
                 }
                 None => {
-                    owners.insert(d.prefix.clone(), (name, &d.label));
+                    owners.insert(d.route.clone(), (name, &d.label));
                     if let Some(dir) = d.files_dir() {
                         dirs.push((dir, name, &d.label));
                     }
@@ -149,7 +154,7 @@ pub(crate) fn holdings_of<'a>(
 ) -> Holdings {
     let mut holdings = Holdings::default();
     for (name, d) in mounted {
-        holdings.add(name, d.prefix.as_str(), d.files_dir().as_deref());
+        holdings.add(name, &d.route.to_string(), d.files_dir().as_deref());
     }
     holdings
 }

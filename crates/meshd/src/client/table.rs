@@ -8,7 +8,9 @@ use std::io::Write as _;
 
 /// Widest a cell of these columns may be; longer text is cut with "…".
 const MAX_NAME: usize = 24;
-const MAX_ROUTE: usize = 32;
+/// Routes may start with a host (`tenant-42.shop.example.com/api`): wide
+/// enough that the path after a typical host is still shown.
+const MAX_ROUTE: usize = 64;
 const MAX_ERROR: usize = 60;
 
 /// `meshd apps`: one line per app.
@@ -370,6 +372,21 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("xxx"), "{table}");
+    }
+
+    #[test]
+    fn host_routes_are_shown_whole() {
+        let shop = App {
+            route: "tenant-4242.customers.shop.example.com/api/v1".to_owned(),
+            ..hello()
+        };
+        let table = apps_table(&[shop]);
+        let row = table.lines().nth(1).expect("a row");
+        assert_eq!(
+            row.split_whitespace().nth(1),
+            Some("tenant-4242.customers.shop.example.com/api/v1"),
+            "{table}"
+        );
     }
 
     #[test]
