@@ -56,6 +56,8 @@ pub struct Follower {
     /// The whole desired set, as last read.
     desired: BTreeMap<String, DesiredApp>,
     status: NodeStatus,
+    /// Told once, when the node first has the whole desired set applied.
+    first_sync: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Follower {
@@ -83,7 +85,16 @@ impl Follower {
             refusals: BTreeMap::new(),
             desired: BTreeMap::new(),
             status,
+            first_sync: None,
         }
+    }
+
+    /// A receiver told when the node has first read and applied the whole
+    /// desired set (meshd's readiness waits for it).
+    pub fn first_sync(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.first_sync = Some(sender);
+        receiver
     }
 
     /// Follows the mesh on `client` (see [`crate::connect`]) until
@@ -251,6 +262,9 @@ impl Follower {
             self.reconcile(buckets, &name, app.as_ref()).await;
         }
         self.report(buckets).await;
+        if let Some(first_sync) = self.first_sync.take() {
+            let _ = first_sync.send(());
+        }
     }
 
     /// Sends one snapshot of the mesh's apps and records each outcome.

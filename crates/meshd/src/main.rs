@@ -111,6 +111,10 @@ async fn open_keyvalue(
     Ok(kv)
 }
 
+/// How long a node of a mesh waits for the mesh's apps before `/readyz`
+/// says ready anyway (NATS may be down: it serves what it has).
+const MESH_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How to reach the mesh, from the flags.
 fn mesh_config(args: &cli::Args, servers: &str) -> meshd_mesh::MeshConfig {
     let node = args.node_name.clone().unwrap_or_else(|| {
@@ -357,7 +361,11 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     // missed.
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
     let summary = dir_source.sync().await;
-    registry.startup().finish();
+    // A node of a mesh is ready once it has the mesh's apps too (or, if
+    // NATS does not answer, after MESH_READY_TIMEOUT: it serves what it has).
+    if mesh.is_none() {
+        registry.startup().finish();
+    }
 
     let metrics = match args.metrics_listen {
         Some(addr) => Some(
@@ -404,7 +412,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     ));
 
     let follower = mesh.map(|(config, client)| {
-        let follower = meshd_mesh::Follower::new(
+        let mut follower = meshd_mesh::Follower::new(
             meshd_mesh::FollowerConfig {
                 node: config.name.clone(),
                 mesh: config,
@@ -416,6 +424,14 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
             registry.clone(),
             store.clone(),
         );
+        let first_sync = follower.first_sync();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(MESH_READY_TIMEOUT, first_sync).await.is_err() {
+                tracing::warn!(timeout = ?MESH_READY_TIMEOUT, "mesh: not in sync yet; ready with what this node has");
+            }
+            registry.startup().finish();
+        });
         tokio::spawn(follower.run(client, shutdown.clone()))
     });
 
