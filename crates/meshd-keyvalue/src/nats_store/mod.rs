@@ -179,6 +179,19 @@ impl NatsStore {
     }
 
     async fn open_bucket(&self) -> Result<kv::Store, KvError> {
+        let version = self.inner.client.server_info().version;
+        if self.inner.replicas > 1 && !replicated_cas_is_atomic(&version) {
+            return Err(self.fail(
+                "cannot use the key-value bucket",
+                format!(
+                    "replicas = {} needs nats-server 2.9.21 or newer, where compare-and-swap on a \
+                     replicated stream is atomic (nats-server issue #4320: before it, two nodes' \
+                     increments can both succeed from the same value); this server is {version}: \
+                     set replicas = 1 or upgrade the servers",
+                    self.inner.replicas
+                ),
+            ));
+        }
         let wanted = self.stream_config();
         let js = &self.inner.jetstream;
         match js.get_stream(&wanted.name).await {
@@ -329,7 +342,7 @@ impl NatsStore {
                     }
                     return Ok(());
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(e) if is_conflict(&e) => {
                     if growth > 0 {
                         self.refund(store, b.tenant, growth).await;
                     }
@@ -428,9 +441,7 @@ impl NatsStore {
                 .await
             {
                 Ok(_) => return Ok(()),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    backoff(attempt).await;
-                }
+                Err(e) if is_conflict(&e) => backoff(attempt).await,
                 Err(e) => return Err(self.fail("usage update failed", e)),
             }
         }
@@ -629,6 +640,39 @@ async fn connect_options(options: &NatsOptions, servers: String) -> anyhow::Resu
     Ok(connect)
 }
 
+/// Whether a server of this version (`2.9.10`, `2.10.0-beta.1`) checks a
+/// replicated stream's expected last subject sequence atomically: fixed
+/// in 2.9.21 (nats-server#4319).
+fn replicated_cas_is_atomic(version: &str) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next()) >= (2, 9, 21)
+}
+
+/// Whether a compare-and-swap lost to another write of the key: the
+/// revision moved on (10071), or (servers from 2.9.21 on, in a cluster)
+/// another write of the key was still in flight (10164), which async-nats
+/// reports as a generic error.
+fn is_conflict(e: &kv::UpdateError) -> bool {
+    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(js) = cause.downcast_ref::<jetstream::Error>() {
+            return [
+                jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE,
+                jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+            ]
+            .contains(&js.error_code());
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Whether the stream's settings differ from what meshd needs.
 fn differs(current: &stream::Config, wanted: &stream::Config) -> bool {
     current.allow_direct != wanted.allow_direct
@@ -645,4 +689,33 @@ fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
         jetstream::context::GetStreamErrorKind::JetStream(ref j)
             if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicated_compare_and_swap_needs_2_9_21() {
+        for old in ["2.9.10", "2.9.20", "2.8.4", "1.4.1", "", "garbage"] {
+            assert!(!replicated_cas_is_atomic(old), "{old}");
+        }
+        for new in ["2.9.21", "2.9.25", "2.10.0-beta.1", "2.15.1", "3.0.0"] {
+            assert!(replicated_cas_is_atomic(new), "{new}");
+        }
+    }
+
+    #[test]
+    fn several_urls_parse_and_bad_ones_are_named() {
+        let addrs = parse_urls("nats://a:4222, nats://b:4223,").unwrap();
+        assert_eq!(addrs.len(), 2);
+        assert_eq!((addrs[1].host(), addrs[1].port()), ("b", 4223));
+        let e = parse_urls("nats://user:secret@a:notaport").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("invalid NATS URL in [keyvalue] url"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
 }
