@@ -14,6 +14,7 @@ mod cli;
 mod front_door;
 mod harness;
 mod isolation;
+mod keyvalue_nats;
 mod metrics;
 mod outbound_tls;
 mod paths;

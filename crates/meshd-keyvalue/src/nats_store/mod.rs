@@ -12,7 +12,9 @@
 //!   (`Nats-Expected-Last-Subject-Sequence`), retried on conflict at most
 //!   [`MAX_CAS_ATTEMPTS`] times with a short random backoff: increments are
 //!   exact across nodes, and a key fought over too long fails with
-//!   [`KvError::Contended`].
+//!   [`KvError::Contended`]. Writers of one key on one node take turns
+//!   (`Turns`), so the compare-and-swap settles only between nodes: fifty
+//!   requests hammering one counter on a node are one writer, not fifty.
 //! - **Quota.** A tenant's usage is a counter entry updated by CAS too: it
 //!   goes up before an entry grows and down after one shrinks or goes away,
 //!   so it never counts less than the tenant stores. A crash (or a lost
@@ -86,6 +88,40 @@ struct Inner {
     max_value: usize,
     /// Opened on first use once connected (NATS may be down at start).
     bucket: tokio::sync::OnceCell<kv::Store>,
+    /// Turns of this node's writers of each entry.
+    entry_turns: Turns,
+    /// Turns of this node's writers of each usage counter. Taken after an
+    /// entry's turn, never before one: no two writers wait on each other.
+    usage_turns: Turns,
+}
+
+/// Writers of the same key on this node take turns: one lock per stripe of
+/// keys (by hash), so memory stays fixed whatever the number of keys, and
+/// keys of different stripes are written in parallel.
+struct Turns {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Turns {
+    /// Stripes per kind of key.
+    const STRIPES: usize = 256;
+
+    fn new() -> Turns {
+        Turns {
+            stripes: (0..Self::STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    /// Waits for this node's turn to write `kv_key`.
+    async fn take(&self, kv_key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        kv_key.hash(&mut hasher);
+        let stripe = (hasher.finish() % Self::STRIPES as u64) as usize;
+        self.stripes[stripe].lock().await
+    }
 }
 
 impl NatsStore {
@@ -117,6 +153,8 @@ impl NatsStore {
                 replicas: options.replicas.max(1),
                 max_value,
                 bucket: tokio::sync::OnceCell::new(),
+                entry_turns: Turns::new(),
+                usage_turns: Turns::new(),
             }),
         };
         tokio::spawn(store.clone().open_when_connected());
@@ -324,6 +362,7 @@ impl NatsStore {
     ) -> Result<(), KvError> {
         let kv_key = self.entry_key(b, key)?;
         let store = self.bucket().await?;
+        let _turn = self.inner.entry_turns.take(&kv_key).await;
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let (revision, old) = self.read(store, &kv_key).await?;
             let value = next(old.as_deref())?;
@@ -362,6 +401,7 @@ impl NatsStore {
     pub(crate) async fn delete(&self, b: BucketRef<'_>, key: &str) -> Result<(), KvError> {
         let kv_key = self.entry_key(b, key)?;
         let store = self.bucket().await?;
+        let _turn = self.inner.entry_turns.take(&kv_key).await;
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let (revision, old) = self.read(store, &kv_key).await?;
             let Some(old) = old else {
@@ -420,6 +460,7 @@ impl NatsStore {
         change: Change,
     ) -> Result<(), KvError> {
         let kv_key = keys::usage(tenant);
+        let _turn = self.inner.usage_turns.take(&kv_key).await;
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let (revision, current) = self.read(store, &kv_key).await?;
             let used = current
