@@ -91,6 +91,14 @@ async fn check_each_node_reads_every_acknowledged_write(a: &KvStore, b: &KvStore
         "the delete is seen"
     );
     assert!(!b.exists(shared, "k").await.unwrap());
+    // A deleted key can be written again, from either node.
+    b.set(shared, "k", b"again").await.unwrap();
+    assert_eq!(
+        a.get(shared, "k").await.unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+    a.delete(shared, "n").await.unwrap();
+    assert_eq!(b.increment(shared, "n", 5).await.unwrap(), 5);
 }
 
 /// `tasks` tasks on each node add 1 to the same key `per_task` times; every

@@ -14,7 +14,7 @@
 //! `$KV.<bucket>.e.<tenant>.<bucket>.*`: listing filters on that, and never
 //! sees another tenant's or bucket's keys.
 
-use crate::BucketRef;
+use crate::{BucketRef, KvError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
@@ -39,6 +39,24 @@ fn decode_token(token: &str) -> Option<String> {
 /// The KV key of an entry.
 pub(crate) fn entry(b: BucketRef<'_>, key: &str) -> String {
     format!("e.{}.{}.{}", token(b.tenant), token(b.bucket), token(key))
+}
+
+/// The KV key of an entry, if its subject fits [`MAX_SUBJECT`]; if not,
+/// the key's length and the most the key could take with this tenant and
+/// bucket.
+pub(crate) fn entry_checked(b: BucketRef<'_>, key: &str) -> Result<String, KvError> {
+    let kv_key = entry(b, key);
+    let len = subject(&kv_key).len();
+    if len <= MAX_SUBJECT {
+        return Ok(kv_key);
+    }
+    // Room for the key's base64 (after its `_`); n bytes take ceil(4n/3).
+    let fixed = len - token(key).len();
+    let room = MAX_SUBJECT.saturating_sub(fixed + 1);
+    Err(KvError::KeyTooLarge {
+        len: key.len(),
+        limit: room * 3 / 4,
+    })
 }
 
 /// The KV key of a tenant's usage counter.
@@ -94,6 +112,26 @@ mod tests {
                 "{kv_key}"
             );
         }
+    }
+
+    /// The longest key the subject limit allows fits, one byte more does
+    /// not, and the error says how long a key may be.
+    #[test]
+    fn keys_are_refused_past_the_subject_limit_with_the_exact_limit() {
+        let bucket_name = "b".repeat(256);
+        let at = b("shop", &bucket_name);
+        let limit = match entry_checked(at, &"k".repeat(MAX_SUBJECT)) {
+            Err(KvError::KeyTooLarge { limit, .. }) => limit,
+            other => panic!("{other:?}"),
+        };
+        let longest = "k".repeat(limit);
+        assert!(subject(&entry_checked(at, &longest).unwrap()).len() <= MAX_SUBJECT);
+        assert!(matches!(
+            entry_checked(at, &format!("{longest}k")),
+            Err(KvError::KeyTooLarge { .. })
+        ));
+        // The default max_key (1 KiB) always fits, with the longest bucket.
+        assert!(limit >= 1024, "{limit}");
     }
 
     /// A bucket's filter matches its own entries only: not another

@@ -265,21 +265,6 @@ impl NatsStore {
             .map_err(|e| self.fail(&format!("cannot open key-value bucket {}", keys::BUCKET), e))
     }
 
-    /// The KV key of an entry, if its subject fits NATS's protocol line.
-    fn entry_key(&self, b: BucketRef<'_>, key: &str) -> Result<String, KvError> {
-        let kv_key = keys::entry(b, key);
-        let len = keys::subject(&kv_key).len();
-        if len > keys::MAX_SUBJECT {
-            // What the key may take: base64 makes 3 bytes of 4 characters.
-            let room = keys::MAX_SUBJECT - (len - key.len().div_ceil(3) * 4);
-            return Err(KvError::KeyTooLarge {
-                len: key.len(),
-                limit: room / 4 * 3,
-            });
-        }
-        Ok(kv_key)
-    }
-
     /// Values must fit one NATS message with its headers.
     fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
         let max_payload = self.inner.client.server_info().max_payload;
@@ -311,7 +296,7 @@ impl NatsStore {
         b: BucketRef<'_>,
         key: &str,
     ) -> Result<Option<Vec<u8>>, KvError> {
-        let kv_key = self.entry_key(b, key)?;
+        let kv_key = keys::entry_checked(b, key)?;
         let store = self.bucket().await?;
         let (_, value) = self.read(store, &kv_key).await?;
         Ok(value.map(|v| v.to_vec()))
@@ -360,7 +345,7 @@ impl NatsStore {
         quota: u64,
         mut next: impl FnMut(Option<&[u8]>) -> Result<Vec<u8>, KvError>,
     ) -> Result<(), KvError> {
-        let kv_key = self.entry_key(b, key)?;
+        let kv_key = keys::entry_checked(b, key)?;
         let store = self.bucket().await?;
         let _turn = self.inner.entry_turns.take(&kv_key).await;
         for attempt in 0..MAX_CAS_ATTEMPTS {
@@ -399,7 +384,7 @@ impl NatsStore {
     }
 
     pub(crate) async fn delete(&self, b: BucketRef<'_>, key: &str) -> Result<(), KvError> {
-        let kv_key = self.entry_key(b, key)?;
+        let kv_key = keys::entry_checked(b, key)?;
         let store = self.bucket().await?;
         let _turn = self.inner.entry_turns.take(&kv_key).await;
         for attempt in 0..MAX_CAS_ATTEMPTS {
