@@ -15,6 +15,7 @@ mod front_door;
 mod harness;
 mod hosts;
 mod isolation;
+mod keyvalue_nats;
 mod metrics;
 mod outbound_tls;
 mod paths;

@@ -3,6 +3,7 @@
 
 use crate::isolation::fails_to_start_with_config;
 use crate::support::{AppsDir, Client, Meshd, MeshdBuilder, TestPki};
+use meshd_testkit::NatsServer;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,6 +101,7 @@ impl Drop for Redis {
 enum Backend {
     Redb,
     Redis(Redis),
+    Nats(NatsServer),
 }
 
 impl Backend {
@@ -115,6 +117,9 @@ impl Backend {
                 "[keyvalue]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:{}/\"\n",
                 redis.port
             ),
+            Backend::Nats(nats) => {
+                format!("[keyvalue]\nbackend = \"nats\"\nurl = \"{}\"\n", nats.url())
+            }
         };
         let path = dir.join("meshd.toml");
         std::fs::write(&path, format!("{keyvalue}{extra}")).unwrap();
@@ -125,12 +130,22 @@ impl Backend {
         let config = self.config(config_dir, extra);
         Meshd::builder(apps.path()).args(&["--config", config.to_str().unwrap()])
     }
+
+    /// Starts meshd and waits until its store is ready (NATS connects in
+    /// the background, after meshd listens).
+    fn start(&self, apps: &AppsDir, config_dir: &Path, extra: &str) -> Meshd {
+        let meshd = self.meshd(apps, config_dir, extra).start();
+        if let Backend::Nats(_) = self {
+            meshd.wait_for_log(&["key-value bucket ready in NATS JetStream"]);
+        }
+        meshd
+    }
 }
 
 async fn counter_counts(backend: Backend) {
     let apps = AppsDir::with(&["counter"]);
     let dir = tempfile::tempdir().unwrap();
-    let meshd = backend.meshd(&apps, dir.path(), "").start();
+    let meshd = backend.start(&apps, dir.path(), "");
     let client = Client::http1();
     assert_eq!(client.get(&meshd.url("/counter")).await.text(), "0");
     for n in 1..=3 {
@@ -146,7 +161,7 @@ async fn tenants_are_isolated(backend: Backend) {
     apps.deploy("a", "platform");
     apps.deploy("b", "platform");
     let dir = tempfile::tempdir().unwrap();
-    let meshd = backend.meshd(&apps, dir.path(), "").start();
+    let meshd = backend.start(&apps, dir.path(), "");
     let client = Client::http1();
     assert_eq!(
         client
@@ -224,7 +239,7 @@ async fn tenants_are_isolated(backend: Backend) {
 async fn concurrent_increments_are_exact(backend: Backend) {
     let apps = AppsDir::with(&["counter"]);
     let dir = tempfile::tempdir().unwrap();
-    let meshd = backend.meshd(&apps, dir.path(), "").start();
+    let meshd = backend.start(&apps, dir.path(), "");
     let url = meshd.url("/counter/incr");
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..50 {
@@ -249,13 +264,11 @@ async fn concurrent_increments_are_exact(backend: Backend) {
 async fn limits_and_quota_give_clear_errors(backend: Backend) {
     let apps = AppsDir::with(&["platform"]);
     let dir = tempfile::tempdir().unwrap();
-    let meshd = backend
-        .meshd(
-            &apps,
-            dir.path(),
-            "max_key = \"8\"\nmax_value = \"16\"\nquota = \"250\"\n",
-        )
-        .start();
+    let meshd = backend.start(
+        &apps,
+        dir.path(),
+        "max_key = \"8\"\nmax_value = \"16\"\nquota = \"250\"\n",
+    );
     let client = Client::http1();
     let set = |key: &str, value: &str| {
         let url = meshd.url(&format!("/platform/set?bucket=&key={key}"));
@@ -331,6 +344,26 @@ async fn limits_and_quota_on_redb() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_quota_on_redis() {
     limits_and_quota_give_clear_errors(Backend::redis()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_counts_on_nats() {
+    counter_counts(Backend::Nats(NatsServer::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated_on_nats() {
+    tenants_are_isolated(Backend::Nats(NatsServer::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_thousand_increments_end_at_exactly_1000_on_nats() {
+    concurrent_increments_are_exact(Backend::Nats(NatsServer::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_quota_on_nats() {
+    limits_and_quota_give_clear_errors(Backend::Nats(NatsServer::start())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,8 @@ pub const MAX_PER_TENANT: usize = 64;
 /// How long a cursor stays valid after it was issued.
 pub const TTL: Duration = Duration::from_secs(600);
 
-/// Where a listing stopped: after `after` in one bucket of one tenant.
+/// Where a listing stopped in one bucket of one tenant: `after` is the
+/// last key listed (redb, Redis) or the last stream sequence read (NATS).
 struct Position {
     token: u64,
     bucket: String,

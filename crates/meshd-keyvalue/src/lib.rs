@@ -6,22 +6,27 @@
 //! - [`KvStore::open_redb`]: an embedded, crash-safe database file (redb).
 //!   Every write is a durable transaction: once acknowledged it survives a
 //!   crash or `kill -9`.
-//! - [`KvStore::connect_redis`]: a Redis server, so several meshd nodes
-//!   share tenant state.
+//! - [`KvStore::connect_nats`]: a NATS JetStream key-value bucket, so
+//!   several meshd nodes share tenant state through the engine the mesh
+//!   uses for its desired state (see `nats_store`).
+//! - [`KvStore::connect_redis`]: a Redis server, the other way for several
+//!   meshd nodes to share tenant state.
 //!
-//! Both enforce the same limits: key size, value size and a per-tenant quota
+//! All enforce the same limits: key size, value size and a per-tenant quota
 //! on the bytes stored, each entry charged its key, value, bucket name and
 //! app name plus [`ENTRY_OVERHEAD`] (see [`charged_size`]). Increments are
 //! atomic.
 #![deny(missing_docs)]
 
 mod cursor;
+mod nats_store;
 mod redb_store;
 mod redis_store;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use nats_store::{NatsOptions, MAX_CAS_ATTEMPTS};
 pub use redis_store::RedisTls;
 
 /// Size limits and the per-tenant quota.
@@ -86,6 +91,15 @@ pub enum KvError {
         /// The key.
         key: String,
     },
+    /// A write to a shared backend lost its compare-and-swap to other
+    /// writers of the same key this many times in a row.
+    #[error("{key:?} was changed by other writers {attempts} times in a row; try again")]
+    Contended {
+        /// The key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// A `list_keys` cursor that this meshd did not issue for this bucket,
     /// or that expired (see [`CURSOR_TTL`]).
     #[error("unknown or expired cursor: list the keys again from the start")]
@@ -142,6 +156,7 @@ pub struct KvStore {
 enum Backend {
     Redb(redb_store::RedbStore),
     Redis(redis_store::RedisStore),
+    Nats(nats_store::NatsStore),
 }
 
 /// Identifies one bucket of one tenant.
@@ -178,16 +193,32 @@ impl KvStore {
         })
     }
 
+    /// Sets up a NATS client for `options.url` and the JetStream bucket
+    /// every tenant's entries live in. The client connects in the
+    /// background and reconnects forever: this fails only on bad settings
+    /// (an invalid URL, unreadable files), never because NATS is down;
+    /// until it is up, calls fail with "not connected to NATS at …".
+    pub async fn connect_nats(options: &NatsOptions, limits: KvLimits) -> anyhow::Result<Self> {
+        Ok(KvStore {
+            backend: Backend::Nats(
+                nats_store::NatsStore::connect(options, limits.max_value).await?,
+            ),
+            limits,
+            cursors: Arc::default(),
+        })
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> KvLimits {
         self.limits
     }
 
-    /// Which backend is in use, for logs: `redb` or `redis`.
+    /// Which backend is in use, for logs: `redb`, `redis` or `nats`.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Redb(_) => "redb",
             Backend::Redis(_) => "redis",
+            Backend::Nats(_) => "nats",
         }
     }
 
@@ -218,6 +249,7 @@ impl KvStore {
         match &self.backend {
             Backend::Redb(s) => s.get(b, key).await,
             Backend::Redis(s) => s.get(b, key).await,
+            Backend::Nats(s) => s.get(b, key).await,
         }
     }
 
@@ -231,6 +263,7 @@ impl KvStore {
                     .await
             }
             Backend::Redis(s) => s.set(b, key, value, quota).await,
+            Backend::Nats(s) => s.set(b, key, value, quota).await,
         }
     }
 
@@ -240,6 +273,7 @@ impl KvStore {
         match &self.backend {
             Backend::Redb(s) => s.delete_many(b, vec![key.to_owned()]).await,
             Backend::Redis(s) => s.delete(b, key).await,
+            Backend::Nats(s) => s.delete(b, key).await,
         }
     }
 
@@ -248,9 +282,12 @@ impl KvStore {
         Ok(self.get(b, key).await?.is_some())
     }
 
-    /// One page of the bucket's keys (at most [`PAGE_SIZE`], in byte
-    /// order), starting after where `cursor` stopped. Each page reads only
-    /// its own keys and the one after them, in the caller's bucket.
+    /// One page of the bucket's keys (at most [`PAGE_SIZE`]), starting after
+    /// where `cursor` stopped. Each page reads only its own keys and the one
+    /// after them, in the caller's bucket. redb and Redis list in byte
+    /// order; NATS in the order the keys were last written (a key written
+    /// again during a listing may come again on a later page; none is
+    /// skipped).
     pub async fn list_keys(
         &self,
         b: BucketRef<'_>,
@@ -260,14 +297,14 @@ impl KvStore {
             .map(|token| self.cursors.resume(b, token))
             .transpose()?;
         let after = after.as_deref();
-        let (keys, more) = match &self.backend {
-            Backend::Redb(s) => s.list_keys(b, after).await?,
-            Backend::Redis(s) => s.list_keys(b, after).await?,
+        // Where the next page resumes: the last key (in byte order), or the
+        // last stream sequence (NATS).
+        let (keys, next) = match &self.backend {
+            Backend::Redb(s) => after_last_key(s.list_keys(b, after).await?),
+            Backend::Redis(s) => after_last_key(s.list_keys(b, after).await?),
+            Backend::Nats(s) => s.list_keys(b, after).await?,
         };
-        let cursor = match keys.last() {
-            Some(last) if more => Some(self.cursors.issue(b, last.clone())),
-            _ => None,
-        };
+        let cursor = next.map(|position| self.cursors.issue(b, position));
         Ok(KeyPage { keys, cursor })
     }
 
@@ -279,6 +316,7 @@ impl KvStore {
         match &self.backend {
             Backend::Redb(s) => s.increment(b, key, delta, quota).await,
             Backend::Redis(s) => s.increment(b, key, delta, quota).await,
+            Backend::Nats(s) => s.increment(b, key, delta, quota).await,
         }
     }
 
@@ -324,6 +362,12 @@ impl KvStore {
                 }
                 Ok(())
             }
+            Backend::Nats(s) => {
+                for (key, value) in entries {
+                    s.set(b, &key, &value, quota).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -341,8 +385,20 @@ impl KvStore {
                 }
                 Ok(())
             }
+            Backend::Nats(s) => {
+                for key in keys {
+                    s.delete(b, &key).await?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// A page in byte order resumes after its last key, if more follow.
+fn after_last_key((keys, more): (Vec<String>, bool)) -> (Vec<String>, Option<String>) {
+    let next = if more { keys.last().cloned() } else { None };
+    (keys, next)
 }
 
 fn check_batch(len: usize) -> Result<(), KvError> {
@@ -376,10 +432,94 @@ mod tests {
         BucketRef { tenant, bucket }
     }
 
-    #[tokio::test]
-    async fn tenants_and_buckets_are_separate() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = store(&dir, KvLimits::default());
+    /// The backends the shared checks run on.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Redb,
+        Redis,
+        Nats,
+    }
+
+    /// What keeps a test's store alive: its file, or its server.
+    #[allow(dead_code)] // held for Drop only
+    enum Guard {
+        Dir(tempfile::TempDir),
+        Redis(tests_redis::Redis),
+        Nats(meshd_testkit::NatsServer),
+    }
+
+    /// A fresh, empty store of `kind` (with its own server), ready to use.
+    async fn open(kind: Kind, limits: KvLimits) -> (KvStore, Guard) {
+        match kind {
+            Kind::Redb => {
+                let dir = tempfile::tempdir().unwrap();
+                (store(&dir, limits), Guard::Dir(dir))
+            }
+            Kind::Redis => {
+                let redis = tests_redis::Redis::start();
+                let kv = KvStore::connect_redis(&redis.url(), &RedisTls::default(), limits)
+                    .await
+                    .unwrap();
+                (kv, Guard::Redis(redis))
+            }
+            Kind::Nats => {
+                let nats = meshd_testkit::NatsServer::start();
+                let kv = connect_nats(&nats.url(), limits).await;
+                (kv, Guard::Nats(nats))
+            }
+        }
+    }
+
+    /// A NATS store, once it has connected and opened its bucket.
+    pub(crate) async fn connect_nats(url: &str, limits: KvLimits) -> KvStore {
+        let options = NatsOptions {
+            url: url.to_owned(),
+            ..NatsOptions::default()
+        };
+        let kv = KvStore::connect_nats(&options, limits).await.unwrap();
+        let started = std::time::Instant::now();
+        while let Err(e) = kv.get(bucket("-", ""), "-").await {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "NATS store not ready: {e}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        kv
+    }
+
+    /// Runs each named check (an `async fn(Kind)`) on every backend, as the
+    /// tests `check::redb`, `check::redis` and `check::nats`.
+    macro_rules! on_every_backend {
+        ($($check:ident),* $(,)?) => {$(
+            mod $check {
+                #[tokio::test]
+                async fn redb() {
+                    super::$check(super::Kind::Redb).await
+                }
+                #[tokio::test]
+                async fn redis() {
+                    super::$check(super::Kind::Redis).await
+                }
+                #[tokio::test]
+                async fn nats() {
+                    super::$check(super::Kind::Nats).await
+                }
+            }
+        )*};
+    }
+
+    on_every_backend!(
+        tenants_and_buckets_are_separate,
+        limits_and_quota_are_enforced_with_clear_errors,
+        empty_entries_are_charged_so_their_number_is_bounded,
+        concurrent_increments_are_exact,
+        batches_are_bounded,
+        listing_pages_through_every_key_of_the_bucket_only,
+    );
+
+    async fn tenants_and_buckets_are_separate(kind: Kind) {
+        let (kv, _guard) = open(kind, KvLimits::default()).await;
         kv.set(bucket("a", ""), "k", b"a's").await.unwrap();
         kv.set(bucket("a", "other"), "k", b"a's other")
             .await
@@ -407,17 +547,13 @@ mod tests {
         assert_eq!(kv.get(bucket("a", ""), "k").await.unwrap().unwrap(), b"v");
     }
 
-    #[tokio::test]
-    async fn limits_and_quota_are_enforced_with_clear_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = store(
-            &dir,
-            KvLimits {
-                max_key: 4,
-                max_value: 8,
-                quota: 2 * ENTRY_OVERHEAD + 20,
-            },
-        );
+    async fn limits_and_quota_are_enforced_with_clear_errors(kind: Kind) {
+        let limits = KvLimits {
+            max_key: 4,
+            max_value: 8,
+            quota: 2 * ENTRY_OVERHEAD + 20,
+        };
+        let (kv, _guard) = open(kind, limits).await;
         // Each entry below is charged 64 + 1 (app "a") + 0 (bucket "") + its
         // key and value: k1 = 12345678 is 75 bytes.
         let b = bucket("a", "");
@@ -449,17 +585,13 @@ mod tests {
         kv.set(bucket("b", ""), "k1", b"12345678").await.unwrap();
     }
 
-    #[tokio::test]
-    async fn empty_entries_are_charged_so_their_number_is_bounded() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn empty_entries_are_charged_so_their_number_is_bounded(kind: Kind) {
         let quota = 10 * (ENTRY_OVERHEAD + 4);
-        let kv = store(
-            &dir,
-            KvLimits {
-                quota,
-                ..KvLimits::default()
-            },
-        );
+        let limits = KvLimits {
+            quota,
+            ..KvLimits::default()
+        };
+        let (kv, _guard) = open(kind, limits).await;
         // App "a", bucket "bb", one-character keys, empty values: 68 bytes
         // each, so ten fit and the eleventh does not.
         let b = bucket("a", "bb");
@@ -481,10 +613,8 @@ mod tests {
         assert_eq!(usage, charged_size(bucket("a", "b"), "k", 1));
     }
 
-    #[tokio::test]
-    async fn concurrent_increments_are_exact() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = store(&dir, KvLimits::default());
+    async fn concurrent_increments_are_exact(kind: Kind) {
+        let (kv, _guard) = open(kind, KvLimits::default()).await;
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let kv = kv.clone();
@@ -503,10 +633,8 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn batches_are_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = store(&dir, KvLimits::default());
+    async fn batches_are_bounded(kind: Kind) {
+        let (kv, _guard) = open(kind, KvLimits::default()).await;
         let b = bucket("a", "");
         let many = vec!["k".to_string(); MAX_BATCH_KEYS + 1];
         assert!(matches!(
@@ -522,9 +650,11 @@ mod tests {
             kv.set_many(b, pairs).await,
             Err(KvError::BatchTooLarge(_))
         ));
-        // The same large value asked for again and again.
-        kv.set(b, "big", &vec![b'x'; 1 << 20]).await.unwrap();
-        let repeated = vec!["big".to_string(); 32];
+        // The same large value asked for again and again (512 KiB: a NATS
+        // server takes at most 1 MiB per message by default).
+        let big = 512 << 10;
+        kv.set(b, "big", &vec![b'x'; big]).await.unwrap();
+        let repeated = vec!["big".to_string(); MAX_BATCH_BYTES / big + 1];
         let err = kv.get_many(b, repeated).await.unwrap_err();
         assert!(err.to_string().contains("would exceed"), "{err}");
     }
@@ -558,8 +688,11 @@ mod tests {
         [("a", ""), ("a", "c"), ("a", "b\0"), ("", "b"), ("a0", "b")];
 
     /// Checks that paging through bucket ("a", "b") yields exactly its keys,
-    /// each once and in order, with neighbours full of keys all around.
-    async fn check_paging(kv: &KvStore) {
+    /// each once and in order (byte order, or NATS's write order), with
+    /// neighbours full of keys all around.
+    async fn listing_pages_through_every_key_of_the_bucket_only(kind: Kind) {
+        let (kv, _guard) = open(kind, KvLimits::default()).await;
+        let kv = &kv;
         let b = bucket("a", "b");
         // Enough for three pages, the last one partial, with keys that sort
         // around page boundaries ("key01000" vs "key01000x").
@@ -571,7 +704,9 @@ mod tests {
             let theirs: Vec<String> = (0..1500).map(|i| format!("key{i:05}y")).collect();
             fill(kv, bucket(tenant, name), &theirs).await;
         }
-        keys.sort();
+        if kind != Kind::Nats {
+            keys.sort();
+        }
         assert_eq!(list_all(kv, b).await, keys);
         // A cursor of one bucket is no good in another.
         let page = kv.list_keys(b, None).await.unwrap();
@@ -596,22 +731,6 @@ mod tests {
         let rest = list_all(kv, b).await;
         assert_eq!(rest.last().map(String::as_str), Some("zzz-added"));
         assert_eq!(rest.len(), keys.len());
-    }
-
-    #[tokio::test]
-    async fn listing_pages_through_every_key_of_the_bucket_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let kv = store(&dir, KvLimits::default());
-        check_paging(&kv).await;
-    }
-
-    #[tokio::test]
-    async fn redis_listing_pages_through_every_key_of_the_bucket_only() {
-        let redis = tests_redis::Redis::start();
-        let kv = KvStore::connect_redis(&redis.url(), &RedisTls::default(), KvLimits::default())
-            .await
-            .unwrap();
-        check_paging(&kv).await;
     }
 
     #[tokio::test]

@@ -62,10 +62,11 @@ mod humantime_option {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyValueConfig {
-    /// `redb` (default: a file under --data-dir) or `redis`.
+    /// `redb` (default: a file under --data-dir), `nats` or `redis`.
     #[serde(default)]
     pub backend: Backend,
-    /// The Redis URL, e.g. `redis://127.0.0.1:6379/`; required for `redis`.
+    /// The Redis URL, e.g. `redis://127.0.0.1:6379/`, or the NATS URLs,
+    /// e.g. `nats://h1:4222,nats://h2:4222`; required for `redis` and `nats`.
     pub url: Option<String>,
     /// Longest key, e.g. "1KiB".
     pub max_key: Option<bytesize::ByteSize>,
@@ -73,13 +74,21 @@ pub struct KeyValueConfig {
     pub max_value: Option<bytesize::ByteSize>,
     /// Most bytes one app may store, e.g. "64MiB".
     pub quota: Option<bytesize::ByteSize>,
-    /// Redis over TLS (`rediss://`): a PEM CA to trust instead of the
-    /// system's roots. Relative to the config file's directory.
+    /// Redis over TLS (`rediss://`) or NATS (turns TLS on): a PEM CA to
+    /// trust instead of the system's roots. Relative to the config file's
+    /// directory.
     pub ca_file: Option<PathBuf>,
-    /// Redis over TLS: a PEM client certificate (with `client_key_file`).
+    /// Redis or NATS over TLS: a PEM client certificate (with
+    /// `client_key_file`).
     pub client_cert_file: Option<PathBuf>,
-    /// Redis over TLS: the client certificate's PEM private key.
+    /// Redis or NATS over TLS: the client certificate's PEM private key.
     pub client_key_file: Option<PathBuf>,
+    /// NATS: a credentials file (JWT and NKey seed). Relative to the config
+    /// file's directory.
+    pub credentials_file: Option<PathBuf>,
+    /// NATS: copies JetStream keeps of the key-value bucket (1 to 5; more
+    /// than 1 needs nats-server 2.9.21 or newer). [default: 1]
+    pub replicas: Option<usize>,
 }
 
 /// The key-value backend.
@@ -91,6 +100,8 @@ pub enum Backend {
     Redb,
     /// A Redis server shared by several meshd nodes.
     Redis,
+    /// A NATS JetStream key-value bucket shared by several meshd nodes.
+    Nats,
 }
 
 impl KeyValueConfig {
@@ -101,6 +112,31 @@ impl KeyValueConfig {
             client_cert_file: self.client_cert_file.clone(),
             client_key_file: self.client_key_file.clone(),
         }
+    }
+
+    /// The NATS settings, for `url`.
+    pub fn nats_options(&self, url: &str) -> meshd_keyvalue::NatsOptions {
+        meshd_keyvalue::NatsOptions {
+            url: url.to_owned(),
+            credentials_file: self.credentials_file.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
+            replicas: self.replicas.unwrap_or(1),
+        }
+    }
+
+    /// Settings that only one backend reads must not be set for another.
+    fn check_backend_settings(&self) -> Result<()> {
+        if self.backend != Backend::Nats {
+            if self.credentials_file.is_some() {
+                anyhow::bail!("[keyvalue] credentials_file applies to backend = \"nats\" only");
+            }
+            if self.replicas.is_some() {
+                anyhow::bail!("[keyvalue] replicas applies to backend = \"nats\" only");
+            }
+        }
+        Ok(())
     }
 
     /// The limits, with built-in defaults for unset keys.
@@ -130,6 +166,10 @@ impl DaemonConfig {
                 e.to_string().trim_end().replace('\n', " ")
             )
         })?;
+        config
+            .keyvalue
+            .check_backend_settings()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let keyvalue = &mut config.keyvalue;
         let files = config.outbound.ca_files.iter_mut().chain(
@@ -137,6 +177,7 @@ impl DaemonConfig {
                 &mut keyvalue.ca_file,
                 &mut keyvalue.client_cert_file,
                 &mut keyvalue.client_key_file,
+                &mut keyvalue.credentials_file,
             ]
             .into_iter()
             .flatten(),
@@ -165,6 +206,30 @@ mod tests {
         assert_eq!(config.keyvalue.backend, Backend::Redis);
         assert_eq!(config.keyvalue.limits().quota, 1024);
         assert!(toml::from_str::<DaemonConfig>("[keyvalue]\nbackend = \"etcd\"").is_err());
+    }
+
+    #[test]
+    fn the_nats_backend_takes_its_settings_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshd.toml");
+        std::fs::write(
+            &path,
+            "[keyvalue]\nbackend = \"nats\"\nurl = \"nats://a:4222,nats://b:4222\"\n\
+             credentials_file = \"meshd.creds\"\nca_file = \"/ca.pem\"\nreplicas = 3\n",
+        )
+        .unwrap();
+        let config = DaemonConfig::load(&path).unwrap();
+        assert_eq!(config.keyvalue.backend, Backend::Nats);
+        let nats = config.keyvalue.nats_options("nats://a:4222,nats://b:4222");
+        assert_eq!(nats.credentials_file, Some(dir.path().join("meshd.creds")));
+        assert_eq!(nats.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(nats.replicas, 3);
+        std::fs::write(&path, "[keyvalue]\nbackend = \"redis\"\nreplicas = 3\n").unwrap();
+        let e = DaemonConfig::load(&path).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("replicas applies to backend = \"nats\" only"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -102,6 +102,15 @@ async fn open_keyvalue(
                 .context("[keyvalue] backend = \"redis\" needs a url")?;
             meshd_keyvalue::KvStore::connect_redis(url, &config.redis_tls(), limits).await?
         }
+        // Connects in the background: meshd starts (and serves apps that
+        // do not use key-value) while NATS is down.
+        config::Backend::Nats => {
+            let url = config
+                .url
+                .as_deref()
+                .context("[keyvalue] backend = \"nats\" needs a url")?;
+            meshd_keyvalue::KvStore::connect_nats(&config.nats_options(url), limits).await?
+        }
     };
     tracing::info!(
         backend = kv.backend_name(),
