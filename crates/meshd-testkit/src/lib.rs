@@ -151,6 +151,22 @@ impl NatsCluster {
     /// Starts a three-server JetStream cluster on free ports and waits
     /// until every member accepts connections and JetStream answers.
     pub fn start() -> NatsCluster {
+        NatsCluster::start_binary(Path::new("nats-server"))
+    }
+
+    /// The same cluster of a current nats-server release (see
+    /// [`current_server`]).
+    pub fn start_current() -> NatsCluster {
+        let binary = current_server();
+        assert!(
+            binary.is_file(),
+            "no current nats-server at {}: `cargo xtask test` installs it",
+            binary.display()
+        );
+        NatsCluster::start_binary(&binary)
+    }
+
+    fn start_binary(binary: &Path) -> NatsCluster {
         const SIZE: usize = 3;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let cluster_ports: Vec<u16> = (0..SIZE).map(|_| free_port()).collect();
@@ -163,7 +179,7 @@ impl NatsCluster {
         for (index, cluster_port) in cluster_ports.iter().enumerate() {
             let member = dir.path().join(format!("n{index}"));
             let mut server = NatsServer {
-                binary: PathBuf::from("nats-server"),
+                binary: binary.to_owned(),
                 child: None,
                 port: free_port(),
                 store: member.join("jetstream"),
@@ -184,7 +200,7 @@ impl NatsCluster {
             // Start all three before waiting on any: JetStream in a cluster
             // needs a quorum before it answers.
             let log = std::fs::File::create(&server.log).expect("the server's log file");
-            let child = Command::new("nats-server")
+            let child = Command::new(&server.binary)
                 .args(["-js", "-a", "127.0.0.1", "-p", &server.port.to_string()])
                 .arg("-sd")
                 .arg(&server.store)
