@@ -24,6 +24,9 @@ pub(crate) struct Arrival {
     /// The path as the client sent it, without the query (which may carry
     /// secrets).
     path: String,
+    /// The client's address (after a PROXY protocol header), when the
+    /// listener said.
+    client: Option<std::net::IpAddr>,
     started: Instant,
 }
 
@@ -32,6 +35,10 @@ impl Arrival {
         Arrival {
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
+            client: req
+                .extensions()
+                .get::<crate::forwarded::ClientConn>()
+                .map(|conn| conn.ip()),
             started: Instant::now(),
         }
     }
@@ -69,6 +76,7 @@ impl Entry {
             side,
             method = %self.arrival.method,
             path = %self.arrival.path,
+            client = self.arrival.client.map(tracing::field::display),
             status = self.status,
             bytes = self.bytes,
             duration_ms = duration.as_secs_f64() * 1000.0,
