@@ -18,15 +18,13 @@ pub struct Certificates {
     redirect_http: bool,
 }
 
-impl Certificates {
-    /// Reloads the certificates when their files change, until `shutdown`.
-    pub fn spawn_reloader(
-        watch: CertWatch,
-        store: Arc<CertStore>,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) {
-        tokio::spawn(watch.run(store, shutdown.cancelled_owned()));
-    }
+/// Reloads the certificates when their files change, until `shutdown`.
+pub fn spawn_reloader(
+    watch: CertWatch,
+    store: Arc<CertStore>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(watch.run(store, shutdown.cancelled_owned()));
 }
 
 /// Loads the `[tls]` certificates when --listen-tls is given (each is

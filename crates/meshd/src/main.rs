@@ -386,7 +386,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     ));
 
     if let Some((watch, store)) = front.reloader {
-        front_door::Certificates::spawn_reloader(watch, store, shutdown.clone());
+        front_door::spawn_reloader(watch, store, shutdown.clone());
     }
     let all_closed = meshd_server::serve(
         front.listeners,
