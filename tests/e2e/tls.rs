@@ -467,3 +467,81 @@ async fn https_only_and_start_up_errors() {
     assert!(stderr.contains("apps.key"), "{stderr}");
     assert!(stderr.contains("*.apps.test"), "{stderr}");
 }
+
+#[tokio::test]
+async fn socket_activation_serves_the_sockets_systemd_passes() {
+    let site = TlsSite::new("");
+    let apps = AppsDir::with(&["hello"]);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (plain, https) = (free(), free());
+    // systemd's own tool: binds both, and starts meshd with them (named by
+    // --fdname, as FileDescriptorName= does) at the first connection.
+    let mut child = std::process::Command::new("systemd-socket-activate")
+        .args(["-l", &plain.to_string(), "-l", &https.to_string()])
+        .arg("--fdname=http:https")
+        .arg(env!("CARGO_BIN_EXE_meshd"))
+        .args(["--apps", apps.path().to_str().unwrap()])
+        .args(["--config", site.config().to_str().unwrap()])
+        .args([
+            "--cache-dir",
+            site.dir.path().join("cache").to_str().unwrap(),
+        ])
+        .args(["--data-dir", site.dir.path().join("data").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate runs (Debian's systemd package)");
+    let stderr = child.stderr.take().unwrap();
+    let child = KillOnDrop(child);
+    let log = std::thread::spawn(move || {
+        std::io::BufRead::lines(std::io::BufReader::new(stderr))
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+
+    // The ports open once systemd-socket-activate has bound them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(plain).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sockets never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("http://{plain}/hello/");
+    let reply = tokio::time::timeout(Duration::from_secs(60), Client::http1().get(&url))
+        .await
+        .expect("meshd answers on the socket it was passed");
+    assert_eq!(reply.status, 200);
+    let tls = handshake(https, &site.pki, "shop.example.com", BOTH, &[b"h2"])
+        .await
+        .unwrap();
+    let (status, _) = get_on(tls.stream, true, "shop.example.com", "/hello/", &[]).await;
+    assert_eq!(status, 200);
+
+    drop(child);
+    let log = log.join().unwrap().join("\n");
+    assert!(
+        log.contains(&format!("meshd listening on http://{plain}")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("meshd listening on https://{https}")),
+        "{log}"
+    );
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -33,7 +33,9 @@ pub struct Args {
     /// Address to serve HTTPS on (TLS 1.2 and 1.3; HTTP/2 or HTTP/1.1 by
     /// ALPN), beside or instead of --listen. Certificates come from the
     /// `[tls]` table of --config, chosen by SNI and reloaded when their
-    /// files change.
+    /// files change. Sockets systemd passes (socket activation) named
+    /// `http` and `https` are served instead of binding --listen and
+    /// --listen-tls.
     #[arg(long, env = "MESHD_LISTEN_TLS", value_name = "ADDR")]
     pub listen_tls: Option<SocketAddr>,
 

@@ -147,7 +147,8 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         Some(path) => config::DaemonConfig::load(path)?,
         None => config::DaemonConfig::default(),
     };
-    let certificates = front_door::load_certificates(&args, &daemon_config.tls)?;
+    let activated = front_door::Activated::take()?;
+    let certificates = front_door::load_certificates(&args, &daemon_config.tls, &activated)?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     // The machine-dependent default, kept within the operator's ceiling.
     let default_cpu =
@@ -339,7 +340,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         None => None,
     };
 
-    let front = front_door::bind(&args, certificates).await?;
+    let front = front_door::bind(&args, certificates, activated).await?;
     if let Some(addr) = front.tls {
         tracing::info!(
             apps = summary.serving,
