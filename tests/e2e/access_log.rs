@@ -86,6 +86,7 @@ async fn every_request_gets_one_json_line_that_matches_what_the_client_saw() {
     assert_eq!(line["status"], 200);
     assert_eq!(line["bytes"], hello.body.len() as u64);
     assert_eq!(line["complete"], true);
+    assert_eq!(line["client"], "127.0.0.1");
     assert!(
         line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
         "{line}"

@@ -27,6 +27,9 @@ pub(crate) struct Arrival {
     /// The path as the client sent it, without the query (which may carry
     /// secrets).
     path: String,
+    /// The client's address (after a PROXY protocol header), when the
+    /// listener said.
+    client: Option<std::net::IpAddr>,
     started: Instant,
 }
 
@@ -39,6 +42,10 @@ impl Arrival {
                 Ok(None) | Err(_) => "-".to_owned(),
             },
             path: req.uri().path().to_owned(),
+            client: req
+                .extensions()
+                .get::<crate::forwarded::ClientConn>()
+                .map(|conn| conn.ip()),
             started: Instant::now(),
         }
     }
@@ -77,6 +84,7 @@ impl Entry {
             method = %self.arrival.method,
             host = %self.arrival.host,
             path = %self.arrival.path,
+            client = self.arrival.client.map(tracing::field::display),
             status = self.status,
             bytes = self.bytes,
             duration_ms = duration.as_secs_f64() * 1000.0,

@@ -1,9 +1,15 @@
-//! The accept loop, connection limits, timeouts and graceful shutdown, for
-//! the front door and for every other listener of meshd (metrics).
+//! The accept loops, connection limits, timeouts and graceful shutdown, for
+//! the front door (plain and TLS listeners, optionally behind the PROXY
+//! protocol) and for every other listener of meshd (metrics, admin). Every
+//! protection applies to every listener alike: a TLS connection is a plain
+//! one once its handshake is done.
 
 use crate::access_log::{AccessLogged, Arrival};
 use crate::conn_watch::{Abandon, ConnWatch, Verdict, Watched};
-use crate::dispatch::{dispatch, dispatch_to};
+use crate::dispatch::dispatch_to;
+use crate::forwarded::{set_forwarded, ClientConn, TrustedProxies};
+use crate::proxy_protocol::{self, Replay};
+use crate::redirect::HttpsRedirect;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -13,11 +19,13 @@ use hyper_util::server::conn::auto;
 use meshd_registry::Registry;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// How often an HTTP/2 connection is pinged, and how long the client has to
@@ -63,36 +71,135 @@ pub struct ClosedConnections {
     pub idle: AtomicU64,
 }
 
-/// Serves HTTP/1.1 and h2c on `listener` until `shutdown` resolves, then stops
-/// accepting, lets open connections finish their in-flight requests for at most
-/// `config.shutdown_timeout`, and returns. Returns `true` if every connection
-/// closed in time.
+/// One socket of the front door, and how its connections begin.
+pub struct Listener {
+    socket: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+}
+
+impl Listener {
+    /// Plain HTTP/1.1 and h2c (prior knowledge).
+    pub fn plain(socket: TcpListener) -> Self {
+        Listener {
+            socket,
+            tls: None,
+            proxy_protocol: false,
+        }
+    }
+
+    /// HTTPS: TLS with `config`, then HTTP/1.1 or HTTP/2 (as ALPN chose).
+    pub fn tls(socket: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        Listener {
+            socket,
+            tls: Some(TlsAcceptor::from(config)),
+            proxy_protocol: false,
+        }
+    }
+
+    /// Whether every connection starts with a PROXY protocol header (v1 or
+    /// v2) naming the client's address; one that does not is closed.
+    pub fn with_proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
+        self
+    }
+}
+
+/// What the front door does to a request before routing it.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// Peers whose forwarded headers are appended to rather than replaced.
+    pub trusted_proxies: TrustedProxies,
+    /// Sends plain-HTTP requests for hosts with a certificate to HTTPS.
+    pub redirect: Option<HttpsRedirect>,
+}
+
+/// Serves the front door on `listeners` (plain and TLS), with one
+/// connection limit and one graceful shutdown for all, until `shutdown`
+/// resolves; then stops accepting, lets open connections finish their
+/// in-flight requests for at most `config.shutdown_timeout`, and returns.
+/// Returns `true` if every connection closed in time.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()>,
     config: ServeConfig,
+    edge: Edge,
 ) -> bool {
     let access_log = config.access_log;
-    let handler = move |req: Request<Incoming>| {
+    let edge = Arc::new(edge);
+    let handler = move |mut req: Request<Incoming>| {
         let registry = registry.clone();
+        let edge = edge.clone();
         async move {
-            if !access_log {
-                return dispatch(&registry, req).await.map(AccessLogged::off);
+            let arrival = access_log.then(|| Arrival::of(&req));
+            let conn = req.extensions().get::<ClientConn>().copied();
+            let redirect = match (&edge.redirect, conn) {
+                (Some(redirect), Some(conn)) if !conn.tls => redirect.respond(&req),
+                _ => None,
+            };
+            let (resp, served_by) = match redirect {
+                Some(resp) => (resp, None),
+                None => {
+                    if let Some(conn) = conn {
+                        set_forwarded(req.headers_mut(), &conn, &edge.trusted_proxies);
+                    }
+                    dispatch_to(&registry, req).await
+                }
+            };
+            match arrival {
+                None => resp.map(AccessLogged::off),
+                Some(arrival) => {
+                    let entry = arrival.answered(resp.status().as_u16(), served_by);
+                    resp.map(|body| AccessLogged::logged(body, entry))
+                }
             }
-            let arrival = Arrival::of(&req);
-            let (resp, served_by) = dispatch_to(&registry, req).await;
-            let entry = arrival.answered(resp.status().as_u16(), served_by);
-            resp.map(|body| AccessLogged::logged(body, entry))
         }
     };
-    serve_with(listener, shutdown, &config, "front door", handler).await
+    serve_listeners(listeners, shutdown, &config, "front door", handler).await
 }
 
-/// Serves `handler` on `listener` with the protections of `config`, until
-/// `shutdown`; see [`serve`]. `name` tells the listener's log lines apart.
+/// Serves `handler` on `listener` (plain HTTP) with the protections of
+/// `config`, until `shutdown`; see [`serve`]. `name` tells the listener's
+/// log lines apart.
 pub async fn serve_with<H, Fut, B>(
     listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    config: &ServeConfig,
+    name: &'static str,
+    handler: H,
+) -> bool
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Abandon + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_listeners(
+        vec![Listener::plain(listener)],
+        shutdown,
+        config,
+        name,
+        handler,
+    )
+    .await
+}
+
+/// What every accept loop and connection of one server shares.
+struct Shared<H> {
+    builder: auto::Builder<TokioExecutor>,
+    handler: H,
+    config: ServeConfig,
+    name: &'static str,
+    /// Cancelled when the server stops accepting: open connections close
+    /// gracefully.
+    stop: CancellationToken,
+    connections: Arc<Semaphore>,
+}
+
+/// [`serve_with`] on several listeners at once.
+async fn serve_listeners<H, Fut, B>(
+    listeners: Vec<Listener>,
     shutdown: impl Future<Output = ()>,
     config: &ServeConfig,
     name: &'static str,
@@ -117,117 +224,24 @@ where
         .max_concurrent_streams(config.max_streams)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let stop = CancellationToken::new();
-    let connections = Arc::new(Semaphore::new(config.max_connections));
-    // Whether the last accept found the limit reached: logged once per
-    // episode, not once per connection.
-    let mut at_limit = false;
-    tokio::pin!(shutdown);
-    loop {
-        // At the limit, stop accepting until a connection closes; new
-        // clients wait in the kernel's backlog meanwhile.
-        let permit = match connections.clone().try_acquire_owned() {
-            Ok(permit) => {
-                if std::mem::take(&mut at_limit) {
-                    tracing::info!(listener = name, "below the connection limit again");
-                }
-                permit
-            }
-            Err(_) => {
-                if !std::mem::replace(&mut at_limit, true) {
-                    tracing::warn!(
-                        listener = name,
-                        limit = config.max_connections,
-                        "connection limit reached; new connections wait until one closes"
-                    );
-                }
-                tokio::select! {
-                    permit = connections.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break, // never closed
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of
-                    // spinning, and keep serving the connections we have.
-                    tracing::warn!(listener = name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Nagle would delay small streamed chunks by up to 40 ms.
-        let _ = stream.set_nodelay(true);
-        let watch = ConnWatch::new(config.write_timeout, config.idle_timeout);
-        let service = {
-            let watch = watch.clone();
-            let handler = handler.clone();
-            service_fn(move |req| {
-                let ticket = watch.open();
-                let response = handler(req);
-                async move { Ok::<_, Infallible>(response.await.map(|b| Watched::new(b, ticket))) }
-            })
-        };
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let stop = stop.clone();
-        let closed = config.closed.clone();
-        // Runs the connection to its end, closing it gracefully when it
-        // falls idle or meshd shuts down, and dropping it when a response
-        // stalls.
-        tokio::spawn(async move {
-            tokio::pin!(conn);
-            let check = tokio::time::sleep_until(watch.first_check().into());
-            tokio::pin!(check);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    () = &mut check => match watch.check(Instant::now()) {
-                        Verdict::Stalled => {
-                            tracing::debug!(
-                                listener = name, %peer,
-                                "closing a connection: a response made no progress within the write timeout"
-                            );
-                            watch.set_stalled();
-                            closed.write_timeout.fetch_add(1, Ordering::Relaxed);
-                            break; // drops the connection and its bodies
-                        }
-                        // Asked to close and still idle: the client does not
-                        // cooperate.
-                        Verdict::Idle if closing => break,
-                        Verdict::Idle => {
-                            closed.idle.fetch_add(1, Ordering::Relaxed);
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                            check.as_mut().reset(watch.idle_deadline_from(Instant::now()).into());
-                        }
-                        Verdict::CheckAt(at) => check.as_mut().reset(at.into()),
-                    },
-                    () = stop.cancelled(), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                }
-            }
-            drop(permit);
-        });
+    let shared = Arc::new(Shared {
+        builder,
+        handler,
+        config: config.clone(),
+        name,
+        stop: CancellationToken::new(),
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+    });
+    let accepting = CancellationToken::new();
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in listeners {
+        loops.spawn(accept_loop(listener, shared.clone(), accepting.clone()));
     }
-    drop(listener);
-    stop.cancel();
+    shutdown.await;
+    accepting.cancel();
+    while loops.join_next().await.is_some() {}
+    let connections = &shared.connections;
+    shared.stop.cancel();
     tracing::info!(
         listener = name,
         connections = config.max_connections - connections.available_permits(),
@@ -247,4 +261,214 @@ where
         );
     }
     all_closed
+}
+
+/// Accepts connections on `listener` until `accepting` is cancelled, each
+/// holding one of the server's connection permits until it closes.
+async fn accept_loop<H, Fut, B>(
+    listener: Listener,
+    shared: Arc<Shared<H>>,
+    accepting: CancellationToken,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Abandon + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = shared.name;
+    let Listener {
+        socket,
+        tls,
+        proxy_protocol,
+    } = listener;
+    // What each connection needs of its listener (not the socket: it
+    // closes when this loop ends, whatever connections are still open).
+    let begin = Arc::new(Begin {
+        tls,
+        proxy_protocol,
+    });
+    // Whether the last accept found the limit reached: logged once per
+    // episode, not once per connection.
+    let mut at_limit = false;
+    loop {
+        // At the limit, stop accepting until a connection closes; new
+        // clients wait in the kernel's backlog meanwhile.
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                if std::mem::take(&mut at_limit) {
+                    tracing::info!(listener = name, "below the connection limit again");
+                }
+                permit
+            }
+            Err(_) => {
+                if !std::mem::replace(&mut at_limit, true) {
+                    tracing::warn!(
+                        listener = name,
+                        limit = shared.config.max_connections,
+                        "connection limit reached; new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = shared.connections.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break, // never closed
+                    },
+                    () = accepting.cancelled() => break,
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, and keep serving the connections we have.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = accepting.cancelled() => break,
+        };
+        // Nagle would delay small streamed chunks by up to 40 ms.
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let begin = begin.clone();
+        tokio::spawn(async move {
+            // The PROXY header and the TLS handshake come before the first
+            // request: bounded like a request head, so a client that never
+            // finishes them holds its descriptor no longer than one.
+            let begin = tokio::time::timeout(
+                shared.config.header_read_timeout,
+                begin_connection(stream, peer, &begin),
+            );
+            let begun = tokio::select! {
+                begun = begin => begun,
+                () = shared.stop.cancelled() => return,
+            };
+            match begun {
+                Ok(Ok((Begun::Plain(io), conn))) => serve_connection(io, conn, &shared).await,
+                Ok(Ok((Begun::Tls(io), conn))) => serve_connection(io, conn, &shared).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = name, %peer, error = %e, "connection refused before its first request");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        listener = name, %peer,
+                        "connection closed: no PROXY header or TLS handshake within the header read timeout"
+                    );
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// How a listener's connections begin.
+struct Begin {
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+}
+
+/// A connection ready for HTTP.
+enum Begun {
+    Plain(Replay<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<Replay<TcpStream>>>),
+}
+
+/// Reads the PROXY protocol header and does the TLS handshake, as the
+/// listener asks; says who the client is.
+async fn begin_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Begin,
+) -> std::io::Result<(Begun, ClientConn)> {
+    let mut client = peer;
+    let mut rest = Bytes::new();
+    if listener.proxy_protocol {
+        let (named, after) = proxy_protocol::read_header(&mut stream).await?;
+        client = named.unwrap_or(peer);
+        rest = after;
+    }
+    let stream = Replay::new(rest, stream);
+    let conn = ClientConn {
+        client,
+        tls: listener.tls.is_some(),
+    };
+    match &listener.tls {
+        None => Ok((Begun::Plain(stream), conn)),
+        Some(acceptor) => {
+            let tls = acceptor.accept(stream).await?;
+            Ok((Begun::Tls(Box::new(tls)), conn))
+        }
+    }
+}
+
+/// Runs one connection to its end, closing it gracefully when it falls
+/// idle or the server stops, and dropping it when a response stalls.
+async fn serve_connection<I, H, Fut, B>(io: I, conn: ClientConn, shared: &Shared<H>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Abandon + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = shared.name;
+    let peer = conn.client;
+    let config = &shared.config;
+    let watch = ConnWatch::new(config.write_timeout, config.idle_timeout);
+    let service = {
+        let watch = watch.clone();
+        let handler = shared.handler.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(conn);
+            let ticket = watch.open();
+            let response = handler(req);
+            async move { Ok::<_, Infallible>(response.await.map(|b| Watched::new(b, ticket))) }
+        })
+    };
+    let conn = shared
+        .builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    tokio::pin!(conn);
+    let check = tokio::time::sleep_until(watch.first_check().into());
+    tokio::pin!(check);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = &mut check => match watch.check(Instant::now()) {
+                Verdict::Stalled => {
+                    tracing::debug!(
+                        listener = name, %peer,
+                        "closing a connection: a response made no progress within the write timeout"
+                    );
+                    watch.set_stalled();
+                    config.closed.write_timeout.fetch_add(1, Ordering::Relaxed);
+                    break; // drops the connection and its bodies
+                }
+                // Asked to close and still idle: the client does not
+                // cooperate.
+                Verdict::Idle if closing => break,
+                Verdict::Idle => {
+                    config.closed.idle.fetch_add(1, Ordering::Relaxed);
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    check.as_mut().reset(watch.idle_deadline_from(Instant::now()).into());
+                }
+                Verdict::CheckAt(at) => check.as_mut().reset(at.into()),
+            },
+            () = shared.stop.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
 }

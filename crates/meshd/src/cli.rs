@@ -23,15 +23,38 @@ pub struct Args {
     pub apps: PathBuf,
 
     /// Address to serve HTTP/1.1 and h2c (prior knowledge) on. Port 0 picks a
-    /// free port; the chosen address is logged.
-    #[arg(
-        long,
-        env = "MESHD_LISTEN",
-        default_value = "127.0.0.1:8080",
-        value_name = "ADDR"
-    )]
-    pub listen: SocketAddr,
+    /// free port; the chosen address is logged. [default: 127.0.0.1:8080,
+    /// unless --listen-tls is given: then plain HTTP is served only when
+    /// --listen is given too]
+    #[arg(long, env = "MESHD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
 
+    // --- HTTPS and client addresses (docs/operations.md, "HTTPS") ---
+    /// Address to serve HTTPS on (TLS 1.2 and 1.3; HTTP/2 or HTTP/1.1 by
+    /// ALPN), beside or instead of --listen. Certificates come from the
+    /// `[tls]` table of --config, chosen by SNI and reloaded when their
+    /// files change. Sockets systemd passes (socket activation) named
+    /// `http` and `https` are served instead of binding --listen and
+    /// --listen-tls.
+    #[arg(long, env = "MESHD_LISTEN_TLS", value_name = "ADDR")]
+    pub listen_tls: Option<SocketAddr>,
+
+    /// Peers whose `forwarded`, `x-forwarded-for` and `x-forwarded-proto`
+    /// headers meshd appends to (CIDRs or addresses, comma-separated, e.g.
+    /// 10.0.0.0/8,192.0.2.7). From any other peer those headers are
+    /// replaced, so a client cannot pass itself off as another.
+    #[arg(long, env = "MESHD_TRUSTED_PROXIES", value_name = "CIDRS", value_parser = meshd_server::TrustedProxies::parse, default_value = "")]
+    pub trusted_proxies: meshd_server::TrustedProxies,
+
+    /// Every connection to --listen and --listen-tls starts with a PROXY
+    /// protocol header (v1 or v2, from a TCP load balancer such as HAProxy
+    /// or a cloud network load balancer); the client address it names is
+    /// the one apps, the forwarded headers and the access log see. A
+    /// connection without one is closed. Only the load balancer must be
+    /// able to reach these ports.
+    #[arg(long, env = "MESHD_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+    // --- end of HTTPS and client addresses ---
     /// Where compiled apps are cached, so a restart does not recompile them.
     /// [default: $XDG_CACHE_HOME/meshd, else ~/.cache/meshd]
     #[arg(long, env = "MESHD_CACHE_DIR", value_name = "DIR")]
@@ -380,7 +403,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where plain HTTP is served when neither --listen nor --listen-tls is
+/// given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
 impl Args {
+    /// The plain-HTTP address, with the default resolved (`None`: HTTPS
+    /// only).
+    pub fn plain_listen(&self) -> Option<SocketAddr> {
+        match (self.listen, self.listen_tls) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(_)) => None,
+            (None, None) => DEFAULT_LISTEN.parse().ok(),
+        }
+    }
+
     /// The data directory, with the default resolved.
     pub fn data_dir(&self) -> PathBuf {
         if let Some(dir) = &self.data_dir {
@@ -458,7 +495,23 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let args = Args::try_parse_from(["meshd"]).unwrap();
-        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.plain_listen().unwrap().to_string(), "127.0.0.1:8080");
+        assert!(args.trusted_proxies.is_empty());
+        let tls_only = Args::try_parse_from(["meshd", "--listen-tls", "0.0.0.0:443"]).unwrap();
+        assert_eq!(tls_only.plain_listen(), None);
+        let both = Args::try_parse_from([
+            "meshd",
+            "--listen-tls",
+            "0.0.0.0:443",
+            "--listen",
+            "0.0.0.0:80",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7",
+        ])
+        .unwrap();
+        assert_eq!(both.plain_listen().unwrap().to_string(), "0.0.0.0:80");
+        assert!(both.trusted_proxies.contains("10.1.1.1".parse().unwrap()));
+        assert!(Args::try_parse_from(["meshd", "--trusted-proxies", "nope"]).is_err());
         assert_eq!(args.max_memory, None);
         assert_eq!(args.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(args.write_timeout, Duration::from_secs(30));

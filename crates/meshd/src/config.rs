@@ -21,6 +21,95 @@ pub struct DaemonConfig {
     /// Daemon-wide settings of apps' outbound HTTP.
     #[serde(default)]
     pub outbound: OutboundConfig,
+    /// Certificates of the HTTPS listener (--listen-tls).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the certificates --listen-tls serves, and the redirect of
+/// plain HTTP to HTTPS.
+///
+/// ```toml
+/// [tls]
+/// cert = "certs/default.crt"   # for clients whose name no host has
+/// key = "certs/default.key"
+/// redirect_http = true
+/// [tls.hosts."shop.example.com"]
+/// cert = "certs/shop.crt"
+/// key = "certs/shop.key"
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The default certificate chain (PEM, leaf first). Relative to the
+    /// config file's directory.
+    pub cert: Option<PathBuf>,
+    /// The default certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Answer plain-HTTP requests for hosts that have a certificate with a
+    /// 308 redirect to HTTPS.
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// Certificates by host name: exact (`shop.example.com`) or one-label
+    /// wildcard (`*.example.com`), in ASCII (IDNs in their `xn--` form).
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, CertPair>,
+}
+
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// Every certificate to load, the default first; errors name the
+    /// entry that is wrong.
+    pub fn cert_files(&self) -> Result<Vec<meshd_server::tls::CertFiles>> {
+        let mut files = Vec::new();
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => files.push(meshd_server::tls::CertFiles {
+                host: None,
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => {}
+            _ => anyhow::bail!("[tls] needs both cert and key, or neither"),
+        }
+        for (host, pair) in &self.hosts {
+            check_host(host).map_err(|why| anyhow::anyhow!("[tls.hosts.\"{host}\"]: {why}"))?;
+            files.push(meshd_server::tls::CertFiles {
+                host: Some(host.to_ascii_lowercase()),
+                cert: pair.cert.clone(),
+                key: pair.key.clone(),
+            });
+        }
+        Ok(files)
+    }
+}
+
+/// A host name as `[tls.hosts]` takes it: DNS labels of letters, digits
+/// and hyphens, optionally `*.` first.
+fn check_host(host: &str) -> std::result::Result<(), &'static str> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err("not a host name (letters, digits, '-' and '.'; IDNs in their xn-- form; a wildcard only as \"*.\" first; no port)");
+    }
+    if host.starts_with("*.") && !name.contains('.') {
+        return Err("a wildcard needs at least two labels after \"*.\"");
+    }
+    Ok(())
 }
 
 /// `[outbound]`: what every app's outbound HTTP shares. (Where each app may
@@ -172,7 +261,13 @@ impl DaemonConfig {
             .with_context(|| format!("invalid config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let keyvalue = &mut config.keyvalue;
-        let files = config.outbound.ca_files.iter_mut().chain(
+        let tls = &mut config.tls;
+        let tls_files = [&mut tls.cert, &mut tls.key].into_iter().flatten().chain(
+            tls.hosts
+                .values_mut()
+                .flat_map(|pair| [&mut pair.cert, &mut pair.key]),
+        );
+        let files = config.outbound.ca_files.iter_mut().chain(tls_files).chain(
             [
                 &mut keyvalue.ca_file,
                 &mut keyvalue.client_cert_file,
@@ -255,5 +350,45 @@ mod tests {
         assert_eq!(redis.client_key_file, Some(PathBuf::from("/k.pem")));
         assert_eq!(redis.client_cert_file, None);
         assert!(toml::from_str::<DaemonConfig>("[outbound]\nallow = []").is_err());
+    }
+
+    #[test]
+    fn tls_table_parses_with_paths_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshd.toml");
+        std::fs::write(
+            &path,
+            "[tls]\ncert = \"certs/default.crt\"\nkey = \"certs/default.key\"\nredirect_http = true\n\
+             [tls.hosts.\"Shop.example.com\"]\ncert = \"/etc/shop.crt\"\nkey = \"shop.key\"\n\
+             [tls.hosts.\"*.example.com\"]\ncert = \"w.crt\"\nkey = \"w.key\"\n",
+        )
+        .unwrap();
+        let config = DaemonConfig::load(&path).unwrap();
+        assert!(config.tls.redirect_http);
+        let files = config.tls.cert_files().unwrap();
+        assert_eq!(files.len(), 3);
+        assert_eq!(files[0].host, None);
+        assert_eq!(files[0].cert, dir.path().join("certs/default.crt"));
+        assert_eq!(files[1].host.as_deref(), Some("*.example.com"));
+        assert_eq!(files[2].host.as_deref(), Some("shop.example.com"));
+        assert_eq!(files[2].cert, PathBuf::from("/etc/shop.crt"));
+        assert_eq!(files[2].key, dir.path().join("shop.key"));
+    }
+
+    #[test]
+    fn bad_tls_tables_are_refused() {
+        let parse = |text: &str| toml::from_str::<DaemonConfig>(text).unwrap();
+        assert!(parse("[tls]\ncert = \"a.crt\"").tls.cert_files().is_err());
+        for host in [
+            "shop.example.com:443",
+            "*.com",
+            "a.*.example.com",
+            "https://x.example",
+        ] {
+            let text = format!("[tls.hosts.\"{host}\"]\ncert = \"c\"\nkey = \"k\"");
+            let error = parse(&text).tls.cert_files().unwrap_err().to_string();
+            assert!(error.contains(host), "{error}");
+        }
+        assert!(toml::from_str::<DaemonConfig>("[tls]\nredirect = true").is_err());
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod config;
 mod fd_limit;
+mod front_door;
 mod logging;
 mod metrics;
 mod service;
@@ -176,6 +177,8 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         Some(path) => config::DaemonConfig::load(path)?,
         None => config::DaemonConfig::default(),
     };
+    let activated = front_door::Activated::take()?;
+    let certificates = front_door::load_certificates(&args, &daemon_config.tls, &activated)?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     // The machine-dependent default, kept within the operator's ceiling.
     let default_cpu =
@@ -389,19 +392,29 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         None => None,
     };
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        apps = summary.serving,
-        failed = summary.failed,
-        "meshd listening on http://{addr}"
-    );
-
+    let front = front_door::bind(&args, certificates, activated).await?;
+    if let Some(addr) = front.tls {
+        tracing::info!(
+            apps = summary.serving,
+            failed = summary.failed,
+            "meshd listening on https://{addr}"
+        );
+    }
+    if let Some(addr) = front.plain {
+        tracing::info!(
+            apps = summary.serving,
+            failed = summary.failed,
+            "meshd listening on http://{addr}"
+        );
+    }
+    let urls: Vec<String> = (front.plain.iter().map(|a| format!("http://{a}")))
+        .chain(front.tls.iter().map(|a| format!("https://{a}")))
+        .collect();
     service::ready(&format!(
-        "serving {} apps on http://{addr} ({} refused)",
-        summary.serving, summary.failed
+        "serving {} apps on {} ({} refused)",
+        summary.serving,
+        urls.join(" and "),
+        summary.failed
     ));
     service::spawn_watchdog(signals.shutdown.clone());
     {
@@ -425,7 +438,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
             meshd_mesh::FollowerConfig {
                 node: config.name.clone(),
                 mesh: config,
-                listen: Some(format!("http://{addr}")),
+                listen: Some(urls.join(" ")),
                 max_wasm_size: args.max_wasm_size.as_u64(),
                 meshd_version: env!("CARGO_PKG_VERSION").to_owned(),
             },
@@ -449,11 +462,15 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         args.reuse_idle_timeout,
     ));
 
+    if let Some((watch, store)) = front.reloader {
+        front_door::spawn_reloader(watch, store, shutdown.clone());
+    }
     let all_closed = meshd_server::serve(
-        listener,
+        front.listeners,
         registry.clone(),
         shutdown.cancelled_owned(),
         serve_config,
+        front.edge,
     )
     .await;
     watcher.abort();

@@ -84,6 +84,17 @@ impl Meshd {
             .expect("the log names the metrics address")
     }
 
+    /// The HTTPS address of a meshd started with `--listen-tls`, as its log
+    /// names it.
+    pub fn https_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log(&["meshd listening on https://"]);
+        line.split("https://")
+            .nth(1)
+            .map(address_prefix)
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse the HTTPS address from {line:?}"))
+    }
+
     /// The address of the admin API of a meshd started with `--admin`, as
     /// its log names it (`http://ADDR`).
     pub fn admin_url(&self) -> String {

@@ -1,5 +1,6 @@
 //! Throwaway certificates for TLS tests: a CA, a server certificate for
-//! 127.0.0.1 and a client certificate, all made with rcgen for each test.
+//! 127.0.0.1 and a client certificate, all made with rcgen for each test,
+//! and more server certificates for any names ([`TestPki::leaf`]).
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -22,9 +23,11 @@ impl Leaf {
     }
 }
 
-/// A CA and two certificates it signed.
+/// A CA and two certificates it signed; it signs more on demand.
 pub struct TestPki {
     pub ca_pem: String,
+    pub ca_der: CertificateDer<'static>,
+    issuer: CertifiedIssuer<'static, KeyPair>,
     /// For 127.0.0.1.
     pub server: Leaf,
     /// For a client that authenticates with a certificate.
@@ -40,25 +43,40 @@ impl TestPki {
             .distinguished_name
             .push(DnType::CommonName, "Steelmesh test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>, common_name: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(names).unwrap();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, common_name);
-            let cert = params.signed_by(&key, &ca).unwrap();
-            Leaf {
-                cert_der: cert.der().clone(),
-                cert_pem: cert.pem(),
-                key_der: key.serialize_der(),
-                key_pem: key.serialize_pem(),
-            }
-        };
+        let leaf = |names: Vec<String>, common_name: &str| sign_leaf(&ca, names, common_name);
         TestPki {
             ca_pem: ca.pem(),
+            ca_der: ca.der().clone(),
             server: leaf(vec!["127.0.0.1".to_owned()], "127.0.0.1"),
             client: leaf(Vec::new(), "meshd test client"),
+            issuer: ca,
         }
+    }
+
+    /// A new server certificate (fresh key) for `names` (DNS names or IP
+    /// addresses), with `common_name` as its subject's CN.
+    pub fn leaf(&self, names: &[&str], common_name: &str) -> Leaf {
+        let names = names.iter().map(|n| n.to_string()).collect();
+        sign_leaf(&self.issuer, names, common_name)
+    }
+
+    /// A rustls client configuration that trusts this CA, offering `alpn`
+    /// and only the given TLS versions.
+    pub fn client_config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
 
     /// A TLS acceptor serving the server certificate (for 127.0.0.1).
@@ -82,5 +100,24 @@ impl TestPki {
             std::fs::write(dir.join(format!("{name}.key")), &leaf.key_pem).unwrap();
         }
         dir.to_owned()
+    }
+}
+
+fn sign_leaf(
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    names: Vec<String>,
+    common_name: &str,
+) -> Leaf {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    let cert = params.signed_by(&key, ca).unwrap();
+    Leaf {
+        cert_der: cert.der().clone(),
+        cert_pem: cert.pem(),
+        key_der: key.serialize_der(),
+        key_pem: key.serialize_pem(),
     }
 }

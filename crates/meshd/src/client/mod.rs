@@ -642,7 +642,7 @@ mod tests {
             match parse_from(args) {
                 Ok(Invocation::Serve(serve)) => {
                     assert_eq!(serve.apps, Path::new("/srv/apps"));
-                    assert_eq!(serve.listen.port(), 0);
+                    assert_eq!(serve.plain_listen().map(|a| a.port()), Some(0));
                 }
                 Ok(Invocation::Client(_)) => panic!("{args:?} parsed as a client command"),
                 Err(e) => panic!("{args:?}: {e}"),

@@ -1,0 +1,85 @@
+//! `redirect_http`: a plain-HTTP request for a host meshd has a certificate
+//! for is answered with a permanent redirect (308, which keeps the method
+//! and body) to the same path and query over HTTPS.
+
+use crate::dispatch::ResponseBody;
+use crate::tls::CertStore;
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, LOCATION};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use std::sync::Arc;
+
+/// Where plain-HTTP requests are sent.
+#[derive(Debug, Clone)]
+pub struct HttpsRedirect {
+    /// The certificates: only hosts one of them is valid for are
+    /// redirected (no client is sent to a name its TLS check would refuse).
+    pub certs: Arc<CertStore>,
+    /// The HTTPS port (omitted from the location when 443).
+    pub port: u16,
+}
+
+impl HttpsRedirect {
+    /// The redirect for `req`, or `None` when its host has no certificate
+    /// (or it names none).
+    pub fn respond<B>(&self, req: &Request<B>) -> Option<Response<ResponseBody>> {
+        let host = request_host(req)?;
+        if !self.certs.serves(&host) {
+            return None;
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str());
+        let location = match self.port {
+            443 => format!("https://{host}{path}"),
+            port => format!("https://{host}:{port}{path}"),
+        };
+        let location = HeaderValue::from_str(&location).ok()?;
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
+            b"this host is served over HTTPS\n",
+        ))));
+        *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        resp.headers_mut().insert(LOCATION, location);
+        Some(resp)
+    }
+}
+
+/// The host a request names (HTTP/2 `:authority`, else `Host`), lower case,
+/// without a port; `None` for an IP literal or no host.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let authority = match req.uri().authority() {
+        Some(authority) => authority.as_str().to_owned(),
+        None => req.headers().get(HOST)?.to_str().ok()?.to_owned(),
+    };
+    let authority: http::uri::Authority = authority.parse().ok()?;
+    let host = authority.host();
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_from_authority_or_header() {
+        let req = Request::get("/x")
+            .header(HOST, "Shop.Example.com:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("shop.example.com"));
+        let req = Request::get("http://a.example.com/x").body(()).unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("a.example.com"));
+        let req = Request::get("/x")
+            .header(HOST, "127.0.0.1:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req), None);
+        let req = Request::get("/x").body(()).unwrap();
+        assert_eq!(request_host(&req), None);
+    }
+}
