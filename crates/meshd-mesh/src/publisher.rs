@@ -324,7 +324,21 @@ impl Publisher {
         let wanted = digest.to_hex();
         let deadline = Instant::now() + timeout;
         loop {
-            let nodes = status::read_all(&buckets.nodes).await?;
+            // A failed read (a request timing out while a cluster elects a
+            // new stream leader) is tried again until the deadline: the
+            // publish itself is stored already.
+            let nodes = match status::read_all(&buckets.nodes).await {
+                Ok(nodes) => nodes,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(
+                        error = format!("{e:#}"),
+                        "mesh: cannot read the nodes' status; trying again"
+                    );
+                    tokio::time::sleep(WAIT_POLL).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut waiting = Vec::new();
             let mut live = Vec::new();
             for node in &nodes {
