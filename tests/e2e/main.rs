@@ -14,6 +14,7 @@ mod cli;
 mod front_door;
 mod harness;
 mod isolation;
+mod mesh;
 mod metrics;
 mod outbound_tls;
 mod paths;
