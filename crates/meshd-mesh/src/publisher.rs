@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 /// others write it at the same time.
 const CAS_ATTEMPTS: usize = 10;
 /// How often `wait` reads the nodes' status.
+/// The longest one read of every node's status may take in a wait.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// Why a change of the desired state was not made.
@@ -327,7 +329,17 @@ impl Publisher {
             // A failed read (a request timing out while a cluster elects a
             // new stream leader) is tried again until the deadline: the
             // publish itself is stored already.
-            let nodes = match status::read_all(&buckets.nodes).await {
+            // Bounded: a key listing whose consumer stops delivering never
+            // ends on its own (seen: `meshd publish --wait --wait-timeout
+            // 60s` hung for 11 minutes in the e2e tests).
+            let read = tokio::time::timeout(READ_TIMEOUT, status::read_all(&buckets.nodes))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "reading the nodes' status took more than {READ_TIMEOUT:?}"
+                    ))
+                });
+            let nodes = match read {
                 Ok(nodes) => nodes,
                 Err(e) if Instant::now() < deadline => {
                     tracing::debug!(
