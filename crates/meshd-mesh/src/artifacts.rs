@@ -81,18 +81,7 @@ pub async fn fetch(
 ) -> Result<Vec<u8>, FetchError> {
     let hex = digest.to_hex();
     if !store.contains(digest) {
-        let object = objects.get(&hex).await.map_err(|e| {
-            use async_nats::jetstream::object_store::GetErrorKind;
-            match e.kind() {
-                GetErrorKind::NotFound | GetErrorKind::BucketLink => {
-                    FetchError::Missing(hex.clone())
-                }
-                _ => FetchError::Transfer {
-                    digest: hex.clone(),
-                    detail: e.to_string(),
-                },
-            }
-        })?;
+        let object = get_object(objects, &hex).await?;
         let bridge = tokio_util::io::SyncIoBridge::new(object);
         let (writer, expected) = (store.clone(), *digest);
         let stored =
@@ -147,4 +136,43 @@ pub async fn fetch(
             digest: digest.to_hex(),
             detail: e.to_string(),
         })
+}
+
+/// How often, and how far apart, a missing artifact is looked for again
+/// before it counts as missing.
+const MISSING_TRIES: u32 = 10;
+const MISSING_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Opens artifact `hex` in the object store. Reads may go to a replica
+/// that has not caught up with the publisher's write yet (direct gets are
+/// not read-after-write consistent across replicas): seen with a
+/// three-server cluster, where a node refused a version just published as
+/// "not in the mesh's object store". So a missing artifact is looked for
+/// again for a few seconds before it is called missing.
+async fn get_object(
+    objects: &ObjectStore,
+    hex: &str,
+) -> Result<async_nats::jetstream::object_store::Object, FetchError> {
+    use async_nats::jetstream::object_store::GetErrorKind;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match objects.get(hex).await {
+            Ok(object) => return Ok(object),
+            Err(e) => match e.kind() {
+                GetErrorKind::NotFound | GetErrorKind::BucketLink if tries < MISSING_TRIES => {
+                    tokio::time::sleep(MISSING_PAUSE).await;
+                }
+                GetErrorKind::NotFound | GetErrorKind::BucketLink => {
+                    return Err(FetchError::Missing(hex.to_owned()))
+                }
+                _ => {
+                    return Err(FetchError::Transfer {
+                        digest: hex.to_owned(),
+                        detail: e.to_string(),
+                    })
+                }
+            },
+        }
+    }
 }

@@ -67,17 +67,19 @@ impl Buckets {
             },
         )
         .await?;
-        let artifacts = match js.get_object_store(ARTIFACTS).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: ARTIFACTS.to_owned(),
-                    description: Some("meshd: app artifacts by SHA-256".to_owned()),
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
+        let artifacts = if exists(js, &format!("OBJ_{ARTIFACTS}")).await? {
+            js.get_object_store(ARTIFACTS)
                 .await
-                .with_context(|| format!("cannot create the object store {ARTIFACTS}"))?,
+                .with_context(|| format!("cannot open the object store {ARTIFACTS}"))?
+        } else {
+            js.create_object_store(object_store::Config {
+                bucket: ARTIFACTS.to_owned(),
+                description: Some("meshd: app artifacts by SHA-256".to_owned()),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create the object store {ARTIFACTS}"))?
         };
         Ok(Buckets {
             desired,
@@ -96,10 +98,13 @@ impl Buckets {
 /// nats-server 2.9's (it lacks `reserved_memory`): the stream API alone
 /// works with 2.9 and every later server.
 async fn open_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(&config.bucket).await {
-        return Ok(store);
-    }
     let bucket = config.bucket.clone();
+    if exists(js, &format!("KV_{bucket}")).await? {
+        return js
+            .get_key_value(&bucket)
+            .await
+            .with_context(|| format!("cannot open the key-value bucket {bucket}"));
+    }
     let stream = jetstream::stream::Config {
         name: format!("KV_{bucket}"),
         description: Some(config.description),
@@ -124,4 +129,23 @@ async fn open_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<
     js.get_key_value(&bucket)
         .await
         .with_context(|| format!("cannot open the key-value bucket {bucket}"))
+}
+
+/// Whether a bucket's stream exists. Only the server's "stream not found"
+/// means it does not: any other failure (a request timing out while a
+/// cluster elects a new stream leader, say) is an error, never a reason to
+/// create the bucket, which would fail on an existing bucket of other
+/// settings (its replicas) and hide the real cause.
+async fn exists(js: &jetstream::Context, stream: &str) -> anyhow::Result<bool> {
+    match js.get_stream(stream).await {
+        Ok(_) => Ok(true),
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(error)
+                if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(false)
+            }
+            _ => Err(anyhow::anyhow!("cannot look up the stream {stream}: {e}")),
+        },
+    }
 }

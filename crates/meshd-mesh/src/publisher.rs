@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 /// others write it at the same time.
 const CAS_ATTEMPTS: usize = 10;
 /// How often `wait` reads the nodes' status.
+/// The longest one read of every node's status may take in a wait.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// Why a change of the desired state was not made.
@@ -324,7 +326,31 @@ impl Publisher {
         let wanted = digest.to_hex();
         let deadline = Instant::now() + timeout;
         loop {
-            let nodes = status::read_all(&buckets.nodes).await?;
+            // A failed read (a request timing out while a cluster elects a
+            // new stream leader) is tried again until the deadline: the
+            // publish itself is stored already.
+            // Bounded: a key listing whose consumer stops delivering never
+            // ends on its own (seen: `meshd publish --wait --wait-timeout
+            // 60s` hung for 11 minutes in the e2e tests).
+            let read = tokio::time::timeout(READ_TIMEOUT, status::read_all(&buckets.nodes))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "reading the nodes' status took more than {READ_TIMEOUT:?}"
+                    ))
+                });
+            let nodes = match read {
+                Ok(nodes) => nodes,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(
+                        error = format!("{e:#}"),
+                        "mesh: cannot read the nodes' status; trying again"
+                    );
+                    tokio::time::sleep(WAIT_POLL).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut waiting = Vec::new();
             let mut live = Vec::new();
             for node in &nodes {

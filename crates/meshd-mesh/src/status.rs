@@ -83,7 +83,12 @@ pub async fn read_all(nodes: &kv::Store) -> anyhow::Result<Vec<NodeStatus>> {
     while let Some(key) = keys.next().await {
         names.push(key.context("cannot list the mesh's nodes")?);
     }
+    // A key listing may name a key twice (seen in the NATS restart test:
+    // `meshd publish --wait` answered "live on 3 node(s): n1, n1, n2"; the
+    // listing is a consumer, which can deliver a key rewritten while it
+    // runs, or start again after a reconnect).
     names.sort();
+    names.dedup();
     let mut statuses = Vec::new();
     for name in names {
         let Some(bytes) = nodes

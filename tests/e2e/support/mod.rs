@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod canary;
 mod client;
+pub mod mesh;
 mod meshd;
 mod pki;
 
