@@ -147,11 +147,15 @@ impl Follower {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let sync_deadline = tokio::time::sleep(SYNC_TIMEOUT);
         tokio::pin!(sync_deadline);
+        // The bucket's revision and the watch's at the last heartbeat, if
+        // the watch was behind then.
+        let mut behind: Option<(u64, u64)> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
                     if synced {
+                        behind = self.check_watch(&buckets, behind).await?;
                         self.retry_pending(&buckets).await;
                     }
                     self.report(&buckets).await;
@@ -199,6 +203,38 @@ impl Follower {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Ends the session (it is started again, with backoff) when the watch
+    /// has stalled: it is behind the bucket and has delivered nothing for
+    /// a whole heartbeat. Seen with a three-server cluster: a node whose
+    /// server was killed reconnected to another and its watch delivered
+    /// nothing more, with no error, for minutes. Returns the bucket's
+    /// revision and the watch's if the watch is behind now. A failed check
+    /// (NATS busy or away) is only logged: the watch reports its own
+    /// failures.
+    async fn check_watch(
+        &self,
+        buckets: &Buckets,
+        behind: Option<(u64, u64)>,
+    ) -> anyhow::Result<Option<(u64, u64)>> {
+        let seen = self.status.desired_revision;
+        if let Some((bucket, then)) = behind {
+            anyhow::ensure!(
+                seen != then,
+                "the watch of the desired set stalled: the bucket was at revision {bucket} a heartbeat ago, the watch is still at {seen}"
+            );
+        }
+        match buckets.desired.status().await {
+            Ok(status) => {
+                let last = status.info.state.last_sequence;
+                Ok((last > seen).then_some((last, seen)))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "mesh: cannot read the desired bucket's revision");
+                Ok(None)
             }
         }
     }
