@@ -46,6 +46,55 @@ pub enum FetchError {
     },
 }
 
+/// How long a download may go without receiving anything.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Reads a whole object, at most `limit` bytes, failing if no data comes
+/// for [`STALL_TIMEOUT`].
+async fn read_bounded(
+    mut object: async_nats::jetstream::object_store::Object,
+    hex: &str,
+    limit: u64,
+) -> Result<Vec<u8>, FetchError> {
+    use tokio::io::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::time::timeout(STALL_TIMEOUT, object.read(&mut buf))
+            .await
+            .map_err(|_| FetchError::Transfer {
+                digest: hex.to_owned(),
+                detail: format!("no data for {} s", STALL_TIMEOUT.as_secs()),
+            })?;
+        match read {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => {
+                if (bytes.len() + n) as u64 > limit {
+                    return Err(FetchError::TooLarge {
+                        digest: hex.to_owned(),
+                        limit,
+                    });
+                }
+                bytes.extend_from_slice(&buf[..n]);
+            }
+            // The object store checks its own digest at the end of the
+            // stream: a short or altered transfer ends as invalid data.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(FetchError::Corrupt {
+                    digest: hex.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(e) => {
+                return Err(FetchError::Transfer {
+                    digest: hex.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
 /// Stores `bytes` in the object store under their digest (unless an
 /// artifact of that digest is there already) and returns the digest.
 pub async fn upload(objects: &ObjectStore, bytes: &[u8]) -> anyhow::Result<Digest> {
@@ -70,9 +119,10 @@ pub async fn upload(objects: &ObjectStore, bytes: &[u8]) -> anyhow::Result<Diges
 }
 
 /// Makes sure the node's artifact store has `digest`: if it does not, the
-/// artifact is streamed from the object store into a temporary file of the
-/// local store, verified against the digest once the whole of it was read,
-/// and only then renamed into place. Returns its bytes.
+/// artifact is read from the object store (at most `limit` bytes; the
+/// deploy holds an app's bytes in memory anyway), written to a temporary
+/// file of the local store, verified against the digest once the whole of
+/// it was written, and only then renamed into place. Returns its bytes.
 pub async fn fetch(
     objects: &ObjectStore,
     store: &ArtifactStore,
@@ -82,15 +132,19 @@ pub async fn fetch(
     let hex = digest.to_hex();
     if !store.contains(digest) {
         let object = get_object(objects, &hex).await?;
-        let bridge = tokio_util::io::SyncIoBridge::new(object);
+        // Read asynchronously, each read bounded: a download whose consumer
+        // stalls (its server went away mid-transfer) fails instead of
+        // holding the follower, and no blocking thread waits on it.
+        let bytes = read_bounded(object, &hex, limit).await?;
         let (writer, expected) = (store.clone(), *digest);
-        let stored =
-            tokio::task::spawn_blocking(move || writer.put_reader(bridge, limit, Some(&expected)))
-                .await
-                .map_err(|e| FetchError::Store {
-                    digest: hex.clone(),
-                    detail: e.to_string(),
-                })?;
+        let stored = tokio::task::spawn_blocking(move || {
+            writer.put_reader(bytes.as_slice(), limit, Some(&expected))
+        })
+        .await
+        .map_err(|e| FetchError::Store {
+            digest: hex.clone(),
+            detail: e.to_string(),
+        })?;
         match stored {
             Ok(_) => {}
             Err(StoreError::DigestMismatch { actual, .. }) => {
@@ -101,20 +155,6 @@ pub async fn fetch(
             }
             Err(StoreError::TooLarge { limit }) => {
                 return Err(FetchError::TooLarge { digest: hex, limit })
-            }
-            // The object store checks its own digest at the end of the
-            // stream: a short or altered transfer ends as a read error.
-            Err(StoreError::Read(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(FetchError::Corrupt {
-                    digest: hex,
-                    detail: e.to_string(),
-                })
-            }
-            Err(StoreError::Read(e)) => {
-                return Err(FetchError::Transfer {
-                    digest: hex,
-                    detail: e.to_string(),
-                })
             }
             Err(e) => {
                 return Err(FetchError::Store {

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 /// How often a compare-and-swap of one app's desired state is tried when
 /// others write it at the same time.
 const CAS_ATTEMPTS: usize = 10;
+/// The longest a view of the mesh may take.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `wait` reads the nodes' status.
 /// The longest one read of every node's status may take in a wait.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -274,8 +276,20 @@ impl Publisher {
         Ok(())
     }
 
-    /// The desired set and every live node's status.
+    /// The desired set and every live node's status (within 30 s: key
+    /// listings are consumers, which a failing server can leave silent).
     pub async fn view(&self) -> anyhow::Result<MeshView> {
+        tokio::time::timeout(VIEW_TIMEOUT, self.read_view())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the mesh did not answer within {} s",
+                    VIEW_TIMEOUT.as_secs()
+                )
+            })?
+    }
+
+    async fn read_view(&self) -> anyhow::Result<MeshView> {
         let buckets = self.buckets().await?;
         let mut desired = BTreeMap::new();
         let mut keys = buckets
