@@ -199,11 +199,12 @@ async fn a_nats_restart_while_serving_fails_no_request_and_the_nodes_follow_agai
     }
 }
 
-// Ignored: it exposes a defect not fixed yet. After the member n1 is
-// connected to is killed, n1 reconnects to another member and then, in
-// about half the runs here, follows nothing more: the publish after the
-// kill does not reach it within 150 s, and it logs no error (see
-// /work/notes/meshtest-report.md). Run it with `-- --ignored mesh::with_one`.
+// Ignored: it exposes a defect not fixed yet (issue #14's note). After the
+// member n1 is connected to is killed, n1 reconnects to another member and
+// then, in most runs here (3 of 4 runs at 935ada3, nats-server 2.9.10), follows
+// nothing more: the publish after the kill does not reach it within 150 s.
+// Bounding artifact downloads and restarting a stalled watch did not fix
+// it. Run it with `-- --ignored mesh::with_one`.
 #[ignore = "a node that fails over to another cluster member may stop following (see the comment)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_member_of_a_three_server_cluster_killed_every_node_serves_the_newest() {
