@@ -5,7 +5,7 @@
 use crate::dispatch::ResponseBody;
 use crate::tls::CertStore;
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, LOCATION};
+use http::header::{HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use std::sync::Arc;
@@ -46,24 +46,22 @@ impl HttpsRedirect {
     }
 }
 
-/// The host a request names (HTTP/2 `:authority`, else `Host`), lower case,
-/// without a port; `None` for an IP literal or no host.
+/// The host a request names, as routing reads it (HTTP/2 `:authority`,
+/// else `Host`; lower case, without a port); `None` for an IP literal, no
+/// host, or one routing refuses.
 fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let authority = match req.uri().authority() {
-        Some(authority) => authority.as_str().to_owned(),
-        None => req.headers().get(HOST)?.to_str().ok()?.to_owned(),
-    };
-    let authority: http::uri::Authority = authority.parse().ok()?;
-    let host = authority.host();
+    let host = crate::request_host::request_host(req).ok()??;
+    let host = host.as_str();
     if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
         return None;
     }
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    Some(host.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HOST;
 
     #[test]
     fn host_from_authority_or_header() {
