@@ -199,16 +199,23 @@ async fn a_nats_restart_while_serving_fails_no_request_and_the_nodes_follow_agai
     }
 }
 
-// Ignored: it exposes a defect not fixed yet (issue #14's note). After the
-// member n1 is connected to is killed, n1 reconnects to another member and
-// then, in most runs here (3 of 4 runs at 935ada3, nats-server 2.9.10), follows
-// nothing more: the publish after the kill does not reach it within 150 s.
-// Bounding artifact downloads and restarting a stalled watch did not fix
-// it. Run it with `-- --ignored mesh::with_one`.
-#[ignore = "a node that fails over to another cluster member may stop following (see the comment)"]
+// A node that fails over to another cluster member must keep following:
+// async-nats' ordered consumer behind the watch may never come back by
+// itself (seen here with nats-server 2.9.10: its re-creation requests go
+// unanswered), so the follower notices that the bucket moved on without it
+// and watches again. Failed in 3 of 4 runs before that check read the
+// bucket's revision from the server instead of async-nats' cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_member_of_a_three_server_cluster_killed_every_node_serves_the_newest() {
-    let mut cluster = NatsCluster::start();
+    fail_over(NatsCluster::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_member_of_a_current_three_server_cluster_killed_every_node_serves_the_newest() {
+    fail_over(NatsCluster::start_current()).await;
+}
+
+async fn fail_over(mut cluster: NatsCluster) {
     let urls = cluster.urls();
     let replicas = ["--mesh-replicas", "3"];
     // n1 knows only the member that will be killed (it learns the others

@@ -89,6 +89,21 @@ impl Buckets {
     }
 }
 
+impl Buckets {
+    /// The desired set's stream as the server has it now: its last
+    /// revision and how many values it holds. Asked of the server each
+    /// time, because async-nats' `kv::Store::status` returns the stream info
+    /// cached when the bucket was opened.
+    pub async fn desired_state(&self) -> anyhow::Result<jetstream::stream::State> {
+        let mut stream = self.desired.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .with_context(|| format!("cannot read the state of the bucket {DESIRED}"))?;
+        Ok(info.state.clone())
+    }
+}
+
 /// Opens a key-value bucket, creating it if it does not exist. An existing
 /// bucket is used as it is (its settings may have been tuned by hand).
 ///

@@ -136,9 +136,8 @@ impl Follower {
     ) -> anyhow::Result<()> {
         let js = async_nats::jetstream::new(client.clone());
         let buckets = Buckets::open(&js, self.config.mesh.replicas).await?;
-        let mut count = buckets.desired.status().await?;
         // An empty bucket yields no entry at all: the node is in sync at once.
-        let mut synced = count.values() == 0;
+        let mut synced = buckets.desired_state().await?.messages == 0;
         let mut watch = buckets.desired.watch_with_history(">").await?;
         let mut desired = BTreeMap::new();
         if synced {
@@ -154,6 +153,7 @@ impl Follower {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = heartbeat.tick() => {
+                    tracing::debug!(synced, seen = self.status.desired_revision, "mesh: heartbeat");
                     if synced {
                         behind = self.check_watch(&buckets, behind).await?;
                         self.retry_pending(&buckets).await;
@@ -161,8 +161,8 @@ impl Follower {
                     self.report(&buckets).await;
                 }
                 _ = &mut sync_deadline, if !synced => {
-                    count = buckets.desired.status().await?;
-                    tracing::warn!(values = count.values(), "mesh: the desired set's history did not end in time; taking what was read as complete");
+                    let values = buckets.desired_state().await?.messages;
+                    tracing::warn!(values, "mesh: the desired set's history did not end in time; taking what was read as complete");
                     synced = true;
                     self.resync(&buckets, std::mem::take(&mut desired)).await;
                 }
@@ -227,9 +227,10 @@ impl Follower {
                 "the watch of the desired set stalled: the bucket was at revision {bucket} a heartbeat ago, the watch is still at {seen}"
             );
         }
-        match buckets.desired.status().await {
-            Ok(status) => {
-                let last = status.info.state.last_sequence;
+        match buckets.desired_state().await {
+            Ok(state) => {
+                let last = state.last_sequence;
+                tracing::debug!(bucket = last, seen, "mesh: the desired bucket's revision");
                 Ok((last > seen).then_some((last, seen)))
             }
             Err(e) => {

@@ -332,7 +332,12 @@ impl MeshdBuilder {
             .arg(&data_dir)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("MESHD_LOG", "info")
+            // MESHD_TEST_LOG raises meshd's log level while debugging a test
+            // (e.g. `meshd=debug,async_nats=debug`); the tests read info lines.
+            .env(
+                "MESHD_LOG",
+                std::env::var("MESHD_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
