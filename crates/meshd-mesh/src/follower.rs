@@ -490,6 +490,7 @@ impl Follower {
                         kind: refusal.kind().to_owned(),
                         message: refusal.to_string(),
                         at: now(),
+                        retrying: passing,
                     },
                 );
                 if passing {

@@ -381,7 +381,9 @@ impl Publisher {
                     continue;
                 }
                 if let Some(refused) = app.and_then(|a| a.refused.as_ref()) {
-                    if refused.wasm == wanted {
+                    // A passing refusal (a failed transfer) is tried
+                    // again by the node: wait for its next try.
+                    if refused.wasm == wanted && !refused.retrying {
                         return Ok(WaitOutcome::Refused {
                             node: node.node.clone(),
                             kind: refused.kind.clone(),

@@ -66,6 +66,10 @@ pub struct NodeRefusal {
     pub message: String,
     /// When (RFC 3339, its clock).
     pub at: String,
+    /// Whether the node tries again by itself (a transfer from NATS that
+    /// failed): a passing refusal, which `meshd publish --wait` waits out.
+    #[serde(default)]
+    pub retrying: bool,
 }
 
 impl NodeStatus {

@@ -162,23 +162,25 @@ async fn artifacts_are_verified(server: &NatsServer) {
     ));
 }
 
-/// `wait` sees nodes' statuses: all live, or one refusing with its reason.
+/// `wait` sees nodes' statuses: all live, or one refusing with its reason
+/// (a refusal the node retries by itself is waited out).
 async fn wait_reads_node_status(server: &NatsServer) {
     let buckets = buckets(server).await;
     let mesh = publisher(server).await;
     let digest = Digest::of(b"waited");
-    let status = |node: &str, live: Option<&Digest>, refused: bool| NodeStatus {
+    let status = |node: &str, live: Option<&Digest>, refused: Option<Retry>| NodeStatus {
         node: node.to_owned(),
         synced: true,
         apps: [(
             "w".to_owned(),
             NodeApp {
                 live: live.map(Digest::to_hex),
-                refused: refused.then(|| NodeRefusal {
+                refused: refused.map(|retry| NodeRefusal {
                     wasm: digest.to_hex(),
                     kind: "over_ceiling".to_owned(),
                     message: "too much memory".to_owned(),
                     at: String::new(),
+                    retrying: retry == Retry::Yes,
                 }),
                 ..Default::default()
             },
@@ -188,12 +190,12 @@ async fn wait_reads_node_status(server: &NatsServer) {
     };
     buckets
         .nodes
-        .put("a", status("a", Some(&digest), false).encode())
+        .put("a", status("a", Some(&digest), None).encode())
         .await
         .unwrap();
     buckets
         .nodes
-        .put("b", status("b", None, false).encode())
+        .put("b", status("b", None, None).encode())
         .await
         .unwrap();
     let outcome = mesh
@@ -203,7 +205,17 @@ async fn wait_reads_node_status(server: &NatsServer) {
     assert_eq!(outcome, WaitOutcome::TimedOut(vec!["b".to_owned()]));
     buckets
         .nodes
-        .put("b", status("b", None, true).encode())
+        .put("b", status("b", None, Some(Retry::Yes)).encode())
+        .await
+        .unwrap();
+    let outcome = mesh
+        .wait("w", &digest, false, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(outcome, WaitOutcome::TimedOut(vec!["b".to_owned()]));
+    buckets
+        .nodes
+        .put("b", status("b", None, Some(Retry::No)).encode())
         .await
         .unwrap();
     let outcome = mesh
@@ -216,7 +228,7 @@ async fn wait_reads_node_status(server: &NatsServer) {
     );
     buckets
         .nodes
-        .put("b", status("b", Some(&digest), false).encode())
+        .put("b", status("b", Some(&digest), None).encode())
         .await
         .unwrap();
     let outcome = mesh
@@ -227,6 +239,13 @@ async fn wait_reads_node_status(server: &NatsServer) {
         outcome,
         WaitOutcome::Live(vec!["a".to_owned(), "b".to_owned()])
     );
+}
+
+/// Whether a node retries a refusal by itself.
+#[derive(Clone, Copy, PartialEq)]
+enum Retry {
+    Yes,
+    No,
 }
 
 async fn everything(server: NatsServer) {

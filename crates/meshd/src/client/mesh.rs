@@ -232,6 +232,9 @@ fn mesh_table(view: &MeshView) -> String {
                     "live".to_owned()
                 }
                 Some(a) => match &a.refused {
+                    Some(r) if r.retrying => {
+                        format!("retrying ({}): {}", r.kind, r.message)
+                    }
                     Some(r) => format!("refused ({}): {}", r.kind, r.message),
                     None => "deploying".to_owned(),
                 },
