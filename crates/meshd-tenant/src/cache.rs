@@ -44,6 +44,12 @@ impl CacheOutcome {
     }
 }
 
+/// The longest a load waits for another process's compile of the same
+/// `.wasm` before compiling it too.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a waiting load looks at the lock again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A directory of compiled artifacts for one engine configuration.
 pub struct ArtifactCache {
     dir: PathBuf,
@@ -75,6 +81,11 @@ impl ArtifactCache {
     /// Returns the compiled form of the `.wasm` whose hash is `wasm_digest`:
     /// from the cache when a valid entry exists, otherwise from `compile`,
     /// storing the result. Blocking: call it off the async worker threads.
+    ///
+    /// A miss takes the entry's lock file first, so processes sharing the
+    /// cache directory (several nodes on one host, or the old and new meshd
+    /// of a restart) compile a new `.wasm` once: the others wait for the
+    /// entry and load it.
     pub fn load_or_compile<E>(
         &self,
         engine: &Engine,
@@ -82,13 +93,13 @@ impl ArtifactCache {
         compile: impl FnOnce() -> Result<Component, E>,
     ) -> Result<(Component, CacheOutcome), E> {
         let path = self.entry_path(wasm_digest);
-        let outcome = match std::fs::read(&path) {
-            Ok(artifact) => match self.load_entry(engine, &path, &artifact) {
-                Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(reason) => CacheOutcome::Replaced(reason),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => CacheOutcome::Miss,
-            Err(e) => CacheOutcome::Replaced(format!("unreadable: {e}")),
+        if let Ok(component) = self.read_entry(engine, &path) {
+            return Ok((component, CacheOutcome::Hit));
+        }
+        let _lock = self.lock_entry(&path);
+        let outcome = match self.read_entry(engine, &path) {
+            Ok(component) => return Ok((component, CacheOutcome::Hit)),
+            Err(outcome) => outcome,
         };
         let component = compile()?;
         match self.store_entry(&path, &component) {
@@ -101,6 +112,57 @@ impl ArtifactCache {
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot write compiled artifact to the cache");
                 Ok((component, outcome))
+            }
+        }
+    }
+
+    /// The entry at `path`, loaded, or why it could not be: a miss or the
+    /// reason it must be replaced.
+    fn read_entry(&self, engine: &Engine, path: &Path) -> Result<Component, CacheOutcome> {
+        match std::fs::read(path) {
+            Ok(artifact) => self
+                .load_entry(engine, path, &artifact)
+                .map_err(CacheOutcome::Replaced),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CacheOutcome::Miss),
+            Err(e) => Err(CacheOutcome::Replaced(format!("unreadable: {e}"))),
+        }
+    }
+
+    /// Takes the lock file of the entry at `path` (`KEY.cwasm.lock`, an
+    /// advisory lock the kernel drops if its holder dies), waiting at most
+    /// [`LOCK_WAIT`] for another compile of the same `.wasm`. `None` (no
+    /// lock: compile anyway) if it cannot be taken in time or at all; the
+    /// lock only saves work, correctness never depends on it.
+    fn lock_entry(&self, path: &Path) -> Option<std::fs::File> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".lock");
+        let file = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(PathBuf::from(&name))
+        {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot open the cache entry's lock file; compiling without it");
+                return None;
+            }
+        };
+        let start = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Some(file),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    tracing::warn!(path = %path.display(), waited = ?LOCK_WAIT, "another process holds the cache entry's lock for too long; compiling here too");
+                    return None;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot lock the cache entry; compiling without the lock");
+                    return None;
+                }
             }
         }
     }
@@ -211,5 +273,50 @@ impl Hasher for Blake3Hasher {
 
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    /// Two loads of one new `.wasm` at once (as two processes sharing the
+    /// directory would: each opens the lock file itself) compile it once;
+    /// the other waits and loads the entry.
+    #[test]
+    fn a_new_wasm_is_compiled_once_by_loads_sharing_the_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let digest = blake3::hash(b"(component)");
+        let compiles = Arc::new(AtomicUsize::new(0));
+        let start = Arc::new(Barrier::new(2));
+        let loads: Vec<_> = (0..2)
+            .map(|_| {
+                let (dir, engine) = (dir.path().to_owned(), engine.clone());
+                let (compiles, start) = (compiles.clone(), start.clone());
+                std::thread::spawn(move || {
+                    let cache = ArtifactCache::open(&dir, &engine).expect("cache");
+                    start.wait();
+                    let (_, outcome) = cache
+                        .load_or_compile(&engine, &digest, || {
+                            compiles.fetch_add(1, Ordering::SeqCst);
+                            // Long enough for the other load to find the lock taken.
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            Component::new(&engine, "(component)")
+                        })
+                        .expect("load");
+                    outcome
+                })
+            })
+            .collect();
+        let mut outcomes: Vec<_> = loads
+            .into_iter()
+            .map(|load| load.join().expect("thread").as_str())
+            .collect();
+        outcomes.sort();
+        assert_eq!(compiles.load(Ordering::SeqCst), 1);
+        assert_eq!(outcomes, ["hit", "miss"]);
     }
 }
