@@ -30,7 +30,7 @@ struct AcmeSite {
     tls_port: u16,
     /// The default certificate's CA (`[tls] cert` is for default.test and
     /// bad.example.com).
-    _pki: TestPki,
+    pki: TestPki,
     dir: tempfile::TempDir,
     token: TokenFile,
     apps: AppsDir,
@@ -70,7 +70,7 @@ impl AcmeSite {
             pebble,
             http_port,
             tls_port,
-            _pki: pki,
+            pki,
             dir,
             token: TokenFile::new(),
             apps: AppsDir::new(),
@@ -118,7 +118,9 @@ impl AcmeSite {
     }
 }
 
-/// A client configuration trusting only `root_pem`.
+/// A client configuration trusting only `root_pem`, without session
+/// resumption (a resumed session shows the certificate of the first
+/// handshake, not the one meshd serves now).
 fn client_config(root_pem: &str) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -131,6 +133,7 @@ fn client_config(root_pem: &str) -> Arc<rustls::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 
@@ -254,4 +257,172 @@ async fn a_route_host_gets_a_certificate_kept_across_restarts() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(meshd.count_log(&["ACME: ordering a certificate"]), 0);
     assert_eq!(site.pebble.issued(), 1, "{}", site.pebble.log());
+}
+
+/// (2) Renewal at two thirds of the lifetime: pebble issues 30-second
+/// certificates, so meshd renews after about 20 seconds; a client making
+/// a new HTTPS connection every 100 ms sees the new certificate (another
+/// serial) without one failed request. `redirect_http` is on: the
+/// renewal's HTTP-01 validation is for a host that now has a certificate
+/// (meshd answers it before the redirect; pebble would also follow the
+/// redirect to the TLS listener, which answers HTTP-01 too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_renewed_at_two_thirds_of_its_lifetime_without_dropping_requests() {
+    let site = AcmeSite::new(Some(30), true, "", "redirect_http = true");
+    site.deploy_host("shop", "shop.example.com");
+    let meshd = site.start();
+    let admin = Admin::of(&meshd);
+    let first = wait_status(&admin, "shop.example.com", |c| c["state"] == "valid").await;
+    let first_serial = first["serial"].as_str().unwrap().to_owned();
+    let config = client_config(&site.pebble.root_pem());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut served = Vec::new();
+    loop {
+        let (serial, code, body) = https_get(site.https_addr(), &config, "shop.example.com")
+            .await
+            .unwrap_or_else(|e| panic!("request {} failed: {e}", served.len() + 1));
+        assert_eq!((code, body.as_str()), (200, "Hello from Steelmesh!\n"));
+        let renewed = serial != first_serial;
+        served.push(serial);
+        if renewed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal within 60 s; log:\n{}",
+            meshd.log().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served.len() > 10, "renewed too early: {served:?}");
+    let renewed = served.last().unwrap().clone();
+    let status = wait_status(&admin, "shop.example.com", |c| {
+        c["serial"] == renewed.as_str()
+    })
+    .await;
+    assert_eq!(status["state"], "valid");
+    assert!(status["last_error"].is_null(), "{status}");
+    assert_eq!(meshd.count_log(&["ACME order failed"]), 0);
+    // The renewed files replaced the old ones.
+    let pem = std::fs::read(site.acme_dir().join("certs/shop.example.com.crt")).unwrap();
+    let leaf = CertificateDer::from_pem_slice(&pem).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    assert_eq!(parsed.raw_serial_as_string().replace(':', ""), renewed);
+}
+
+/// (3) A host whose validation fails (the CA's DNS sends it to an address
+/// where meshd does not listen) keeps the default certificate, and the
+/// admin API and the log say which host failed and why; another host
+/// gets its certificate all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_order_keeps_the_default_certificate_and_shows_why() {
+    let site = AcmeSite::new(None, true, "", "");
+    site.pebble.set_address("bad.example.com", "127.0.0.2");
+    site.deploy_host("shop", "shop.example.com");
+    site.deploy_host("bad", "bad.example.com");
+    let meshd = site.start();
+    let admin = Admin::of(&meshd);
+    let bad = wait_status(&admin, "bad.example.com", |c| c["state"] == "failed").await;
+    let error = bad["last_error"].as_str().unwrap();
+    assert!(error.contains("bad.example.com"), "{error}");
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+    assert!(bad["failures"].as_u64().unwrap() >= 1, "{bad}");
+    assert!(bad["next_attempt"].is_string(), "{bad}");
+    assert!(bad["serial"].is_null(), "{bad}");
+    let line = meshd.wait_for_log(&["ACME order failed", "bad.example.com"]);
+    assert!(line.contains("refused"), "{line}");
+
+    // The other host is not held up.
+    wait_status(&admin, "shop.example.com", |c| c["state"] == "valid").await;
+    let config = client_config(&site.pebble.root_pem());
+    let (_, code, _) = https_get(site.https_addr(), &config, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    // bad.example.com gets the default certificate (the test CA's, which
+    // names it); a client trusting pebble refuses it.
+    let default_ca = client_config(&site.pki.ca_pem);
+    let (_, code, body) = https_get(site.https_addr(), &default_ca, "bad.example.com")
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "Hello from Steelmesh!\n"));
+    assert!(https_get(site.https_addr(), &config, "bad.example.com")
+        .await
+        .is_err());
+}
+
+/// (4) A host deployed while meshd runs gets its certificate without a
+/// restart; a wildcard host is skipped with a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_deployed_later_gets_a_certificate_without_a_restart() {
+    let site = AcmeSite::new(None, true, "", "");
+    site.apps.deploy("hello", "hello");
+    let meshd = site.start();
+    let admin = Admin::of(&meshd);
+    let reply = admin.get("/v1/certificates").await;
+    assert_eq!(reply.json()["certificates"], serde_json::json!([]));
+
+    site.deploy_host("wild", "*.apps.example.com");
+    meshd.wait_for_log(&[
+        "ACME: no certificate for a wildcard host",
+        "*.apps.example.com",
+    ]);
+    site.deploy_host("shop", "shop.example.com");
+    wait_status(&admin, "shop.example.com", |c| c["state"] == "valid").await;
+    let config = client_config(&site.pebble.root_pem());
+    let (_, code, body) = https_get(site.https_addr(), &config, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "Hello from Steelmesh!\n"));
+    let reply = admin.get("/v1/certificates").await;
+    assert_eq!(reply.json()["certificates"].as_array().unwrap().len(), 1);
+    assert_eq!(meshd.count_log(&["meshd stopped"]), 0);
+}
+
+/// TLS-ALPN-01 (`challenge = "tls-alpn-01"`): pebble validates on the TLS
+/// listener only (nothing listens where it would try HTTP-01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_validates_on_the_tls_listener() {
+    let site = AcmeSite::new(None, false, "challenge = \"tls-alpn-01\"", "");
+    site.deploy_host("shop", "shop.example.com");
+    let meshd = site.start();
+    let admin = Admin::of(&meshd);
+    wait_status(&admin, "shop.example.com", |c| c["state"] == "valid").await;
+    let config = client_config(&site.pebble.root_pem());
+    let (_, code, body) = https_get(site.https_addr(), &config, "shop.example.com")
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "Hello from Steelmesh!\n"));
+    meshd.wait_for_log(&["ACME: automatic certificates on", "tls-alpn-01"]);
+}
+
+/// meshd refuses to start with `[acme]` but no `accept_terms = true`, or
+/// without an HTTPS listener, and says why.
+#[test]
+fn acme_start_up_errors_name_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let apps = AppsDir::new();
+    let config = dir.path().join("meshd.toml");
+    let run = |toml: &str, args: &[&str]| {
+        std::fs::write(&config, toml).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+            .args(["--apps", apps.path().to_str().unwrap()])
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let no_terms = "[acme]\ndirectory = \"https://127.0.0.1:1/dir\"\n";
+    let stderr = run(no_terms, &["--listen-tls", "127.0.0.1:0"]);
+    assert!(
+        stderr.contains("[acme] needs accept_terms = true"),
+        "{stderr}"
+    );
+    let terms = "[acme]\ndirectory = \"https://127.0.0.1:1/dir\"\naccept_terms = true\n";
+    let stderr = run(terms, &["--listen", "127.0.0.1:0"]);
+    assert!(stderr.contains("[acme] needs --listen-tls"), "{stderr}");
 }

@@ -332,9 +332,15 @@ fn tls_alpn01_cert(host: &str, digest: &[u8]) -> Result<Arc<rustls::sign::Certif
         .context("cannot make a TLS-ALPN-01 certificate")?;
     let key_der = PrivateKeyDer::try_from(key.serialize_der())
         .map_err(|e| anyhow!("cannot use the TLS-ALPN-01 key: {e}"))?;
-    let provider = rustls::crypto::ring::default_provider();
-    let certified =
-        rustls::sign::CertifiedKey::from_der(vec![cert.der().clone()], key_der, &provider)
-            .context("cannot use the TLS-ALPN-01 certificate")?;
-    Ok(Arc::new(certified))
+    // Not `CertifiedKey::from_der`: its check that key and certificate
+    // match parses the certificate with webpki, which refuses the critical
+    // acmeIdentifier extension (rustls only serves it, never checks it).
+    let signing_key = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .context("cannot use the TLS-ALPN-01 key")?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing_key,
+    )))
 }

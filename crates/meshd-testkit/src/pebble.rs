@@ -7,11 +7,12 @@
 //! certificate is made here (rcgen) and signed by a CA whose PEM is
 //! [`Pebble::ca_file`]: the ACME client must trust it. The certificates
 //! pebble issues chain to a root it makes at start ([`Pebble::root_pem`]).
-//! `PEBBLE_VA_NOSLEEP=1` takes out the random validation delays; the 5%
+//! `PEBBLE_VA_NOSLEEP=1` takes out the random validation delays and
+//! `PEBBLE_AUTHZREUSE=0` makes every order validate again; the 5%
 //! of nonces pebble rejects on purpose (`badNonce`) stay on: a correct
 //! client retries them.
 
-use crate::{free_port, wait_for_port};
+use crate::{free_port, START_TIMEOUT};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -44,8 +45,20 @@ pub struct Pebble {
 
 impl Pebble {
     /// Starts both servers on free loopback ports and waits until they
-    /// accept connections.
+    /// accept connections. A server that exits at start (another test
+    /// took one of its ports in between) is started again on new ports.
     pub fn start(options: &PebbleOptions) -> Pebble {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            match Pebble::try_start(options) {
+                Ok(pebble) => return pebble,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("pebble did not start; its log:\n{last_log}");
+    }
+
+    fn try_start(options: &PebbleOptions) -> Result<Pebble, String> {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (ca_pem, cert_pem, key_pem) = pebble_tls_certificate();
         std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
@@ -89,11 +102,15 @@ impl Pebble {
             .arg(&config_file)
             .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
             .env("PEBBLE_VA_NOSLEEP", "1")
+            // Every order validates again (pebble reuses a valid
+            // authorization for half of them by default): a renewal test
+            // then sees the challenge answered.
+            .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(log("pebble.log"))
             .stderr(log("pebble.err"))
             .spawn()
             .expect("cannot run pebble (Debian package pebble; .ci/run installs it)");
-        let pebble = Pebble {
+        let mut pebble = Pebble {
             pebble,
             challtestsrv,
             acme_port,
@@ -102,13 +119,16 @@ impl Pebble {
             ca_pem,
             dir,
         };
-        wait_for_port(
-            challtestsrv_port,
-            &pebble.dir.path().join("challtestsrv.err"),
-        );
-        wait_for_port(acme_port, &pebble.dir.path().join("pebble.err"));
-        wait_for_port(management_port, &pebble.dir.path().join("pebble.err"));
-        pebble
+        let challtestsrv_up = wait_started(&mut pebble.challtestsrv, &[challtestsrv_port]);
+        let pebble_up = wait_started(&mut pebble.pebble, &[acme_port, management_port]);
+        if challtestsrv_up && pebble_up {
+            Ok(pebble)
+        } else {
+            let challtestsrv_log =
+                std::fs::read_to_string(pebble.dir.path().join("challtestsrv.err"))
+                    .unwrap_or_default();
+            Err(pebble.log() + &challtestsrv_log)
+        }
     }
 
     /// The ACME directory URL.
@@ -210,6 +230,25 @@ impl Pebble {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Waits until `child` accepts connections on every one of `ports`;
+/// `false` if it exits first.
+fn wait_started(child: &mut Child, ports: &[u16]) -> bool {
+    let started = std::time::Instant::now();
+    for &port in ports {
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "a pebble server did not listen on port {port} in time"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    true
 }
 
 /// The body of a chunked HTTP/1.1 response.
