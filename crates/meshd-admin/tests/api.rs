@@ -254,6 +254,7 @@ async fn without_the_right_token_every_request_is_401_and_nothing_changes() {
         (Method::POST, "/v1/apps/hello/promote"),
         (Method::POST, "/v1/apps/hello/abort"),
         (Method::GET, "/metrics"),
+        (Method::GET, "/v1/certificates"),
         (Method::GET, "/no/such/path"),
     ];
     let wrong = [
@@ -281,6 +282,14 @@ async fn without_the_right_token_every_request_is_401_and_nothing_changes() {
         }
     }
     assert!(harness.changes().is_empty());
+}
+
+#[tokio::test]
+async fn certificates_without_acme_are_an_empty_list() {
+    let harness = Harness::new();
+    let (status, json) = harness.get("/v1/certificates").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json, json!({"acme": false, "certificates": []}));
 }
 
 #[tokio::test]
