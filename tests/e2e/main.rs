@@ -5,6 +5,7 @@
 mod support;
 
 mod access_log;
+mod acme;
 mod admin_api;
 mod bad_apps;
 mod bodies;

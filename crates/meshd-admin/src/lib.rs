@@ -19,6 +19,7 @@
 //! | `POST /v1/apps/NAME/canary?percent=P` (an upload, or JSON `{"version","percent"}`) | 201 |
 //! | `POST /v1/apps/NAME/promote`, `.../abort` | 200 |
 //! | `GET /v1/mesh` | the mesh's desired set and every node's view (mesh mode) |
+//! | `GET /v1/certificates` | ACME certificates: `{"acme","certificates":[...]}` |
 //!
 //! On a node that follows a mesh (`--mesh`), the changes above go to the
 //! mesh's desired state instead (every node applies them) and answer 202
@@ -33,6 +34,7 @@
 
 mod apps;
 mod auth;
+mod certificates;
 mod error;
 mod mesh;
 mod probes;
@@ -79,6 +81,9 @@ pub struct AdminState {
     /// go to the mesh's desired state (every node applies them), and
     /// `GET /v1/mesh` shows every node.
     pub mesh: Option<Arc<meshd_mesh::Publisher>>,
+    /// The certificates ACME manages (`[acme]` on), for
+    /// `GET /v1/certificates`.
+    pub certificates: Option<meshd_acme::Statuses>,
 }
 
 /// The admin API as a service, to serve with [`serve`] or call directly
@@ -113,6 +118,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(probes::metrics))
         .route("/v1/apps", get(apps::list))
         .route("/v1/mesh", get(mesh::view))
+        .route("/v1/certificates", get(certificates::list))
         .merge(changes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

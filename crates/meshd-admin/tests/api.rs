@@ -88,6 +88,7 @@ impl Harness {
             token: token.map(|t| Token::new(t).unwrap()),
             max_wasm_size: MAX_WASM,
             mesh: None,
+            certificates: None,
         });
         Harness {
             app,
@@ -253,6 +254,7 @@ async fn without_the_right_token_every_request_is_401_and_nothing_changes() {
         (Method::POST, "/v1/apps/hello/promote"),
         (Method::POST, "/v1/apps/hello/abort"),
         (Method::GET, "/metrics"),
+        (Method::GET, "/v1/certificates"),
         (Method::GET, "/no/such/path"),
     ];
     let wrong = [
@@ -280,6 +282,14 @@ async fn without_the_right_token_every_request_is_401_and_nothing_changes() {
         }
     }
     assert!(harness.changes().is_empty());
+}
+
+#[tokio::test]
+async fn certificates_without_acme_are_an_empty_list() {
+    let harness = Harness::new();
+    let (status, json) = harness.get("/v1/certificates").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json, json!({"acme": false, "certificates": []}));
 }
 
 #[tokio::test]
@@ -945,6 +955,7 @@ async fn metrics_are_the_registry_in_openmetrics_text() {
         token: None,
         max_wasm_size: MAX_WASM,
         mesh: None,
+        certificates: None,
     });
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = app.oneshot(request).await.unwrap();

@@ -95,10 +95,23 @@ impl Startup {
 }
 
 /// The current [`AppSet`], swapped atomically by the pipeline.
-#[derive(Default)]
 pub struct Registry {
     current: ArcSwap<AppSet>,
     startup: Startup,
+    /// Counts publications: what [`Registry::subscribe`] hands out, for
+    /// readers that act on changes (the ACME client follows the routes'
+    /// hosts) rather than on every request.
+    published: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            current: ArcSwap::default(),
+            startup: Startup::default(),
+            published: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Registry {
@@ -122,6 +135,14 @@ impl Registry {
     /// Makes `set` the current one. Only the deploy pipeline calls this.
     pub fn publish(&self, set: AppSet) {
         self.current.store(Arc::new(set));
+        self.published.send_modify(|count| *count += 1);
+    }
+
+    /// A receiver that is marked changed after every [`Registry::publish`]
+    /// (several publications may be seen as one); read the set with
+    /// [`Registry::load`] when it is.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// How far the first load has got.

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod access_log;
+mod acme_challenge;
 mod conn_watch;
 mod dispatch;
 pub mod forwarded;
@@ -24,6 +25,7 @@ mod request_host;
 pub mod tls;
 
 pub use access_log::{AccessLogged, ACCESS_TARGET};
+pub use acme_challenge::{Challenges, ACME_TLS_ALPN, HTTP01_PREFIX};
 pub use dispatch::{dispatch, ResponseBody, FORWARDED_PREFIX};
 pub use forwarded::{ClientConn, TrustedProxies};
 pub use listen::{serve, serve_with, ClosedConnections, Edge, Listener, ServeConfig};

@@ -5,6 +5,7 @@
 //! one once its handshake is done.
 
 use crate::access_log::{AccessLogged, Arrival};
+use crate::acme_challenge::{Challenges, ACME_TLS_ALPN};
 use crate::conn_watch::{Abandon, ConnWatch, Verdict, Watched};
 use crate::dispatch::dispatch_to;
 use crate::forwarded::{set_forwarded, ClientConn, TrustedProxies};
@@ -112,6 +113,8 @@ pub struct Edge {
     pub trusted_proxies: TrustedProxies,
     /// Sends plain-HTTP requests for hosts with a certificate to HTTPS.
     pub redirect: Option<HttpsRedirect>,
+    /// ACME HTTP-01 answers, given before the redirect and routing.
+    pub challenges: Option<Arc<Challenges>>,
 }
 
 /// Serves the front door on `listeners` (plain and TLS), with one
@@ -134,10 +137,14 @@ pub async fn serve(
         async move {
             let arrival = access_log.then(|| Arrival::of(&req));
             let conn = req.extensions().get::<ClientConn>().copied();
-            let redirect = match (&edge.redirect, conn) {
+            let challenge = edge
+                .challenges
+                .as_ref()
+                .and_then(|challenges| challenges.respond(&req));
+            let redirect = challenge.or_else(|| match (&edge.redirect, conn) {
                 (Some(redirect), Some(conn)) if !conn.tls => redirect.respond(&req),
                 _ => None,
-            };
+            });
             let (resp, served_by) = match redirect {
                 Some(resp) => (resp, None),
                 None => {
@@ -399,6 +406,10 @@ async fn begin_connection(
         None => Ok((Begun::Plain(stream), conn)),
         Some(acceptor) => {
             let tls = acceptor.accept(stream).await?;
+            // A TLS-ALPN-01 validation ends with the handshake (RFC 8737).
+            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                return Err(std::io::Error::other("TLS-ALPN-01 validation answered"));
+            }
             Ok((Begun::Tls(Box::new(tls)), conn))
         }
     }

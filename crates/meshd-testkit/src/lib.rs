@@ -5,6 +5,8 @@
 //!   stop and start again on the same port and store (a NATS restart).
 //! - [`NatsCluster`]: three JetStream servers routed into one cluster, with
 //!   a metadata leader elected before `start` returns.
+//! - [`Pebble`]: Let's Encrypt's test CA (pebble and pebble-challtestsrv,
+//!   Debian's `pebble` package), for the ACME tests.
 //!
 //! Both run the `nats-server` on `PATH` (Debian's 2.9.10: `.ci/run`
 //! installs it; `cargo xtask test` checks for it).
@@ -13,6 +15,9 @@
 //! `target/nats-current`), so that the mesh is tested against the oldest
 //! and the newest servers it supports.
 #![deny(missing_docs)]
+
+mod pebble;
+pub use pebble::{Pebble, PebbleOptions};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -271,7 +276,7 @@ fn wait_for_port(port: u16, log: &Path) {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             started.elapsed() < START_TIMEOUT,
-            "nats-server did not start on port {port}; its log:\n{}",
+            "the server did not start on port {port}; its log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));

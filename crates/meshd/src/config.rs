@@ -24,6 +24,81 @@ pub struct DaemonConfig {
     /// Certificates of the HTTPS listener (--listen-tls).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Automatic certificates from an ACME CA (Let's Encrypt).
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[acme]`: certificates obtained and renewed by meshd from an ACME CA,
+/// for the hosts of the routes (or those listed), kept under --data-dir.
+///
+/// ```toml
+/// [acme]
+/// directory = "https://acme-v02.api.letsencrypt.org/directory"
+/// email = "ops@example.com"
+/// accept_terms = true
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's ACME directory URL (https).
+    pub directory: String,
+    /// The account's contact address (the CA may write about problems).
+    pub email: Option<String>,
+    /// Must be true: agreeing to the CA's terms of service.
+    #[serde(default)]
+    pub accept_terms: bool,
+    /// PEM certificates to trust for the ACME server instead of Mozilla's
+    /// roots (a company CA; pebble in tests). Relative to the config file.
+    pub ca_file: Option<PathBuf>,
+    /// Only these exact hosts [default: every exact host of the routes
+    /// that has no certificate in `[tls]`].
+    pub hosts: Option<Vec<String>>,
+    /// `http-01` (on the plain listener) or `tls-alpn-01` (on the TLS
+    /// listener) [default: http-01 when there is a plain listener].
+    pub challenge: Option<ChallengeName>,
+}
+
+/// `[acme] challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ChallengeName {
+    /// HTTP-01.
+    #[serde(rename = "http-01")]
+    Http01,
+    /// TLS-ALPN-01.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl AcmeConfig {
+    /// Refuses what cannot work, naming the key.
+    fn check(&self) -> Result<()> {
+        if !self.accept_terms {
+            anyhow::bail!(
+                "[acme] needs accept_terms = true: meshd creates an account with the CA at {}, which means agreeing to its terms of service (Let's Encrypt: https://letsencrypt.org/repository/)",
+                self.directory
+            );
+        }
+        if !self.directory.starts_with("https://") {
+            anyhow::bail!(
+                "[acme] directory {:?} is not an https:// URL",
+                self.directory
+            );
+        }
+        for host in self.hosts.iter().flatten() {
+            if host.starts_with("*.") {
+                anyhow::bail!("[acme] hosts: {host:?} is a wildcard; wildcard certificates need the DNS-01 challenge, which meshd does not do (give it a certificate in [tls.hosts])");
+            }
+            check_host(host).map_err(|why| anyhow::anyhow!("[acme] hosts: {host:?}: {why}"))?;
+        }
+        Ok(())
+    }
+
+    /// The hosts listed, lower case.
+    pub fn listed_hosts(&self) -> Option<Vec<String>> {
+        self.hosts
+            .as_ref()
+            .map(|hosts| hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
+    }
 }
 
 /// `[tls]`: the certificates --listen-tls serves, and the redirect of
@@ -259,6 +334,10 @@ impl DaemonConfig {
             .keyvalue
             .check_backend_settings()
             .with_context(|| format!("invalid config file {}", path.display()))?;
+        if let Some(acme) = &config.acme {
+            acme.check()
+                .with_context(|| format!("invalid config file {}", path.display()))?;
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let keyvalue = &mut config.keyvalue;
         let tls = &mut config.tls;
@@ -267,16 +346,26 @@ impl DaemonConfig {
                 .values_mut()
                 .flat_map(|pair| [&mut pair.cert, &mut pair.key]),
         );
-        let files = config.outbound.ca_files.iter_mut().chain(tls_files).chain(
-            [
-                &mut keyvalue.ca_file,
-                &mut keyvalue.client_cert_file,
-                &mut keyvalue.client_key_file,
-                &mut keyvalue.credentials_file,
-            ]
-            .into_iter()
-            .flatten(),
-        );
+        let acme_files = config
+            .acme
+            .iter_mut()
+            .filter_map(|acme| acme.ca_file.as_mut());
+        let files = config
+            .outbound
+            .ca_files
+            .iter_mut()
+            .chain(tls_files)
+            .chain(acme_files)
+            .chain(
+                [
+                    &mut keyvalue.ca_file,
+                    &mut keyvalue.client_cert_file,
+                    &mut keyvalue.client_key_file,
+                    &mut keyvalue.credentials_file,
+                ]
+                .into_iter()
+                .flatten(),
+            );
         for file in files {
             *file = base.join(&*file);
         }
@@ -390,5 +479,39 @@ mod tests {
             assert!(error.contains(host), "{error}");
         }
         assert!(toml::from_str::<DaemonConfig>("[tls]\nredirect = true").is_err());
+    }
+
+    #[test]
+    fn acme_table_needs_accepted_terms_and_exact_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meshd.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            DaemonConfig::load(&path)
+        };
+        let good = "[acme]\ndirectory = \"https://ca.test/dir\"\nemail = \"ops@example.com\"\n\
+                    accept_terms = true\nca_file = \"pebble.pem\"\nhosts = [\"Shop.example.com\"]\n\
+                    challenge = \"tls-alpn-01\"\n";
+        let config = load(good).unwrap();
+        let acme = config.acme.unwrap();
+        assert_eq!(acme.ca_file, Some(dir.path().join("pebble.pem")));
+        assert_eq!(acme.listed_hosts().unwrap(), ["shop.example.com"]);
+        assert_eq!(acme.challenge, Some(ChallengeName::TlsAlpn01));
+        let error = |text: &str| format!("{:#}", load(text).unwrap_err());
+        let e = error("[acme]\ndirectory = \"https://ca.test/dir\"\n");
+        assert!(e.contains("accept_terms = true"), "{e}");
+        let e = error("[acme]\ndirectory = \"https://ca.test/dir\"\naccept_terms = false\n");
+        assert!(e.contains("accept_terms = true"), "{e}");
+        let e = error(
+            "[acme]\ndirectory = \"https://ca.test/dir\"\naccept_terms = true\nhosts = [\"*.example.com\"]\n",
+        );
+        assert!(e.contains("DNS-01"), "{e}");
+        let e = error("[acme]\ndirectory = \"http://ca.test/dir\"\naccept_terms = true\n");
+        assert!(e.contains("https://"), "{e}");
+        assert!(load("[acme]\ndirectory = \"https://ca.test/dir\"\naccept_terms = true\nchallenge = \"dns-01\"\n").is_err());
+        assert!(load(
+            "[acme]\ndirectory = \"https://ca.test/dir\"\naccept_terms = true\nrenew = 1\n"
+        )
+        .is_err());
     }
 }

@@ -4,10 +4,10 @@
 //! headers (--proxy-protocol, --trusted-proxies).
 
 use crate::cli::Args;
-use crate::config::TlsConfig;
+use crate::config::{AcmeConfig, TlsConfig};
 use anyhow::{bail, Context as _, Result};
 use meshd_server::tls::{CertStore, CertWatch};
-use meshd_server::{Edge, HttpsRedirect, Listener};
+use meshd_server::{Challenges, Edge, HttpsRedirect, Listener};
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd as _;
 use std::sync::Arc;
@@ -18,6 +18,8 @@ pub struct Certificates {
     store: Arc<CertStore>,
     watch: CertWatch,
     redirect_http: bool,
+    /// ACME's challenge answers (`[acme]` is on).
+    challenges: Option<Arc<Challenges>>,
 }
 
 /// Reloads the certificates when their files change, until `shutdown`.
@@ -80,10 +82,14 @@ impl Activated {
 pub fn load_certificates(
     args: &Args,
     config: &TlsConfig,
+    acme: Option<&AcmeConfig>,
     activated: &Activated,
 ) -> Result<Option<Certificates>> {
     let files = config.cert_files()?;
     if args.listen_tls.is_none() && activated.https.is_none() {
+        if acme.is_some() {
+            bail!("[acme] needs --listen-tls (the HTTPS address that serves the certificates)");
+        }
         if config.redirect_http {
             bail!(
                 "[tls] redirect_http = true needs --listen-tls (the HTTPS address to redirect to)"
@@ -96,10 +102,13 @@ pub fn load_certificates(
         }
         return Ok(None);
     }
-    if files.is_empty() {
+    if files.is_empty() && acme.is_none() {
         bail!(
-            "--listen-tls needs certificates: add [tls] cert and key (and/or [tls.hosts.\"HOST\"] tables) to the config file given with --config"
+            "--listen-tls needs certificates: add [tls] cert and key (and/or [tls.hosts.\"HOST\"] tables), or [acme], to the config file given with --config"
         );
+    }
+    if acme.is_some() && config.cert.is_none() {
+        tracing::info!("no default certificate in [tls]: TLS clients asking for a name that has no certificate yet (or none) are refused at the handshake");
     }
     let store = Arc::new(CertStore::new());
     let watch = meshd_server::tls::load_all(&files, &store)?;
@@ -107,6 +116,7 @@ pub fn load_certificates(
         store,
         watch,
         redirect_http: config.redirect_http,
+        challenges: acme.map(|_| Arc::new(Challenges::new())),
     }))
 }
 
@@ -122,6 +132,8 @@ pub struct FrontDoor {
     pub tls: Option<SocketAddr>,
     /// The certificate reloader, to start once serving.
     pub reloader: Option<(CertWatch, Arc<CertStore>)>,
+    /// Where ACME puts certificates and challenge answers (`[acme]` on).
+    pub acme: Option<(Arc<CertStore>, Arc<Challenges>)>,
 }
 
 /// Binds --listen and --listen-tls, or takes the sockets passed instead.
@@ -155,9 +167,11 @@ pub async fn bind(
     let mut edge = Edge {
         trusted_proxies: args.trusted_proxies.clone(),
         redirect: None,
+        challenges: None,
     };
     let mut tls = None;
     let mut reloader = None;
+    let mut acme = None;
     if let Some(certs) = certificates {
         let socket = match (activated.https.take(), args.listen_tls) {
             (Some(socket), _) => TcpListener::from_std(socket)?,
@@ -168,7 +182,12 @@ pub async fn bind(
         };
         let bound = socket.local_addr()?;
         tls = Some(bound);
-        let config = meshd_server::tls::server_config(certs.store.clone())?;
+        let config =
+            meshd_server::tls::server_config(certs.store.clone(), certs.challenges.clone())?;
+        if let Some(challenges) = &certs.challenges {
+            edge.challenges = Some(challenges.clone());
+            acme = Some((certs.store.clone(), challenges.clone()));
+        }
         listeners
             .push(Listener::tls(socket, Arc::new(config)).with_proxy_protocol(args.proxy_protocol));
         if certs.redirect_http {
@@ -192,5 +211,6 @@ pub async fn bind(
         plain,
         tls,
         reloader,
+        acme,
     })
 }

@@ -2,6 +2,7 @@
 //! with a client subcommand (`meshd deploy`, `meshd apps`, ...), send one
 //! command to a running meshd's admin API.
 
+mod acme;
 mod cli;
 mod client;
 mod config;
@@ -178,7 +179,17 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         None => config::DaemonConfig::default(),
     };
     let activated = front_door::Activated::take()?;
-    let certificates = front_door::load_certificates(&args, &daemon_config.tls, &activated)?;
+    let certificates = front_door::load_certificates(
+        &args,
+        &daemon_config.tls,
+        daemon_config.acme.as_ref(),
+        &activated,
+    )?;
+    // Filled by ACME once the front door is bound; the admin API shows it.
+    let acme_statuses = daemon_config
+        .acme
+        .as_ref()
+        .map(|_| meshd_acme::Statuses::default());
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     // The machine-dependent default, kept within the operator's ceiling.
     let default_cpu =
@@ -361,6 +372,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
                             &format!("admin API of node {}", config.name),
                         ))
                     }),
+                    certificates: acme_statuses.clone(),
                 },
                 signals.shutdown.clone(),
                 &serve_config,
@@ -462,6 +474,17 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         args.reuse_idle_timeout,
     ));
 
+    if let (Some(config), Some(statuses)) = (&daemon_config.acme, acme_statuses) {
+        acme::start(
+            config,
+            &daemon_config.tls,
+            &args.data_dir(),
+            &front,
+            &registry,
+            statuses,
+            shutdown.clone(),
+        )?;
+    }
     if let Some((watch, store)) = front.reloader {
         front_door::spawn_reloader(watch, store, shutdown.clone());
     }

@@ -189,6 +189,7 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
     for (server, what) in [
         ("redis-server", "the Redis key-value tests"),
         ("nats-server", "the mesh tests"),
+        ("pebble", "the ACME tests"),
     ] {
         if Command::new(server).arg("--version").output().is_err() {
             bail!("{what} need {server}: `apt-get install {server}` (.ci/run does this)");

@@ -19,6 +19,7 @@ pub struct MeshdBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     max_open_files: Option<u64>,
+    listen: String,
 }
 
 /// A running meshd, killed when dropped. Its stderr is collected so tests can
@@ -50,6 +51,7 @@ impl Meshd {
             args: Vec::new(),
             env: Vec::new(),
             max_open_files: None,
+            listen: "127.0.0.1:0".to_owned(),
         }
     }
 
@@ -277,6 +279,12 @@ impl MeshdBuilder {
         self
     }
 
+    /// Serves plain HTTP on `addr` (default: 127.0.0.1:0, a free port).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = addr.to_owned();
+        self
+    }
+
     /// Adds command-line arguments.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
@@ -325,7 +333,7 @@ impl MeshdBuilder {
             .arg("--apps")
             .arg(&self.apps)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--cache-dir")
             .arg(&cache_dir)
             .arg("--data-dir")
