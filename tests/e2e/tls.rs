@@ -346,6 +346,12 @@ async fn redirect_http_sends_hosts_with_a_certificate_to_https() {
             "{host}"
         );
     }
+    // ACME HTTP-01 validations stay on plain HTTP (routed: no app here).
+    let req = http::Request::get(meshd.url("/.well-known/acme-challenge/token"))
+        .header("host", "shop.example.com")
+        .body(crate::support::empty())
+        .unwrap();
+    assert_eq!(client.fetch(req).await.unwrap().status, 404);
     // Hosts no certificate is valid for are served over plain HTTP.
     for host in ["other.test", "apps.test", "127.0.0.1"] {
         let reply = get(host).await;

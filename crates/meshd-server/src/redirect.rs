@@ -1,7 +1,11 @@
 //! `redirect_http`: a plain-HTTP request for a host meshd has a certificate
 //! for is answered with a permanent redirect (308, which keeps the method
-//! and body) to the same path and query over HTTPS.
+//! and body) to the same path and query over HTTPS. ACME HTTP-01
+//! validations (`/.well-known/acme-challenge/`) are never redirected: a CA
+//! validating a host must reach the plain listener even once the host has
+//! a certificate (renewals).
 
+use crate::acme_challenge::HTTP01_PREFIX;
 use crate::dispatch::ResponseBody;
 use crate::tls::CertStore;
 use bytes::Bytes;
@@ -24,6 +28,9 @@ impl HttpsRedirect {
     /// The redirect for `req`, or `None` when its host has no certificate
     /// (or it names none).
     pub fn respond<B>(&self, req: &Request<B>) -> Option<Response<ResponseBody>> {
+        if req.uri().path().starts_with(HTTP01_PREFIX) {
+            return None;
+        }
         let host = request_host(req)?;
         if !self.certs.serves(&host) {
             return None;
