@@ -45,6 +45,7 @@ async fn forwarded_headers_replace_what_an_untrusted_client_sent() {
     );
     // HTTP/2 too, and without anything sent.
     let echo = Client::http2().get(&meshd.url("/echo/")).await.json();
+    assert_eq!(echo["scheme"], "http", "the scheme the guest sees");
     assert_eq!(
         forwarded(&echo),
         ["for=127.0.0.1;proto=http", "127.0.0.1", "http"]
@@ -135,6 +136,23 @@ async fn proxy_protocol_v1_and_v2_name_the_client() {
         forwarded(&echo),
         ["for=\"[2001:db8::7]\";proto=https", "2001:db8::7", "https"]
     );
+    assert_eq!(echo["scheme"], "https", "the scheme the guest sees");
+    // HTTP/1.1 over TLS (its request line names no scheme): https too.
+    let mut tcp = TcpStream::connect(meshd.https_addr()).await.unwrap();
+    tcp.write_all(&header).await.unwrap();
+    let tls = handshake_on(
+        tcp,
+        &site.pki,
+        "shop.example.com",
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    let (status, body) = get_on(tls.stream, false, "shop.example.com", "/echo/v2", &[]).await;
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["scheme"], "https", "the scheme an HTTP/1.1 guest sees");
 
     // A v2 LOCAL header (a load balancer's health check): the peer stands.
     let local = v2::Builder::new(

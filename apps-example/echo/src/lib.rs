@@ -1,12 +1,12 @@
 //! `echo`: answers with JSON describing the request as the app sees it:
-//! method, authority (the client's `Host` or `:authority`), path (with
+//! method, scheme, authority (the client's `Host` or `:authority`), path (with
 //! query), headers, body length and `x-forwarded-prefix`.
 //! The body is counted as it streams in, never held whole.
 
 use std::io::Write as _;
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    ResponseOutparam, Scheme,
 };
 
 struct Echo;
@@ -18,6 +18,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         let method = method_name(&request.method());
         let path = request.path_with_query().unwrap_or_default();
         let authority = request.authority();
+        let scheme = match request.scheme() {
+            Some(Scheme::Http) => Some("http".to_owned()),
+            Some(Scheme::Https) => Some("https".to_owned()),
+            Some(Scheme::Other(other)) => Some(other),
+            None => None,
+        };
         let mut headers = serde_json::Map::new();
         let mut prefix = serde_json::Value::Null;
         for (name, value) in request.headers().entries() {
@@ -33,6 +39,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         };
         let reply = serde_json::json!({
             "method": method,
+            "scheme": scheme,
             "authority": authority,
             "path": path,
             "headers": headers,

@@ -434,6 +434,8 @@ where
         let handler = shared.handler.clone();
         service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(conn);
+            req.extensions_mut()
+                .insert(meshd_tenant::ClientScheme { https: conn.tls });
             let ticket = watch.open();
             let response = handler(req);
             async move { Ok::<_, Infallible>(response.await.map(|b| Watched::new(b, ticket))) }

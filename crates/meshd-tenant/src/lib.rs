@@ -40,7 +40,7 @@ pub use load::{load_version, LoadError};
 pub use outbound::{OutboundLimits, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
 pub use settings::{Preopen, TenantSettings};
 pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};
-pub use version::{AppVersion, ServeError};
+pub use version::{AppVersion, ClientScheme, ServeError};
 
 /// The error type of request and response bodies handed to and from guests.
 pub use wasmtime_wasi_http::Error as BodyError;

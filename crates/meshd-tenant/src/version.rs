@@ -102,6 +102,15 @@ struct IdleInstance {
     _idle: InFlightGuard,
 }
 
+/// The scheme the client used, which the front door puts in a request's
+/// extensions: guests see it as the incoming request's scheme. Absent
+/// (a request made inside meshd): `http`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientScheme {
+    /// The request came over TLS.
+    pub https: bool,
+}
+
 /// Why a request got no response from the guest. Each maps to one status.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -473,11 +482,15 @@ impl AppVersion {
         store.set_epoch_deadline(FIRST_SLICE_TICKS);
 
         let (parts, body) = req.into_parts();
+        let scheme = match parts.extensions.get::<ClientScheme>() {
+            Some(ClientScheme { https: true }) => Scheme::Https,
+            _ => Scheme::Http,
+        };
         let (body, body_exceeded) = LimitedBody::new(body, max_body);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let view = &mut store.data_mut().http();
         let wasi_req = view
-            .new_incoming_request(Scheme::Http, http::Request::from_parts(parts, body))
+            .new_incoming_request(scheme, http::Request::from_parts(parts, body))
             .map_err(|e| ServeError::BadRequest(format!("{e:#}")))?;
         let out = view
             .new_response_outparam(sender)
