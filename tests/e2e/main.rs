@@ -17,6 +17,7 @@ mod harness;
 mod hosts;
 mod isolation;
 mod keyvalue_nats;
+mod logs;
 mod mesh;
 mod metrics;
 mod outbound_tls;

@@ -18,6 +18,7 @@
 //! | `POST /v1/apps/NAME/rollback` (optional `{"version"}`) | 200 |
 //! | `POST /v1/apps/NAME/canary?percent=P` (an upload, or JSON `{"version","percent"}`) | 201 |
 //! | `POST /v1/apps/NAME/promote`, `.../abort` | 200 |
+//! | `GET /v1/apps/NAME/logs?after=N` (`&follow=1`: server-sent events) | `{"app","lines","missed","last"}` |
 //! | `GET /v1/mesh` | the mesh's desired set and every node's view (mesh mode) |
 //!
 //! On a node that follows a mesh (`--mesh`), the changes above go to the
@@ -34,12 +35,14 @@
 mod apps;
 mod auth;
 mod error;
+mod logs;
 mod mesh;
 mod probes;
 mod upload;
 pub mod view;
 
 pub use auth::{check_exposure, Token};
+pub use logs::MAX_FOLLOWERS;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
@@ -48,13 +51,14 @@ use axum::Router;
 use bytes::Bytes;
 use error::ApiError;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Either, Full};
 use meshd_server::ServeConfig;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 /// Most connections the admin listener keeps open at once: a few operators
@@ -79,7 +83,15 @@ pub struct AdminState {
     /// go to the mesh's desired state (every node applies them), and
     /// `GET /v1/mesh` shows every node.
     pub mesh: Option<Arc<meshd_mesh::Publisher>>,
+    /// Every app's recent log lines (`GET /v1/apps/NAME/logs`).
+    pub logs: Arc<meshd_tenant::LogRings>,
 }
+
+/// Marks a response whose body is a stream (server-sent events): [`serve`]
+/// passes it on as it comes instead of collecting it, and ends it when
+/// meshd shuts down.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Streaming;
 
 /// The admin API as a service, to serve with [`serve`] or call directly
 /// (`tower::ServiceExt::oneshot`) in tests.
@@ -113,11 +125,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(probes::metrics))
         .route("/v1/apps", get(apps::list))
         .route("/v1/mesh", get(mesh::view))
+        .route("/v1/apps/{name}/logs", get(logs::logs))
         .merge(changes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Uploads enforce their own limits while reading (upload.rs).
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::Extension(Arc::new(logs::Followers::default())))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -150,12 +164,49 @@ pub async fn serve(
         ..front_door.clone()
     };
     let app = router(state);
+    // Ends the streams (log followers) when meshd shuts down, so that their
+    // connections can close.
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
     let handler = move |request: Request<hyper::body::Incoming>| {
         let app = app.clone();
-        async move { answer(app, request).await }
+        let stop = stopping.clone();
+        async move { answer(app, request, stop).await }
+    };
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
     };
     meshd_server::serve_with(listener, shutdown, &config, "admin", handler).await
 }
+
+/// An admin answer: small ones collected whole, streams as they come.
+type AdminBody = Either<Full<Bytes>, StreamBody>;
+
+/// A streamed answer (server-sent events), which ends when `stop` is
+/// cancelled.
+pub struct StreamBody {
+    inner: axum::body::Body,
+    stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl hyper::body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+/// Nothing to stop: a stream reads what is already kept in memory.
+impl meshd_server::Abandon for StreamBody {}
 
 /// Runs one request through the router. Admin answers are small: they are
 /// collected whole, into a body the accept loop can watch.
@@ -165,7 +216,11 @@ pub async fn serve(
 /// `Connection: close`: the connection cannot carry another request, and a
 /// keep-alive client that is not told so sends its next request on a
 /// connection that is about to close.
-async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    app: Router,
+    request: Request<hyper::body::Incoming>,
+    stop: CancellationToken,
+) -> Response<AdminBody> {
     let http1 = request.version() < http::Version::HTTP_2;
     let has_body = !hyper::body::Body::is_end_stream(request.body());
     let read = Arc::new(AtomicBool::new(false));
@@ -184,11 +239,18 @@ async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Respons
             http::HeaderValue::from_static("close"),
         );
     }
+    if parts.extensions.get::<Streaming>().is_some() {
+        let body = StreamBody {
+            inner: body,
+            stop: Box::pin(stop.cancelled_owned()),
+        };
+        return Response::from_parts(parts, Either::Right(body));
+    }
     match body.collect().await {
-        Ok(collected) => Response::from_parts(parts, Full::new(collected.to_bytes())),
+        Ok(collected) => Response::from_parts(parts, Either::Left(Full::new(collected.to_bytes()))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot produce an admin answer");
-            let mut response = Response::new(Full::new(Bytes::new()));
+            let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             response
         }

@@ -88,6 +88,7 @@ impl Harness {
             token: token.map(|t| Token::new(t).unwrap()),
             max_wasm_size: MAX_WASM,
             mesh: None,
+            logs: Arc::default(),
         });
         Harness {
             app,
@@ -945,6 +946,7 @@ async fn metrics_are_the_registry_in_openmetrics_text() {
         token: None,
         max_wasm_size: MAX_WASM,
         mesh: None,
+        logs: Arc::default(),
     });
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = app.oneshot(request).await.unwrap();

@@ -24,6 +24,7 @@ mod request_host;
 pub mod tls;
 
 pub use access_log::{AccessLogged, ACCESS_TARGET};
+pub use conn_watch::Abandon;
 pub use dispatch::{dispatch, ResponseBody, FORWARDED_PREFIX};
 pub use forwarded::{ClientConn, TrustedProxies};
 pub use listen::{serve, serve_with, ClosedConnections, Edge, Listener, ServeConfig};

@@ -361,6 +361,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
                             &format!("admin API of node {}", config.name),
                         ))
                     }),
+                    logs: runtime.log_rings().clone(),
                 },
                 signals.shutdown.clone(),
                 &serve_config,
