@@ -6,6 +6,7 @@ mod support;
 
 mod access_log;
 mod admin_api;
+mod app_stats;
 mod bad_apps;
 mod bodies;
 mod cache;

@@ -19,6 +19,7 @@
 //! | `POST /v1/apps/NAME/canary?percent=P` (an upload, or JSON `{"version","percent"}`) | 201 |
 //! | `POST /v1/apps/NAME/promote`, `.../abort` | 200 |
 //! | `GET /v1/apps/NAME/logs?after=N` (`&follow=1`: server-sent events) | `{"app","lines","missed","last"}` |
+//! | `GET /v1/stats?last=N`, `GET /v1/apps/NAME/stats` | requests, 5xx, p50/p99 per 5 s, last 5 min |
 //! | `GET /v1/mesh` | the mesh's desired set and every node's view (mesh mode) |
 //!
 //! On a node that follows a mesh (`--mesh`), the changes above go to the
@@ -38,11 +39,13 @@ mod error;
 mod logs;
 mod mesh;
 mod probes;
+mod rates;
 mod upload;
 pub mod view;
 
 pub use auth::{check_exposure, Token};
 pub use logs::MAX_FOLLOWERS;
+pub use rates::{SeriesJson, StatsJson, BUCKETS as STATS_BUCKETS, INTERVAL as STATS_INTERVAL};
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
@@ -97,6 +100,7 @@ pub(crate) struct Streaming;
 /// (`tower::ServiceExt::oneshot`) in tests.
 pub fn router(state: AdminState) -> Router {
     let in_mesh = state.mesh.is_some();
+    let rates = rates::Rates::start(state.registry.clone());
     let state = Arc::new(state);
     let changes = if in_mesh {
         // A node in mesh mode changes the mesh's desired state: a change
@@ -126,12 +130,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/apps", get(apps::list))
         .route("/v1/mesh", get(mesh::view))
         .route("/v1/apps/{name}/logs", get(logs::logs))
+        .route("/v1/stats", get(rates::all))
+        .route("/v1/apps/{name}/stats", get(rates::one))
         .merge(changes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Uploads enforce their own limits while reading (upload.rs).
         .layer(DefaultBodyLimit::disable())
         .layer(axum::Extension(Arc::new(logs::Followers::default())))
+        .layer(axum::Extension(rates))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
