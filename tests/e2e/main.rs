@@ -13,6 +13,7 @@ mod cache;
 mod canary;
 mod cli;
 mod client_address;
+mod dashboard;
 mod front_door;
 mod harness;
 mod hosts;

@@ -8,6 +8,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /` (and `/dashboard/*`) | the dashboard page (no token needed for its files) |
 //! | `GET /healthz` | 200 `{"status":"ok"}` |
 //! | `GET /readyz` | 200 once the first load is decided, else 503; `{"ready","loaded","total"}` |
 //! | `GET /metrics` | the OpenMetrics text of `--metrics-listen` |
@@ -35,6 +36,7 @@
 
 mod apps;
 mod auth;
+mod dashboard;
 mod error;
 mod logs;
 mod mesh;
@@ -44,6 +46,7 @@ mod upload;
 pub mod view;
 
 pub use auth::{check_exposure, Token};
+pub use dashboard::CONTENT_SECURITY_POLICY;
 pub use logs::MAX_FOLLOWERS;
 pub use rates::{SeriesJson, StatsJson, BUCKETS as STATS_BUCKETS, INTERVAL as STATS_INTERVAL};
 
@@ -149,6 +152,11 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
+        // The dashboard's files are no secret; every call it makes to /v1
+        // needs the token like any other client's.
+        .route("/", get(dashboard::index))
+        .route("/dashboard/dashboard.js", get(dashboard::script))
+        .route("/dashboard/dashboard.css", get(dashboard::style))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(protected)
         .with_state(state)
