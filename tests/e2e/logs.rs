@@ -198,3 +198,67 @@ async fn a_follower_gets_each_line_as_it_comes_and_a_slow_one_a_gap_without_hold
     );
     read_until(&mut live, &mut seen, "id: 50002\n").await;
 }
+
+#[tokio::test]
+async fn followers_are_capped_and_end_when_meshd_shuts_down() {
+    let apps = AppsDir::with(&["hostile"]);
+    let token = TokenFile::new();
+    let mut meshd = start(&apps, &token);
+    let admin_url = meshd.admin_url();
+
+    let mut followers = Vec::new();
+    for _ in 0..meshd_admin::MAX_FOLLOWERS {
+        let mut stream = follow(&admin_url, "hostile").await;
+        let mut seen = String::new();
+        read_until(&mut stream, &mut seen, ": following").await;
+        followers.push(stream);
+    }
+    let admin = Admin::of(&meshd);
+    let busy = admin.get("/v1/apps/hostile/logs?follow=1").await;
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    assert_eq!(busy.json()["error"]["kind"], "busy");
+    // Reading without following still works.
+    assert_eq!(admin.get("/v1/apps/hostile/logs").await.status, 200);
+    // A follower that leaves gives its place back.
+    drop(followers.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = follow(&admin_url, "hostile").await;
+        let mut seen = String::new();
+        let mut buf = vec![0; 4096];
+        let read = stream.read(&mut buf).await.expect("read");
+        seen.push_str(&String::from_utf8_lossy(&buf[..read]));
+        if seen.starts_with("HTTP/1.1 200") {
+            followers.push(stream);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the place was not given back: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Open streams do not hold meshd's shutdown up: meshd exits at once,
+    // not after the shutdown timeout (30 s), and the streams end. (That the
+    // admin API itself ends its streams at shutdown is tested on its own in
+    // crates/meshd-admin/tests/serve.rs: meshd also stops waiting for the
+    // admin listener when it exits.)
+    let started = Instant::now();
+    meshd.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || meshd.wait_exit(Duration::from_secs(20)))
+        .await
+        .expect("wait for meshd");
+    assert!(status.success(), "{status:?}");
+    for mut stream in followers {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("the stream ends")
+            .ok();
+    }
+    println!(
+        "meshd exited {:?} after TERM with 8 followers",
+        started.elapsed()
+    );
+}
