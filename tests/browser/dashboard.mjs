@@ -111,8 +111,16 @@ try {
   check((await get('/shop')).text.includes(HELLO_TEXT), 'shop does not serve hello');
   await page.locator('#apps-body tr[data-app="shop"]').filter({ hasText: HELLO_ID }).waitFor();
 
-  step = 'deploy a new version';
-  await page.getByLabel('Component (.wasm)').setInputFiles(ECHO);
+  step = 'deploy a new version by dropping it';
+  const dropped = await page.evaluateHandle(({ name, base64 }) => {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, { type: 'application/wasm' }));
+    return transfer;
+  }, { name: 'echo.wasm', base64: readFileSync(ECHO).toString('base64') });
+  await page.locator('#drop').dispatchEvent('dragover', { dataTransfer: dropped });
+  await page.locator('#drop').dispatchEvent('drop', { dataTransfer: dropped });
+  check(await page.locator('#deploy-wasm').evaluate((input) => input.files[0]?.name) === 'echo.wasm', 'the drop did not choose the file');
   await page.getByRole('button', { name: 'Deploy' }).click();
   await page.locator('#deploy-result .ok').filter({ hasText: `live version ${ECHO_ID}` }).waitFor();
   await page.locator('#apps-body tr[data-app="shop"]').filter({ hasText: ECHO_ID }).waitFor();
