@@ -88,6 +88,13 @@ try {
     check(text.includes(`/${name}`) && text.includes('dir') && text.includes('live'), `row of ${name}: ${text}`);
   }
 
+  step = 'a refresh keeps the keyboard focus';
+  await page.getByRole('button', { name: 'Show app hello' }).focus();
+  const updated = await page.locator('#status').innerText();
+  await page.waitForFunction((u) => document.getElementById('status').textContent !== u, updated, { timeout: 15_000 });
+  check(await page.evaluate(() => document.activeElement?.getAttribute('aria-label')) === 'Show app hello',
+    'the refresh took the focus away');
+
   step = 'filter 1,000 apps';
   let started = Date.now();
   await page.getByLabel('Filter').fill('bulk-09');
@@ -181,7 +188,9 @@ try {
 
   step = 'the request-rate chart moves after traffic';
   await page.getByLabel('Filter').fill('hello');
-  await page.getByRole('button', { name: 'Show app hello' }).click();
+  // By keyboard: the app's name is a button.
+  await page.getByRole('button', { name: 'Show app hello' }).focus();
+  await page.keyboard.press('Enter');
   await page.locator('#details-title').filter({ hasText: 'App hello' }).waitFor();
   await page.locator('#chart-rate svg').waitFor();
   const total = () => page.locator('#chart-rate').evaluate((c) => Number(c.dataset.total));

@@ -23,6 +23,7 @@ const state = {
   selected: null,
   pollTimer: null,
   log: null, // { name, abort, after }
+  keptKey: null,
 };
 
 // ---------- talking to the admin API ----------
@@ -158,9 +159,16 @@ function renderTable() {
   } else if (sort === 'rate') {
     rows.sort((a, b) => b.rates.requests - a.rates.requests || a.app.name.localeCompare(b.app.name));
   }
+  // A refresh must not take the keyboard focus away from a row's button.
+  const focusedRow = document.activeElement && document.activeElement.closest('#apps-body tr');
+  const focused = focusedRow ? focusedRow.dataset.app : null;
   const body = document.createDocumentFragment();
   for (const { app, rates } of rows) body.appendChild(appRow(app, rates));
   $('apps-body').replaceChildren(body);
+  if (focused) {
+    const row = [...$('apps-body').children].find((tr) => tr.dataset.app === focused);
+    if (row) row.querySelector('button').focus();
+  }
   const ms = performance.now() - started;
   $('count').textContent = rows.length + ' of ' + state.apps.length + ' apps';
   document.body.dataset.renderMs = ms.toFixed(1);
@@ -353,6 +361,11 @@ async function renderDetails() {
 }
 
 function renderKept(app) {
+  // Rebuilt only when something in it changed, so that a refresh does not
+  // take the keyboard focus away from its buttons.
+  const key = JSON.stringify([app.name, app.origin, app.kept, app.canary && app.canary.digest]);
+  if (key === state.keptKey) return;
+  state.keptKey = key;
   const body = document.createDocumentFragment();
   const select = $('canary-version');
   const chosen = select.value;
