@@ -177,6 +177,16 @@ try {
   await page.locator('#action-result .ok').filter({ hasText: `Promote: done (200). shop is live, live version ${ECHO_ID}` }).waitFor();
   check(!(await get('/shop')).text.includes(HELLO_TEXT), 'the promoted canary does not serve');
 
+  step = 'a canary by upload';
+  await page.getByLabel('Component (.wasm)').setInputFiles(HELLO);
+  await page.getByLabel(/As a canary of the live version/).check();
+  await page.getByLabel('Canary share of requests, percent').fill('20');
+  await page.getByRole('button', { name: 'Deploy' }).click();
+  await page.locator('#deploy-result .ok').filter({ hasText: `live version ${ECHO_ID}, canary ${HELLO_ID} at 20%` }).waitFor();
+  await page.getByLabel(/As a canary of the live version/).uncheck();
+  await page.getByRole('button', { name: 'Abort' }).click();
+  await page.locator('#action-result .ok').filter({ hasText: /Abort canary: done/ }).waitFor();
+
   step = 'remove';
   await page.getByRole('button', { name: 'Remove this app…' }).click();
   await page.getByRole('button', { name: 'Cancel' }).click();

@@ -549,8 +549,15 @@ function deploy(event) {
   progress.hidden = false;
   progress.value = 0;
   out.replaceChildren(document.createTextNode('Uploading ' + wasm.name + '…'));
+  const asCanary = $('deploy-as-canary').checked;
+  const percent = Number($('deploy-canary-percent').value);
+  const label = (asCanary ? 'Canary upload of ' : 'Deploy of ') + name;
   const xhr = new XMLHttpRequest();
-  xhr.open('PUT', '/v1/apps/' + encodeURIComponent(name));
+  if (asCanary) {
+    xhr.open('POST', '/v1/apps/' + encodeURIComponent(name) + '/canary?percent=' + encodeURIComponent(percent));
+  } else {
+    xhr.open('PUT', '/v1/apps/' + encodeURIComponent(name));
+  }
   if (state.token) xhr.setRequestHeader('Authorization', 'Bearer ' + state.token);
   xhr.upload.addEventListener('progress', (e) => {
     if (e.lengthComputable) progress.value = Math.round((e.loaded / e.total) * 100);
@@ -562,11 +569,11 @@ function deploy(event) {
   xhr.addEventListener('load', () => {
     let json = null;
     try { json = JSON.parse(xhr.responseText); } catch (_) { json = null; }
-    out.replaceChildren(answerView('Deploy of ' + name, xhr.status, json));
+    out.replaceChildren(answerView(label, xhr.status, json));
     poll();
   });
   xhr.addEventListener('error', () => {
-    out.replaceChildren(answerView('Deploy of ' + name, 0, { error: { kind: 'network', message: 'the upload failed (connection lost)' } }));
+    out.replaceChildren(answerView(label, 0, { error: { kind: 'network', message: 'the upload failed (connection lost)' } }));
   });
   if (manifest) {
     const form = new FormData();
