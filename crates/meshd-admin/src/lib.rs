@@ -200,7 +200,7 @@ type AdminBody = Either<Full<Bytes>, StreamBody>;
 
 /// A streamed answer (server-sent events), which ends when `stop` is
 /// cancelled.
-pub struct StreamBody {
+struct StreamBody {
     inner: axum::body::Body,
     stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }

@@ -93,7 +93,8 @@ pub(crate) async fn logs(
     if !known {
         return Err(ApiError::not_found(format!("no app named {name}")).about(&name));
     }
-    // An app that never logged may have no ring yet; it has no lines either.
+    // Every app with a version built (or being built) has a ring; one
+    // without has no lines either.
     let ring = state.logs.get(&name).unwrap_or_default();
     // `Last-Event-ID` is where a reconnecting EventSource left off.
     let after = query.after.or_else(|| last_event_id(&headers)).unwrap_or(0);
