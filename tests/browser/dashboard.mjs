@@ -218,6 +218,13 @@ try {
   await page.waitForFunction(() => document.querySelector('#apps-body tr')?.dataset.app === 'hello', null, { timeout: 30_000 });
   await page.screenshot({ path: join(SHOTS, 'dashboard-1000-apps.png') });
 
+  step = 'a narrow screen';
+  await page.setViewportSize({ width: 400, height: 800 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  await page.screenshot({ path: join(SHOTS, 'dashboard-narrow.png') });
+  check(overflow <= 1, `the page scrolls sideways by ${overflow} px at 400 px wide`);
+  await page.setViewportSize({ width: 1280, height: 900 });
+
   step = 'the log follows live';
   await page.getByLabel('Filter').fill('hostile');
   await page.getByRole('button', { name: 'Show app hostile' }).click();
