@@ -8,6 +8,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /` (and `/dashboard/*`) | the dashboard page (no token needed for its files) |
 //! | `GET /healthz` | 200 `{"status":"ok"}` |
 //! | `GET /readyz` | 200 once the first load is decided, else 503; `{"ready","loaded","total"}` |
 //! | `GET /metrics` | the OpenMetrics text of `--metrics-listen` |
@@ -18,6 +19,8 @@
 //! | `POST /v1/apps/NAME/rollback` (optional `{"version"}`) | 200 |
 //! | `POST /v1/apps/NAME/canary?percent=P` (an upload, or JSON `{"version","percent"}`) | 201 |
 //! | `POST /v1/apps/NAME/promote`, `.../abort` | 200 |
+//! | `GET /v1/apps/NAME/logs?after=N` (`&follow=1`: server-sent events) | `{"app","lines","missed","last"}` |
+//! | `GET /v1/stats?last=N`, `GET /v1/apps/NAME/stats` | requests, 5xx, p50/p99 per 5 s, last 5 min |
 //! | `GET /v1/mesh` | the mesh's desired set and every node's view (mesh mode) |
 //! | `GET /v1/certificates` | ACME certificates: `{"acme","certificates":[...]}` |
 //!
@@ -35,13 +38,19 @@
 mod apps;
 mod auth;
 mod certificates;
+mod dashboard;
 mod error;
+mod logs;
 mod mesh;
 mod probes;
+mod rates;
 mod upload;
 pub mod view;
 
 pub use auth::{check_exposure, Token};
+pub use dashboard::CONTENT_SECURITY_POLICY;
+pub use logs::MAX_FOLLOWERS;
+pub use rates::{SeriesJson, StatsJson, BUCKETS as STATS_BUCKETS, INTERVAL as STATS_INTERVAL};
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
@@ -50,13 +59,14 @@ use axum::Router;
 use bytes::Bytes;
 use error::ApiError;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Either, Full};
 use meshd_server::ServeConfig;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 /// Most connections the admin listener keeps open at once: a few operators
@@ -84,12 +94,21 @@ pub struct AdminState {
     /// The certificates ACME manages (`[acme]` on), for
     /// `GET /v1/certificates`.
     pub certificates: Option<meshd_acme::Statuses>,
+    /// Every app's recent log lines (`GET /v1/apps/NAME/logs`).
+    pub logs: Arc<meshd_tenant::LogRings>,
 }
+
+/// Marks a response whose body is a stream (server-sent events): [`serve`]
+/// passes it on as it comes instead of collecting it, and ends it when
+/// meshd shuts down.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Streaming;
 
 /// The admin API as a service, to serve with [`serve`] or call directly
 /// (`tower::ServiceExt::oneshot`) in tests.
 pub fn router(state: AdminState) -> Router {
     let in_mesh = state.mesh.is_some();
+    let rates = rates::Rates::start(state.registry.clone());
     let state = Arc::new(state);
     let changes = if in_mesh {
         // A node in mesh mode changes the mesh's desired state: a change
@@ -119,11 +138,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/apps", get(apps::list))
         .route("/v1/mesh", get(mesh::view))
         .route("/v1/certificates", get(certificates::list))
+        .route("/v1/apps/{name}/logs", get(logs::logs))
+        .route("/v1/stats", get(rates::all))
+        .route("/v1/apps/{name}/stats", get(rates::one))
         .merge(changes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Uploads enforce their own limits while reading (upload.rs).
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::Extension(Arc::new(logs::Followers::default())))
+        .layer(axum::Extension(rates))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -134,6 +158,11 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz))
+        // The dashboard's files are no secret; every call it makes to /v1
+        // needs the token like any other client's.
+        .route("/", get(dashboard::index))
+        .route("/dashboard/dashboard.js", get(dashboard::script))
+        .route("/dashboard/dashboard.css", get(dashboard::style))
         .method_not_allowed_fallback(method_not_allowed)
         .merge(protected)
         .with_state(state)
@@ -156,12 +185,49 @@ pub async fn serve(
         ..front_door.clone()
     };
     let app = router(state);
+    // Ends the streams (log followers) when meshd shuts down, so that their
+    // connections can close.
+    let stop = CancellationToken::new();
+    let stopping = stop.clone();
     let handler = move |request: Request<hyper::body::Incoming>| {
         let app = app.clone();
-        async move { answer(app, request).await }
+        let stop = stopping.clone();
+        async move { answer(app, request, stop).await }
+    };
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
     };
     meshd_server::serve_with(listener, shutdown, &config, "admin", handler).await
 }
+
+/// An admin answer: small ones collected whole, streams as they come.
+type AdminBody = Either<Full<Bytes>, StreamBody>;
+
+/// A streamed answer (server-sent events), which ends when `stop` is
+/// cancelled.
+struct StreamBody {
+    inner: axum::body::Body,
+    stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl hyper::body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+/// Nothing to stop: a stream reads what is already kept in memory.
+impl meshd_server::Abandon for StreamBody {}
 
 /// Runs one request through the router. Admin answers are small: they are
 /// collected whole, into a body the accept loop can watch.
@@ -171,7 +237,11 @@ pub async fn serve(
 /// `Connection: close`: the connection cannot carry another request, and a
 /// keep-alive client that is not told so sends its next request on a
 /// connection that is about to close.
-async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    app: Router,
+    request: Request<hyper::body::Incoming>,
+    stop: CancellationToken,
+) -> Response<AdminBody> {
     let http1 = request.version() < http::Version::HTTP_2;
     let has_body = !hyper::body::Body::is_end_stream(request.body());
     let read = Arc::new(AtomicBool::new(false));
@@ -190,11 +260,18 @@ async fn answer(app: Router, request: Request<hyper::body::Incoming>) -> Respons
             http::HeaderValue::from_static("close"),
         );
     }
+    if parts.extensions.get::<Streaming>().is_some() {
+        let body = StreamBody {
+            inner: body,
+            stop: Box::pin(stop.cancelled_owned()),
+        };
+        return Response::from_parts(parts, Either::Right(body));
+    }
     match body.collect().await {
-        Ok(collected) => Response::from_parts(parts, Full::new(collected.to_bytes())),
+        Ok(collected) => Response::from_parts(parts, Either::Left(Full::new(collected.to_bytes()))),
         Err(e) => {
             tracing::warn!(error = %e, "cannot produce an admin answer");
-            let mut response = Response::new(Full::new(Bytes::new()));
+            let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             response
         }

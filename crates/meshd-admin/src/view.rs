@@ -113,6 +113,38 @@ pub struct AppListJson {
     pub apps: Vec<AppJson>,
 }
 
+/// `GET /v1/apps/NAME/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsJson {
+    /// The app.
+    pub app: String,
+    /// Its lines after the one asked for, oldest first.
+    pub lines: Vec<LogLineJson>,
+    /// Lines after the one asked for that were pushed out of the ring
+    /// before they were read.
+    pub missed: u64,
+    /// The number of the last line: pass it as `after` to get only newer
+    /// lines next time.
+    pub last: u64,
+}
+
+/// One line of an app's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLineJson {
+    /// Its number in the app's log since meshd started, from 1.
+    pub seq: u64,
+    /// When meshd received it, RFC 3339 UTC to the millisecond.
+    pub at: String,
+    /// `stdout`, `stderr` or `logging` (wasi:logging).
+    pub stream: String,
+    /// The wasi:logging level (`trace` ... `critical`), or `null`.
+    pub level: Option<String>,
+    /// The wasi:logging context, or `null`.
+    pub context: Option<String>,
+    /// The text, without its newline.
+    pub text: String,
+}
+
 /// `DELETE /v1/apps/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedJson {

@@ -89,6 +89,7 @@ impl Harness {
             max_wasm_size: MAX_WASM,
             mesh: None,
             certificates: None,
+            logs: Arc::default(),
         });
         Harness {
             app,
@@ -956,6 +957,7 @@ async fn metrics_are_the_registry_in_openmetrics_text() {
         max_wasm_size: MAX_WASM,
         mesh: None,
         certificates: None,
+        logs: Arc::default(),
     });
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = app.oneshot(request).await.unwrap();

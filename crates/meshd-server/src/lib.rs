@@ -26,6 +26,7 @@ pub mod tls;
 
 pub use access_log::{AccessLogged, ACCESS_TARGET};
 pub use acme_challenge::{Challenges, ACME_TLS_ALPN, HTTP01_PREFIX};
+pub use conn_watch::Abandon;
 pub use dispatch::{dispatch, ResponseBody, FORWARDED_PREFIX};
 pub use forwarded::{ClientConn, TrustedProxies};
 pub use listen::{serve, serve_with, ClosedConnections, Edge, Listener, ServeConfig};

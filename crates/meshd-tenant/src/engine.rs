@@ -7,6 +7,7 @@ use crate::descriptors::DescriptorLimits;
 use crate::host::Host;
 use crate::in_flight::InFlight;
 use crate::limiter::MemoryCeiling;
+use crate::log_ring::LogRings;
 use crate::outbound::{OutboundLimits, Resolver, ResolverSettings};
 use anyhow::{Context as _, Result};
 use meshd_keyvalue::KvStore;
@@ -93,6 +94,8 @@ pub struct Runtime {
     /// The linear memory of every live instance, capped at
     /// `max_total_memory`.
     pub(crate) memory: Arc<MemoryCeiling>,
+    /// Every app's recent log lines, for the admin API.
+    pub(crate) log_rings: Arc<LogRings>,
     pooling: bool,
     _ticker: EpochTicker,
 }
@@ -153,6 +156,7 @@ impl Runtime {
             instance_slots: Arc::default(),
             idle_slots: Arc::default(),
             memory: Arc::new(MemoryCeiling::new(config.max_total_memory)),
+            log_rings: Arc::default(),
             config,
             pooling,
             _ticker: ticker,
@@ -162,6 +166,12 @@ impl Runtime {
     /// Whether instances come from the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// Every app's recent log lines (its guests' stdout, stderr and
+    /// wasi:logging), for the admin API.
+    pub fn log_rings(&self) -> &Arc<LogRings> {
+        &self.log_rings
     }
 
     /// The daemon-wide settings.

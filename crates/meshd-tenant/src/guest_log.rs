@@ -4,9 +4,11 @@
 //! line), so output is buffered per stream and emitted one tracing event per
 //! line, tagged with the app's name, within the app's [`LogBudget`]. Writing
 //! never blocks and never traps the guest: an over-long line is cut and
-//! emitted in pieces, and a line over the budget is dropped.
+//! emitted in pieces, and a line over the budget is dropped. Each line
+//! admitted is also kept in the app's [`LogRing`] for the admin API.
 
 use crate::log_budget::LogBudget;
+use crate::log_ring::{LogRing, LogSource};
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -44,12 +46,13 @@ pub struct GuestLog {
 
 impl GuestLog {
     /// A stream for `app`'s `stream`, logging within `budget`.
-    pub fn new(app: Arc<str>, stream: Stream, budget: Arc<LogBudget>) -> Self {
+    pub fn new(app: Arc<str>, stream: Stream, budget: Arc<LogBudget>, ring: Arc<LogRing>) -> Self {
         Self {
             lines: Arc::new(Mutex::new(LineBuffer {
                 app,
                 stream,
                 budget,
+                ring,
                 pending: Vec::new(),
             })),
         }
@@ -67,6 +70,8 @@ struct LineBuffer {
     app: Arc<str>,
     stream: Stream,
     budget: Arc<LogBudget>,
+    /// The app's recent lines, for the admin API.
+    ring: Arc<LogRing>,
     pending: Vec<u8>,
 }
 
@@ -95,6 +100,11 @@ impl LineBuffer {
             let text = String::from_utf8_lossy(&self.pending);
             let line = text.trim_end_matches('\r');
             tracing::info!(target: "guest", app = %self.app, stream = %self.stream.as_str(), "{line}");
+            let source = match self.stream {
+                Stream::Stdout => LogSource::Stdout,
+                Stream::Stderr => LogSource::Stderr,
+            };
+            self.ring.push(source, None, line);
         }
         self.pending.clear();
     }

@@ -7,6 +7,7 @@ use crate::guest_log::{GuestLog, Stream};
 use crate::in_flight::InFlight;
 use crate::limiter::TenantLimiter;
 use crate::log_budget::LogBudget;
+use crate::log_ring::LogRing;
 use crate::outbound::{OutboundInFlight, OutboundPolicy};
 use crate::settings::TenantSettings;
 use meshd_keyvalue::KvStore;
@@ -25,6 +26,8 @@ const MAX_RESOURCES: usize = 10_000;
 /// lookups in flight, and the usage of its writable directory.
 #[derive(Debug, Default)]
 pub(crate) struct AppShared {
+    /// Its recent log lines, for the admin API.
+    pub(crate) log_ring: Arc<LogRing>,
     pub(crate) descriptors: Arc<InFlight>,
     pub(crate) outbound: Arc<OutboundInFlight>,
     /// The usage of its writable `[files]` directory.
@@ -49,6 +52,8 @@ pub struct Host {
     pub(crate) kv: KvStore,
     /// The app's log budget, for wasi:logging (stdout and stderr hold it too).
     pub(crate) log_budget: Arc<LogBudget>,
+    /// The app's recent log lines, which wasi:logging adds to.
+    pub(crate) log_ring: Arc<LogRing>,
     config: Arc<WasiConfigVariables>,
     wasi: WasiCtx,
     http: WasiHttpCtx,
@@ -77,8 +82,18 @@ impl Host {
         let mut preopen = None;
         let mut files_quota = None;
         let mut wasi = WasiCtx::builder();
-        let stdout = GuestLog::new(app.clone(), Stream::Stdout, log_budget.clone());
-        let stderr = GuestLog::new(app.clone(), Stream::Stderr, log_budget.clone());
+        let stdout = GuestLog::new(
+            app.clone(),
+            Stream::Stdout,
+            log_budget.clone(),
+            shared.log_ring.clone(),
+        );
+        let stderr = GuestLog::new(
+            app.clone(),
+            Stream::Stderr,
+            log_budget.clone(),
+            shared.log_ring.clone(),
+        );
         wasi.stdout(stdout).stderr(stderr).envs(&settings.env);
         if let Some(files) = &settings.files {
             let perms = if files.writable {
@@ -130,6 +145,7 @@ impl Host {
             files_quota,
             kv: runtime.kv.clone(),
             log_budget: log_budget.clone(),
+            log_ring: shared.log_ring.clone(),
             config: config.clone(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),

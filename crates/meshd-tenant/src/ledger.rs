@@ -1,5 +1,5 @@
 //! What an app keeps across its versions: the count of its requests in
-//! flight (for `max_concurrency`), its guest log budget, its descriptors,
+//! flight (for `max_concurrency`), its guest log budget and recent lines, its descriptors,
 //! outbound requests and disk usage, and its processor time. The deploy
 //! pipeline owns one ledger per app and hands it to every version it builds,
 //! so a redeploy (or a canary running beside the live version) neither
@@ -29,7 +29,10 @@ impl AppLedger {
         Arc::new(AppLedger {
             in_flight: Arc::default(),
             log_budget: Arc::new(LogBudget::new(app.clone(), runtime.config.guest_log_rate)),
-            shared: Arc::default(),
+            shared: Arc::new(AppShared {
+                log_ring: runtime.log_rings.ring_for(&app),
+                ..AppShared::default()
+            }),
             cpu: Mutex::new(Arc::new(CpuBudget::new(app.clone(), None))),
             app,
         })

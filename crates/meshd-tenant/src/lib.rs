@@ -22,6 +22,7 @@ mod ledger;
 mod limiter;
 mod load;
 mod log_budget;
+mod log_ring;
 mod outbound;
 mod platform;
 mod settings;
@@ -37,6 +38,10 @@ pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
 pub use in_flight::{InFlight, InFlightGuard};
 pub use ledger::AppLedger;
 pub use load::{load_version, LoadError};
+pub use log_ring::{
+    LogLine, LogPage, LogRing, LogRings, LogSource, LINE_OVERHEAD, MAX_BYTES as LOG_RING_BYTES,
+    MAX_LINES as LOG_RING_LINES,
+};
 pub use outbound::{OutboundLimits, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
 pub use settings::{Preopen, TenantSettings};
 pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};

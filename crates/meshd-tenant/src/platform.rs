@@ -3,6 +3,7 @@
 //! comes from the `wasmtime-wasi-config` crate, see `engine.rs`.)
 
 use crate::host::Host;
+use crate::log_ring::LogSource;
 use meshd_keyvalue::{BucketRef, KvError};
 use wasmtime::component::Resource;
 
@@ -217,6 +218,16 @@ impl logging::Host for Host {
         let context = sanitize(context, MAX_LOG_CONTEXT);
         let message = sanitize(message, MAX_LOG_MESSAGE);
         let app = &*self.app;
+        let level_name = match level {
+            logging::Level::Trace => "trace",
+            logging::Level::Debug => "debug",
+            logging::Level::Info => "info",
+            logging::Level::Warn => "warn",
+            logging::Level::Error => "error",
+            logging::Level::Critical => "critical",
+        };
+        self.log_ring
+            .push(LogSource::Logging(level_name), Some(&context), &message);
         match level {
             logging::Level::Trace => {
                 tracing::trace!(target: "guest", app = %app, context = %context, "{message}")

@@ -373,6 +373,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
                         ))
                     }),
                     certificates: acme_statuses.clone(),
+                    logs: runtime.log_rings().clone(),
                 },
                 signals.shutdown.clone(),
                 &serve_config,

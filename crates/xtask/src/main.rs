@@ -179,6 +179,20 @@ fn ensure_current_nats_server() -> Result<()> {
     Ok(())
 }
 
+/// The dashboard's browser test (tests/browser, run by
+/// tests/e2e/dashboard.rs) drives Debian's chromium with playwright-core:
+/// `npm ci` there, once per run, never downloading a browser.
+fn install_browser_test() -> Result<()> {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        bail!("the dashboard's browser test needs chromium: `apt-get install chromium` (.ci/run does this)");
+    }
+    let mut cmd = Command::new("npm");
+    cmd.args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(root().join("tests/browser"))
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1");
+    status(cmd).context("cannot install the browser test's packages (npm ci in tests/browser)")
+}
+
 /// Runs `cargo test --workspace --no-fail-fast` (every test binary runs even
 /// when an earlier one fails), echoing its output, and ends with one summary
 /// over every test binary: a binary that crashed is named and counts as a
@@ -196,6 +210,7 @@ fn test(cargo_test_args: &[String]) -> Result<()> {
         }
     }
     ensure_current_nats_server()?;
+    install_browser_test()?;
     // One pipe for stdout and stderr: cargo's `Running ...` lines (stderr)
     // and the binaries' `test result:` lines (stdout) must be read in the
     // order they were written to tell which binary ended without a result.
