@@ -19,6 +19,7 @@
 //! | `POST /v1/apps/NAME/canary?percent=P` (an upload, or JSON `{"version","percent"}`) | 201 |
 //! | `POST /v1/apps/NAME/promote`, `.../abort` | 200 |
 //! | `GET /v1/mesh` | the mesh's desired set and every node's view (mesh mode) |
+//! | `POST /v1/restart` | graceful restart of meshd itself: 200 `{"old_pid","new_pid"}`, 409, 500 |
 //!
 //! On a node that follows a mesh (`--mesh`), the changes above go to the
 //! mesh's desired state instead (every node applies them) and answer 202
@@ -36,10 +37,12 @@ mod auth;
 mod error;
 mod mesh;
 mod probes;
+mod restart;
 mod upload;
 pub mod view;
 
 pub use auth::{check_exposure, Token};
+pub use restart::{RestartRefused, RestartTrigger, Restarted};
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
@@ -79,6 +82,9 @@ pub struct AdminState {
     /// go to the mesh's desired state (every node applies them), and
     /// `GET /v1/mesh` shows every node.
     pub mesh: Option<Arc<meshd_mesh::Publisher>>,
+    /// Where `POST /v1/restart` asks for a graceful restart of meshd
+    /// (`None`: the endpoint answers 404).
+    pub restart: Option<RestartTrigger>,
 }
 
 /// The admin API as a service, to serve with [`serve`] or call directly
@@ -113,6 +119,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(probes::metrics))
         .route("/v1/apps", get(apps::list))
         .route("/v1/mesh", get(mesh::view))
+        .route("/v1/restart", post(restart::restart))
         .merge(changes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

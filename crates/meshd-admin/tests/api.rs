@@ -88,6 +88,7 @@ impl Harness {
             token: token.map(|t| Token::new(t).unwrap()),
             max_wasm_size: MAX_WASM,
             mesh: None,
+            restart: None,
         });
         Harness {
             app,
@@ -929,7 +930,13 @@ async fn readyz_is_503_until_the_first_load_is_decided() {
     assert_eq!(json, json!({"ready": true, "loaded": 3, "total": 3}));
 
     let (status, json) = harness.get("/healthz").await;
-    assert_eq!((status, json), (StatusCode::OK, json!({"status": "ok"})));
+    assert_eq!(
+        (status, json),
+        (
+            StatusCode::OK,
+            json!({"status": "ok", "pid": std::process::id()})
+        )
+    );
 }
 
 #[tokio::test]
@@ -945,6 +952,7 @@ async fn metrics_are_the_registry_in_openmetrics_text() {
         token: None,
         max_wasm_size: MAX_WASM,
         mesh: None,
+        restart: None,
     });
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = app.oneshot(request).await.unwrap();

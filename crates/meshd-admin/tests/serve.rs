@@ -44,6 +44,7 @@ async fn the_api_answers_on_a_socket_and_stops_on_shutdown() {
         token: Some(Token::new("socket-token").unwrap()),
         max_wasm_size: 1024,
         mesh: None,
+        restart: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
