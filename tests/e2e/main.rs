@@ -24,6 +24,7 @@ mod paths;
 mod platform;
 mod polyglot;
 mod reload_hardening;
+mod restart;
 mod resources;
 mod reuse;
 mod routing;
