@@ -4,7 +4,7 @@
 //! serving, with the reason in the log.
 
 use crate::support::admin::{Admin, TokenFile};
-use crate::support::{empty, request, AppsDir, Client, Meshd, TestPki};
+use crate::support::{empty, request, AppsDir, Client, Meshd};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +72,13 @@ impl Load {
     /// Sends `method url` again and again with `client` (a fresh one per
     /// request when `client` is `None`: a new connection each time); any
     /// transport error or status other than 200 is a failure.
-    fn add(&mut self, kind: &'static str, client: Option<Client>, method: &'static str, url: String) {
+    fn add(
+        &mut self,
+        kind: &'static str,
+        client: Option<Client>,
+        method: &'static str,
+        url: String,
+    ) {
         let stop = self.stop.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut tally = Tally {
@@ -142,12 +148,27 @@ async fn three_restarts_under_load_fail_no_request_and_keep_every_increment() {
 
     let mut load = Load::new();
     let hello = meshd.url("/hello/");
-    load.add("HTTP/1.1 keep-alive", Some(Client::http1()), "GET", hello.clone());
+    load.add(
+        "HTTP/1.1 keep-alive",
+        Some(Client::http1()),
+        "GET",
+        hello.clone(),
+    );
     load.add("HTTP/2", Some(Client::http2()), "GET", hello.clone());
     load.add("a new connection per request", None, "GET", hello);
-    load.add("admin API", Some(Client::http1()), "GET", admin.url("/healthz"));
+    load.add(
+        "admin API",
+        Some(Client::http1()),
+        "GET",
+        admin.url("/healthz"),
+    );
     let incr = meshd.url("/counter/incr");
-    load.add("counter, HTTP/1.1", Some(Client::http1()), "POST", incr.clone());
+    load.add(
+        "counter, HTTP/1.1",
+        Some(Client::http1()),
+        "POST",
+        incr.clone(),
+    );
     load.add("counter, HTTP/2", Some(Client::http2()), "POST", incr);
 
     let mut pids = vec![meshd.pid()];
@@ -155,7 +176,11 @@ async fn three_restarts_under_load_fail_no_request_and_keep_every_increment() {
         // Some load on each process before the next restart.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let new = restart_by_signal(&meshd, nth).await;
-        assert_eq!(admin_pid(&admin).await, new, "the admin API is the new process's");
+        assert_eq!(
+            admin_pid(&admin).await,
+            new,
+            "the admin API is the new process's"
+        );
         assert!(!pids.contains(&new), "pid {new} is new");
         pids.push(new);
     }
@@ -174,45 +199,39 @@ async fn three_restarts_under_load_fail_no_request_and_keep_every_increment() {
     assert_eq!(value.status, 200, "{}", value.text());
     assert_eq!(value.text().trim(), increments.to_string(), "pids {pids:?}");
     assert_eq!(
-        meshd.count_log(&["key-value store released to the new process", "released=true"]),
+        meshd.count_log(&[
+            "key-value store released to the new process",
+            "released=true"
+        ]),
         3
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_https_listener_is_handed_over_too() {
-    let pki = TestPki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let leaf = pki.leaf(&["localhost"], "localhost");
-    std::fs::write(dir.path().join("cert.pem"), &leaf.cert_pem).unwrap();
-    std::fs::write(dir.path().join("key.pem"), &leaf.key_pem).unwrap();
-    let config = dir.path().join("meshd.toml");
-    std::fs::write(&config, "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n").unwrap();
+    let site = crate::tls::TlsSite::new("");
     let apps = AppsDir::with(&["hello"]);
-    let meshd = Meshd::builder(apps.path())
-        .args(&["--config", config.to_str().unwrap()])
-        .args(&["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
-        .start();
+    let meshd = site.start(apps.path(), &[]);
     let addr = meshd.https_addr();
-    let ca = pki.write_to(dir.path());
-    let https = |addr: std::net::SocketAddr| {
-        let ca = ca.clone();
-        async move {
-            let output = tokio::process::Command::new("curl")
-                .args(["-sS", "--fail", "--cacert"])
-                .arg(&ca)
-                .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
-                .arg(format!("https://localhost:{}/hello/", addr.port()))
-                .output()
-                .await
-                .expect("curl runs");
-            (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
-        }
+    let https_get = || async {
+        let tls = crate::tls::handshake(
+            addr,
+            &site.pki,
+            "default.test",
+            &[&rustls::version::TLS13],
+            &[b"h2"],
+        )
+        .await
+        .expect("a TLS handshake");
+        crate::tls::get_on(tls.stream, true, "default.test", "/hello/", &[]).await
     };
-    assert!(https(addr).await.0, "HTTPS answers before the restart");
+    assert_eq!(https_get().await.0, 200, "HTTPS answers before the restart");
     let new = restart_by_signal(&meshd, 1).await;
-    let (ok, error) = https(addr).await;
-    assert!(ok, "HTTPS answers after the restart (pid {new}): {error}");
+    assert_eq!(
+        https_get().await.0,
+        200,
+        "HTTPS answers after the restart (pid {new})"
+    );
     assert_eq!(
         meshd.count_log(&["graceful restart: starting", "sockets=http:https"]),
         1
@@ -257,7 +276,11 @@ impl Program {
 async fn still_serving(meshd: &Meshd, admin: &Admin) {
     let reply = Client::http1().get(&meshd.url("/hello/")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(admin_pid(admin).await, meshd.pid(), "the old process serves");
+    assert_eq!(
+        admin_pid(admin).await,
+        meshd.pid(),
+        "the old process serves"
+    );
     assert!(crate::support::is_running(meshd.pid()));
 }
 
@@ -276,9 +299,14 @@ async fn a_new_binary_that_exits_at_start_leaves_the_old_one_serving() {
     let line = meshd
         .wait_for_log_async(&["graceful restart failed; this process keeps serving"])
         .await;
-    assert!(line.contains("closed the ready pipe without saying it was ready"), "{line}");
+    assert!(
+        line.contains("closed the ready pipe without saying it was ready"),
+        "{line}"
+    );
     assert!(line.contains("exit status: 3"), "{line}");
-    meshd.wait_for_log_async(&["broken build: cannot start"]).await;
+    meshd
+        .wait_for_log_async(&["broken build: cannot start"])
+        .await;
     still_serving(&meshd, &admin).await;
 
     // The admin API says the same, with a 500.
@@ -318,9 +346,15 @@ async fn a_new_process_that_is_never_ready_is_killed_after_the_restart_timeout()
     let line = meshd
         .wait_for_log_async(&["graceful restart failed; this process keeps serving"])
         .await;
-    assert!(line.contains("was not ready within --restart-timeout"), "{line}");
+    assert!(
+        line.contains("was not ready within --restart-timeout"),
+        "{line}"
+    );
     assert!(line.contains("killed"), "{line}");
-    assert!(!crate::support::is_running(child), "the stuck process was killed");
+    assert!(
+        !crate::support::is_running(child),
+        "the stuck process was killed"
+    );
     still_serving(&meshd, &admin).await;
 }
 

@@ -66,7 +66,11 @@ async fn the_api_answers_on_a_socket_and_stops_on_shutdown() {
             .contains("content-type: application/json"),
         "{answer}"
     );
-    assert!(answer.ends_with("{\"status\":\"ok\"}"), "{answer}");
+    let pid = std::process::id();
+    assert!(
+        answer.ends_with(&format!("{{\"status\":\"ok\",\"pid\":{pid}}}")),
+        "{answer}"
+    );
 
     let answer = exchange(
         addr,

@@ -138,7 +138,10 @@ impl Passed {
 /// Restarts meshd on request, one at a time.
 pub struct Restarter {
     launch: Launch,
-    sockets: Vec<Passed>,
+    /// Copies of the listening sockets; emptied when this process stops
+    /// serving, so that a stopped port refuses connections instead of
+    /// queueing them.
+    sockets: std::sync::Mutex<Vec<Passed>>,
     timeout: Duration,
     busy: tokio::sync::Mutex<()>,
     /// Cancelled once a new process has taken over.
@@ -158,7 +161,7 @@ impl Restarter {
     ) -> Arc<Restarter> {
         Arc::new(Restarter {
             launch,
-            sockets,
+            sockets: std::sync::Mutex::new(sockets),
             timeout,
             busy: tokio::sync::Mutex::new(()),
             handed_over: CancellationToken::new(),
@@ -170,6 +173,16 @@ impl Restarter {
     /// exit.
     pub fn handed_over(&self) -> CancellationToken {
         self.handed_over.clone()
+    }
+
+    /// Closes the copies of the listening sockets: this process stops
+    /// serving (a shutdown, or it handed over).
+    pub fn close_sockets(&self) {
+        self.lock_sockets().clear();
+    }
+
+    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, Vec<Passed>> {
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Serves restart requests from SIGUSR2 (`signals`) and the admin API
@@ -239,7 +252,7 @@ impl Restarter {
     }
 
     fn socket_names(&self) -> String {
-        let names: Vec<&str> = self.sockets.iter().map(|s| s.name).collect();
+        let names: Vec<&str> = self.lock_sockets().iter().map(|s| s.name).collect();
         names.join(":")
     }
 
@@ -247,17 +260,29 @@ impl Restarter {
     /// its pid and ready line once it is ready.
     async fn start_successor(&self) -> Result<(u32, String)> {
         let (read, write) = std::io::pipe().context("cannot create the ready pipe")?;
-        let mut fds: Vec<RawFd> = self.sockets.iter().map(|s| s.fd.as_raw_fd()).collect();
+        // Copies of the sockets held until the child has them (the originals
+        // may be closed meanwhile by a shutdown).
+        let sockets: Vec<(&'static str, OwnedFd)> = self
+            .lock_sockets()
+            .iter()
+            .map(|s| Ok((s.name, s.fd.try_clone()?)))
+            .collect::<std::io::Result<_>>()
+            .context("cannot copy the listening sockets")?;
+        if sockets.is_empty() {
+            bail!("this process no longer has its listening sockets (it is stopping)");
+        }
+        let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
+        let mut fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         fds.push(write.as_fd().as_raw_fd());
         if fds.len() > MAX_PASSED {
             bail!("too many sockets to pass ({})", fds.len());
         }
-        let ready_fd = FIRST_PASSED_FD + RawFd::try_from(self.sockets.len())?;
+        let ready_fd = FIRST_PASSED_FD + RawFd::try_from(sockets.len())?;
         let mut command = tokio::process::Command::new(&self.launch.program);
         command
             .args(&self.launch.args)
-            .env("LISTEN_FDS", self.sockets.len().to_string())
-            .env("LISTEN_FDNAMES", self.socket_names())
+            .env("LISTEN_FDS", sockets.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
             .env(READY_FD_VAR, ready_fd.to_string())
             .env_remove("LISTEN_PID");
         // SAFETY: the hook only calls fcntl and dup2 (async-signal-safe) on
@@ -268,9 +293,10 @@ impl Restarter {
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {}", self.launch.program.display()))?;
-        // Only the child holds the write end now: end of file means it is
-        // gone (or closed it without a word).
+        // Only the child holds the write end (and its sockets) now: end of
+        // file means it is gone (or closed it without a word).
         drop(write);
+        drop(sockets);
         let pid = child.id().context("the new process has no pid")?;
         tracing::info!(pid, "graceful restart: the new meshd process started");
         let mut reading = tokio::task::spawn_blocking(move || read_ready_line(read));

@@ -484,11 +484,13 @@ async fn run(
     {
         let (shutdown, handed_over, stop) =
             (signals.shutdown.clone(), handed_over.clone(), stop.clone());
+        let restarter = restarter.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => service::stopping(),
                 () = handed_over.cancelled() => {}
             }
+            restarter.close_sockets();
             stop.cancel();
         });
     }

@@ -471,7 +471,10 @@ impl Drop for Meshd {
         let kill_successors = || {
             for pid in &successors {
                 if is_running(*pid) {
-                    let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+                    let _ = Command::new("kill")
+                        .arg("-KILL")
+                        .arg(pid.to_string())
+                        .status();
                 }
             }
         };
