@@ -315,13 +315,25 @@ async fn a_new_binary_that_exits_at_start_leaves_the_old_one_serving() {
     assert!(reply.text().contains("exit status: 3"), "{}", reply.text());
     still_serving(&meshd, &admin).await;
 
-    // A working binary back at the path: the next restart takes it.
+    // A working binary back at the path: the next restart takes it (asked
+    // for with the command line client this time).
     program.restore();
-    let reply = admin.send("POST", "/v1/restart", None, "").await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let json = reply.json();
-    assert_eq!(json["old_pid"], meshd.pid());
-    let new = u32::try_from(json["new_pid"].as_u64().unwrap()).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshd"))
+        .args(["restart", "--admin", &meshd.admin_url()])
+        .output()
+        .await
+        .expect("meshd restart runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("pid {} drains and exits", meshd.pid())),
+        "{stdout}"
+    );
+    let new = number_after(&stdout, "restarted: pid ");
     meshd.handed_over_to(new);
     wait_gone(&meshd, meshd.pid()).await;
     assert_eq!(admin_pid(&admin).await, new);

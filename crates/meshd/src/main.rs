@@ -138,7 +138,12 @@ async fn open_keyvalue(
     tracing::info!(
         backend = kv.backend_name(),
         ?limits,
-        "key-value store ready"
+        "{}",
+        if after_restart && config.backend == config::Backend::Redb {
+            "key-value store: opened once the previous meshd process releases it"
+        } else {
+            "key-value store ready"
+        }
     );
     Ok(kv)
 }
