@@ -429,3 +429,50 @@ async fn only_one_restart_runs_at_a_time() {
     assert_eq!(admin_pid(&admin).await, new);
     assert_eq!(meshd.count_log(&["the new meshd process started"]), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_systemd_passed_is_handed_over_too() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // systemd's own tool binds the port and becomes meshd (same pid) at the
+    // first connection, passing the socket as `http` (LISTEN_FDS).
+    let program = Program::new();
+    program.replace_with_script(&format!(
+        "exec systemd-socket-activate -l 127.0.0.1:{port} --fdname=http '{}' \"$@\"",
+        env!("CARGO_BIN_EXE_meshd")
+    ));
+    let knock = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the socket never opened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let apps = AppsDir::with(&["hello"]);
+    let meshd = Meshd::builder(apps.path())
+        .program(&program.path())
+        .args(&["--admin", "127.0.0.1:0"])
+        .start();
+    knock.join().unwrap();
+    assert_eq!(
+        meshd.addr().port(),
+        port,
+        "meshd serves the socket it was passed"
+    );
+    let admin = Admin::with_token(&meshd, None);
+    assert_eq!(admin_pid(&admin).await, meshd.pid());
+
+    let new = restart_by_signal(&meshd, 1).await;
+    assert_eq!(admin_pid(&admin).await, new);
+    let reply = Client::http1()
+        .get(&format!("http://127.0.0.1:{port}/hello/"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        meshd.count_log(&["graceful restart: starting", "sockets=http:admin"]),
+        1
+    );
+}
