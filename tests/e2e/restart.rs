@@ -476,3 +476,39 @@ async fn a_socket_systemd_passed_is_handed_over_too() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_that_refuses_an_app_the_old_one_serves_does_not_take_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("meshd.toml");
+    std::fs::write(&config, "[limits]\nmemory = \"16MiB\"\n").unwrap();
+    let apps = AppsDir::with(&["hello"]);
+    apps.deploy("big", "hello");
+    apps.write("big.toml", "[limits]\nmemory = \"128MiB\"\n");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--config", config.to_str().unwrap()])
+        .args(&["--admin", "127.0.0.1:0"])
+        .start();
+    let admin = Admin::with_token(&meshd, None);
+    assert_eq!(Client::http1().get(&meshd.url("/big/")).await.status, 200);
+    // The new configuration puts "big" over the ceiling: the new process
+    // would refuse it.
+    std::fs::write(
+        &config,
+        "[ceiling]\nmemory = \"64MiB\"\n\n[limits]\nmemory = \"16MiB\"\n",
+    )
+    .unwrap();
+
+    meshd.signal("USR2");
+    meshd
+        .wait_for_log_async(&["graceful restart failed; this process keeps serving"])
+        .await;
+    meshd
+        .wait_for_log_async(&["would serve 1 apps (1 refused), the running one serves 2"])
+        .await;
+    meshd
+        .wait_for_log_async(&["app=big", "app not loaded", "limits.memory"])
+        .await;
+    still_serving(&meshd, &admin).await;
+    assert_eq!(Client::http1().get(&meshd.url("/big/")).await.status, 200);
+}

@@ -18,9 +18,13 @@
 //! - `MESHD_HANDOVER_READY_FD` names the write end of a pipe, the
 //!   descriptor after the sockets. The new process writes one line,
 //!   `ready serving=N refused=M`, once every app has been decided (loaded
-//!   and health-checked, or refused) and its listeners are set up. End of
-//!   file without that line (it exited or crashed), or no line within
-//!   `--restart-timeout`, and the old process kills it and keeps serving.
+//!   and health-checked, or refused) and its listeners are set up; it
+//!   accepts connections only after that. End of file without that line
+//!   (it exited or crashed), or no line within `--restart-timeout`, and the
+//!   old process kills it and keeps serving.
+//! - `MESHD_HANDOVER_SERVING` is how many apps the old process serves: a
+//!   new process that would serve fewer (an app the new binary or
+//!   configuration refuses) exits instead of saying it is ready.
 //!
 //! Only one restart runs at a time; once one has handed over, this process
 //! refuses more (it is on its way out).
@@ -39,6 +43,9 @@ use tokio_util::sync::CancellationToken;
 /// The descriptor on which a process started by a graceful restart says it
 /// is ready (meshd's own variable; see the module docs).
 pub const READY_FD_VAR: &str = "MESHD_HANDOVER_READY_FD";
+
+/// How many apps the previous process serves (meshd's own variable).
+pub const SERVING_VAR: &str = "MESHD_HANDOVER_SERVING";
 
 /// The first descriptor of passed sockets (systemd's `SD_LISTEN_FDS_START`).
 const FIRST_PASSED_FD: RawFd = 3;
@@ -77,6 +84,8 @@ impl Launch {
 /// The process this one replaces, when started by a graceful restart.
 pub struct Predecessor {
     ready: std::fs::File,
+    /// How many apps it serves.
+    serving: usize,
 }
 
 /// Called first thing, before any thread starts (it changes the
@@ -87,6 +96,11 @@ pub fn adopt() -> Result<Option<Predecessor>> {
         return Ok(None);
     };
     std::env::remove_var(READY_FD_VAR);
+    let serving = std::env::var(SERVING_VAR)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    std::env::remove_var(SERVING_VAR);
     let fd: RawFd = value
         .to_str()
         .and_then(|v| v.parse().ok())
@@ -105,14 +119,22 @@ pub fn adopt() -> Result<Option<Predecessor>> {
     // SAFETY: the previous process passed this descriptor for this process
     // alone to own (see the module docs); it is open (checked above).
     let ready = unsafe { std::fs::File::from_raw_fd(fd) };
-    Ok(Some(Predecessor { ready }))
+    Ok(Some(Predecessor { ready, serving }))
 }
 
 impl Predecessor {
     /// Tells the previous process this one is ready (it then stops
     /// accepting, drains and exits). Fails if it is gone: then this process
     /// should not serve beside nobody's knowledge, and exits.
+    /// Refuses to take over (an error: this process exits, the previous
+    /// one keeps serving) if it would serve fewer apps than the previous.
     pub fn report_ready(mut self, serving: usize, refused: usize) -> Result<()> {
+        if serving < self.serving {
+            bail!(
+                "graceful restart: this new process would serve {serving} apps ({refused} refused), the running one serves {}; not taking over (the lines above say which app was refused and why)",
+                self.serving
+            );
+        }
         writeln!(self.ready, "ready serving={serving} refused={refused}")
             .context("cannot tell the previous meshd process this one is ready (has it exited?)")
     }
@@ -138,6 +160,8 @@ impl Passed {
 /// Restarts meshd on request, one at a time.
 pub struct Restarter {
     launch: Launch,
+    /// What this process serves: the new one must serve as many apps.
+    registry: Arc<meshd_registry::Registry>,
     /// Copies of the listening sockets; emptied when this process stops
     /// serving, so that a stopped port refuses connections instead of
     /// queueing them.
@@ -155,12 +179,14 @@ impl Restarter {
     /// A restarter passing `sockets`, allowing the new process `timeout`.
     pub fn new(
         launch: Launch,
+        registry: Arc<meshd_registry::Registry>,
         sockets: Vec<Passed>,
         timeout: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Restarter> {
         Arc::new(Restarter {
             launch,
+            registry,
             sockets: std::sync::Mutex::new(sockets),
             timeout,
             busy: tokio::sync::Mutex::new(()),
@@ -284,6 +310,7 @@ impl Restarter {
             .env("LISTEN_FDS", sockets.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
             .env(READY_FD_VAR, ready_fd.to_string())
+            .env(SERVING_VAR, self.registry.load().routes.len().to_string())
             .env_remove("LISTEN_PID");
         // SAFETY: the hook only calls fcntl and dup2 (async-signal-safe) on
         // a fixed-size array; `fds` was built before the fork.

@@ -481,6 +481,7 @@ async fn run(
         .collect();
     let restarter = handover::Restarter::new(
         launch,
+        registry.clone(),
         passed,
         args.restart_timeout,
         signals.shutdown.clone(),
@@ -503,7 +504,10 @@ async fn run(
         // The previous process is the unit's main process until it hands
         // over (it tells systemd the new main pid then).
         Some(predecessor) => {
-            predecessor.report_ready(summary.serving, summary.failed)?;
+            // Apps the admin API deployed are restored beside the
+            // directory's: count what the routes hold now.
+            let serving = registry.load().routes.len();
+            predecessor.report_ready(serving, summary.failed)?;
             tracing::info!(
                 apps = summary.serving,
                 "graceful restart: this process is ready; the previous one stops accepting"
