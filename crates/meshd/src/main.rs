@@ -427,7 +427,7 @@ async fn run(
         ),
         None => None,
     };
-    let admin = admin.map(|(task, socket)| {
+    let mut admin = admin.map(|(task, socket)| {
         passed.push(socket);
         task
     });
@@ -454,7 +454,7 @@ async fn run(
         ),
         None => None,
     };
-    let metrics = metrics.map(|(task, socket)| {
+    let mut metrics = metrics.map(|(task, socket)| {
         passed.push(socket);
         task
     });
@@ -571,6 +571,33 @@ async fn run(
         front.edge,
     )
     .await;
+    watcher.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    expiry.abort();
+    pipeline.abort();
+    // The admin and metrics listeners stopped with the front door and drain
+    // on their own (each bounded by --shutdown-timeout): let them finish, so
+    // that a request on a connection they keep open a moment longer (see
+    // meshd_server's HTTP/1 linger) is answered before the process exits.
+    // After the pipeline stopped: a deploy under way is answered 503
+    // `stopped`, as before.
+    let admin_and_metrics = async {
+        if let Some(admin) = &mut admin {
+            let _ = admin.await;
+        }
+        if let Some(metrics) = &mut metrics {
+            let _ = metrics.await;
+        }
+    };
+    let _ = tokio::time::timeout(args.shutdown_timeout, admin_and_metrics).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     if handed_over.is_cancelled() {
         // Drained: the next process may have the key-value store now.
         let released = kv_handle.release(KV_RELEASE_TIMEOUT).await;
@@ -578,18 +605,6 @@ async fn run(
             released,
             "graceful restart: key-value store released to the new process"
         );
-    }
-    watcher.abort();
-    if let Some(follower) = follower {
-        follower.abort();
-    }
-    expiry.abort();
-    pipeline.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
-    }
-    if let Some(admin) = admin {
-        admin.abort();
     }
     tracing::info!(all_closed, "meshd stopped");
     Ok(())
