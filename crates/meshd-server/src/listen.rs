@@ -351,9 +351,17 @@ async fn accept_loop<H, Fut, B>(
                 shared.config.header_read_timeout,
                 begin_connection(stream, peer, &begin),
             );
+            // A connection accepted just before the server stopped is
+            // served (its client has sent, or is sending, a request): it
+            // gets HTTP1_STOP_LINGER more to begin, not a reset.
+            let stopped_and_lingered = async {
+                shared.stop.cancelled().await;
+                tokio::time::sleep(HTTP1_STOP_LINGER).await;
+            };
             let begun = tokio::select! {
+                biased;
                 begun = begin => begun,
-                () = shared.stop.cancelled() => return,
+                () = stopped_and_lingered => return,
             };
             match begun {
                 Ok(Ok((Begun::Plain(io), conn))) => serve_connection(io, conn, &shared).await,
