@@ -74,11 +74,25 @@ impl Launch {
             Some(path) if path.components().count() > 1 => {
                 std::path::absolute(&path).unwrap_or(path)
             }
-            // Found on PATH: the file it was found at, now.
-            _ => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("meshd")),
+            // Found on PATH: the same PATH entry (a link stays a link, so
+            // that an upgrade that moves the link is followed), else the
+            // file it runs from.
+            Some(name) => on_path(&name)
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or(name),
+            None => std::env::current_exe().unwrap_or_else(|_| PathBuf::from("meshd")),
         };
         Launch { program, args }
     }
+}
+
+/// The first `PATH` entry holding a file called `name`, made absolute.
+fn on_path(name: &std::path::Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .and_then(|found| std::path::absolute(found).ok())
 }
 
 /// The process this one replaces, when started by a graceful restart.
