@@ -170,6 +170,7 @@ async fn three_restarts_under_load_fail_no_request_and_keep_every_increment() {
     let meshd = Meshd::builder(apps.path())
         .args(&["--admin", "127.0.0.1:0"])
         .args(&["--admin-token-file", &token.arg()])
+        .args(&["--metrics-listen", "127.0.0.1:0"])
         .start();
     let admin = Admin::of(&meshd);
     assert_eq!(admin_pid(&admin).await, meshd.pid());
@@ -190,6 +191,8 @@ async fn three_restarts_under_load_fail_no_request_and_keep_every_increment() {
         "GET",
         admin.url("/healthz"),
     );
+    let metrics = meshd.metrics_url();
+    load.add("metrics", Some(Client::http1()), "GET", metrics);
     let incr = meshd.url("/counter/incr");
     load.add(
         "counter, HTTP/1.1",
