@@ -857,7 +857,10 @@ async fn probes_answer_without_the_token_and_metrics_need_it() {
 
     let healthz = anonymous.get("/healthz").await;
     assert_eq!(healthz.status, 200, "{}", healthz.text());
-    assert_eq!(healthz.json(), serde_json::json!({"status": "ok"}));
+    assert_eq!(
+        healthz.json(),
+        serde_json::json!({"status": "ok", "pid": meshd.pid()})
+    );
     let readyz = wait_ready(&anonymous).await;
     assert_eq!(readyz["loaded"], 1, "{readyz}");
     assert_eq!(readyz["total"], 1, "{readyz}");

@@ -29,6 +29,7 @@ mod platform;
 mod polyglot;
 mod reload_hardening;
 mod resources;
+mod restart;
 mod reuse;
 mod routing;
 mod service;

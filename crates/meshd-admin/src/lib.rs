@@ -23,6 +23,7 @@
 //! | `GET /v1/stats?last=N`, `GET /v1/apps/NAME/stats` | requests, 5xx, p50/p99 per 5 s, last 5 min |
 //! | `GET /v1/mesh` | the mesh's desired set and every node's view (mesh mode) |
 //! | `GET /v1/certificates` | ACME certificates: `{"acme","certificates":[...]}` |
+//! | `POST /v1/restart` | graceful restart of meshd itself: 200 `{"old_pid","new_pid"}`, 409, 500 |
 //!
 //! On a node that follows a mesh (`--mesh`), the changes above go to the
 //! mesh's desired state instead (every node applies them) and answer 202
@@ -44,6 +45,7 @@ mod logs;
 mod mesh;
 mod probes;
 mod rates;
+mod restart;
 mod upload;
 pub mod view;
 
@@ -51,6 +53,7 @@ pub use auth::{check_exposure, Token};
 pub use dashboard::CONTENT_SECURITY_POLICY;
 pub use logs::MAX_FOLLOWERS;
 pub use rates::{SeriesJson, StatsJson, BUCKETS as STATS_BUCKETS, INTERVAL as STATS_INTERVAL};
+pub use restart::{RestartRefused, RestartTrigger, Restarted};
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
@@ -96,6 +99,9 @@ pub struct AdminState {
     pub certificates: Option<meshd_acme::Statuses>,
     /// Every app's recent log lines (`GET /v1/apps/NAME/logs`).
     pub logs: Arc<meshd_tenant::LogRings>,
+    /// Where `POST /v1/restart` asks for a graceful restart of meshd
+    /// (`None`: the endpoint answers 404).
+    pub restart: Option<RestartTrigger>,
 }
 
 /// Marks a response whose body is a stream (server-sent events): [`serve`]
@@ -141,6 +147,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/apps/{name}/logs", get(logs::logs))
         .route("/v1/stats", get(rates::all))
         .route("/v1/apps/{name}/stats", get(rates::one))
+        .route("/v1/restart", post(restart::restart))
         .merge(changes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -18,6 +18,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub(crate) async fn healthz() -> Json<HealthJson> {
     Json(HealthJson {
         status: "ok".to_owned(),
+        pid: std::process::id(),
     })
 }
 

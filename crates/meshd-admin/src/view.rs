@@ -157,6 +157,18 @@ pub struct RemovedJson {
 pub struct HealthJson {
     /// Always `ok`.
     pub status: String,
+    /// The process id of the meshd that answered (it changes with each
+    /// graceful restart).
+    pub pid: u32,
+}
+
+/// `POST /v1/restart`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RestartJson {
+    /// The process that was serving, now draining.
+    pub old_pid: u32,
+    /// The process that serves now.
+    pub new_pid: u32,
 }
 
 /// `GET /readyz`.

@@ -90,6 +90,7 @@ impl Harness {
             mesh: None,
             certificates: None,
             logs: Arc::default(),
+            restart: None,
         });
         Harness {
             app,
@@ -940,7 +941,13 @@ async fn readyz_is_503_until_the_first_load_is_decided() {
     assert_eq!(json, json!({"ready": true, "loaded": 3, "total": 3}));
 
     let (status, json) = harness.get("/healthz").await;
-    assert_eq!((status, json), (StatusCode::OK, json!({"status": "ok"})));
+    assert_eq!(
+        (status, json),
+        (
+            StatusCode::OK,
+            json!({"status": "ok", "pid": std::process::id()})
+        )
+    );
 }
 
 #[tokio::test]
@@ -958,6 +965,7 @@ async fn metrics_are_the_registry_in_openmetrics_text() {
         mesh: None,
         certificates: None,
         logs: Arc::default(),
+        restart: None,
     });
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = app.oneshot(request).await.unwrap();

@@ -46,6 +46,7 @@ async fn the_api_answers_on_a_socket_and_stops_on_shutdown() {
         mesh: None,
         certificates: None,
         logs: Arc::default(),
+        restart: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -67,7 +68,11 @@ async fn the_api_answers_on_a_socket_and_stops_on_shutdown() {
             .contains("content-type: application/json"),
         "{answer}"
     );
-    assert!(answer.ends_with("{\"status\":\"ok\"}"), "{answer}");
+    let pid = std::process::id();
+    assert!(
+        answer.ends_with(&format!("{{\"status\":\"ok\",\"pid\":{pid}}}")),
+        "{answer}"
+    );
 
     let answer = exchange(
         addr,
@@ -113,7 +118,9 @@ async fn a_followed_log_ends_when_the_api_shuts_down() {
         token: None,
         max_wasm_size: 1024,
         mesh: None,
+        certificates: None,
         logs: Arc::default(),
+        restart: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {

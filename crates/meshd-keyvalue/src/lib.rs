@@ -178,6 +178,30 @@ impl KvStore {
         })
     }
 
+    /// Opens the database file at `path` once the previous meshd process
+    /// has released it (a graceful restart: redb lets one process at a time
+    /// open the file). Calls made before then wait for it, each at most
+    /// `wait`, then fail. Must be called inside the tokio runtime.
+    pub fn open_redb_when_free(path: &Path, limits: KvLimits, wait: std::time::Duration) -> Self {
+        KvStore {
+            backend: Backend::Redb(redb_store::RedbStore::open_when_free(path, wait)),
+            limits,
+            cursors: Arc::default(),
+        }
+    }
+
+    /// Hands the store on to the next meshd process (a graceful restart):
+    /// with redb, waits for the calls in progress (at most `timeout`) and
+    /// closes the file; every later call of this process fails. Redis and
+    /// NATS are shared by design: nothing to do. Returns whether the store
+    /// was closed in time.
+    pub async fn release(&self, timeout: std::time::Duration) -> bool {
+        match &self.backend {
+            Backend::Redb(s) => s.release(timeout).await,
+            Backend::Redis(_) | Backend::Nats(_) => true,
+        }
+    }
+
     /// Connects to the Redis server at `url` (e.g. `redis://127.0.0.1/`, or
     /// `rediss://` for TLS, with `tls` for a private CA or a client
     /// certificate).
@@ -545,6 +569,55 @@ mod tests {
             .unwrap();
         let kv = store(&dir, KvLimits::default());
         assert_eq!(kv.get(bucket("a", ""), "k").await.unwrap().unwrap(), b"v");
+    }
+
+    #[tokio::test]
+    async fn a_store_released_by_one_owner_is_opened_by_the_next_with_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let old = KvStore::open_redb(&path, KvLimits::default()).unwrap();
+        let b = bucket("a", "");
+        old.increment(b, "n", 5).await.unwrap();
+        // The next owner starts while the old one still holds the file: its
+        // calls wait instead of failing.
+        let new = KvStore::open_redb_when_free(
+            &path,
+            KvLimits::default(),
+            std::time::Duration::from_secs(20),
+        );
+        let waiting = tokio::spawn({
+            let new = new.clone();
+            async move { new.increment(bucket("a", ""), "n", 1).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the new owner waited for the file");
+        old.increment(b, "n", 1).await.unwrap();
+        assert!(old.release(std::time::Duration::from_secs(5)).await);
+        let err = old.increment(b, "n", 1).await.unwrap_err();
+        assert!(
+            err.to_string().contains("moved to the new meshd process"),
+            "{err}"
+        );
+        assert_eq!(waiting.await.unwrap().unwrap(), 7);
+        assert_eq!(new.get(b, "n").await.unwrap().unwrap(), b"7");
+    }
+
+    #[tokio::test]
+    async fn a_store_never_released_fails_calls_after_their_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let _old = KvStore::open_redb(&path, KvLimits::default()).unwrap();
+        let new = KvStore::open_redb_when_free(
+            &path,
+            KvLimits::default(),
+            std::time::Duration::from_millis(100),
+        );
+        let err = new.get(bucket("a", ""), "n").await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("still held by the previous meshd process"),
+            "{err}"
+        );
     }
 
     async fn limits_and_quota_are_enforced_with_clear_errors(kind: Kind) {

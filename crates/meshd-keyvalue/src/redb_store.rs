@@ -4,8 +4,10 @@ use crate::{charged_size, parse_counter, BucketRef, KvError, PAGE_SIZE};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// (tenant, bucket, key) → value.
 const ENTRIES: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("entries");
@@ -18,10 +20,37 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (no META table) counted keys and values only, and are recounted on open.
 const USAGE_FORMULA: u64 = 2;
 
+/// The redb backend. The file is open in one process at a time (redb
+/// locks it), so across a graceful restart of meshd the store moves from
+/// the old process to the new one: the old [`RedbStore::release`]s it once
+/// its last request has finished, and the new one, started with
+/// [`RedbStore::open_when_free`], opens it as soon as the lock is free.
+/// Calls made meanwhile wait for it, each at most its `wait`.
 #[derive(Clone)]
 pub(crate) struct RedbStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
 }
+
+struct Shared {
+    path: PathBuf,
+    state: watch::Sender<DbState>,
+    /// How long a call waits for a store that is not open yet.
+    wait: Duration,
+}
+
+/// Where the database file is, for this process.
+#[derive(Clone)]
+enum DbState {
+    /// Still held by the previous meshd process (graceful restart).
+    Waiting,
+    Open(Arc<Database>),
+    /// Handed on to the next meshd process.
+    Released,
+}
+
+/// How often a new process tries again to open a file the previous one
+/// still holds.
+const REOPEN_INTERVAL: Duration = Duration::from_millis(10);
 
 fn backend(e: impl std::fmt::Display) -> KvError {
     KvError::Backend(e.to_string())
@@ -61,31 +90,145 @@ fn recount_usage_if_needed(txn: &WriteTransaction) -> Result<Option<usize>, redb
     Ok(Some(totals.len()))
 }
 
+/// Creates the data directory and opens (or creates) the file, failing at
+/// once if another process holds it.
+fn open_database(path: &Path) -> anyhow::Result<Database> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+    }
+    let db = Database::create(path)
+        .map_err(|e| anyhow::anyhow!("cannot open key-value database {}: {e}", path.display()))?;
+    // Create the tables up front so readers never meet a missing table.
+    let txn = db.begin_write()?;
+    txn.open_table(ENTRIES)?;
+    txn.open_table(USAGE)?;
+    // A new, empty file is "recounted" too (to record the formula);
+    // only a file with data is worth a line.
+    if let Some(tenants @ 1..) = recount_usage_if_needed(&txn)? {
+        tracing::info!(
+            path = %path.display(),
+            tenants,
+            "key-value usage counted (each entry: key, value, bucket and app names, plus 64 bytes)"
+        );
+    }
+    txn.commit()?;
+    Ok(db)
+}
+
+/// Whether opening failed only because another process holds the file.
+fn held_elsewhere(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<redb::DatabaseError>(),
+            Some(redb::DatabaseError::DatabaseAlreadyOpen)
+        )
+    }) || e.to_string().contains("already open")
+}
+
 impl RedbStore {
     pub(crate) fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
-            })?;
+        let db = open_database(path)?;
+        Ok(Self::with_state(
+            path,
+            DbState::Open(Arc::new(db)),
+            Duration::ZERO,
+        ))
+    }
+
+    fn with_state(path: &Path, state: DbState, wait: Duration) -> Self {
+        RedbStore {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                state: watch::Sender::new(state),
+                wait,
+            }),
         }
-        let db = Database::create(path).map_err(|e| {
-            anyhow::anyhow!("cannot open key-value database {}: {e}", path.display())
-        })?;
-        // Create the tables up front so readers never meet a missing table.
-        let txn = db.begin_write()?;
-        txn.open_table(ENTRIES)?;
-        txn.open_table(USAGE)?;
-        // A new, empty file is "recounted" too (to record the formula);
-        // only a file with data is worth a line.
-        if let Some(tenants @ 1..) = recount_usage_if_needed(&txn)? {
-            tracing::info!(
-                path = %path.display(),
-                tenants,
-                "key-value usage counted (each entry: key, value, bucket and app names, plus 64 bytes)"
-            );
+    }
+
+    /// A store whose file the previous meshd process still holds: it is
+    /// opened in the background as soon as that process releases it (or
+    /// exits). Until then each call waits, at most `wait`. Must be called
+    /// inside the tokio runtime.
+    pub(crate) fn open_when_free(path: &Path, wait: Duration) -> Self {
+        let store = Self::with_state(path, DbState::Waiting, wait);
+        let shared = store.shared.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut reported = false;
+            loop {
+                let path = shared.path.clone();
+                let opened = tokio::task::spawn_blocking(move || open_database(&path))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|opened| opened);
+                match opened {
+                    Ok(db) => {
+                        tracing::info!(
+                            path = %shared.path.display(),
+                            waited = ?started.elapsed(),
+                            "key-value store opened (released by the previous meshd process)"
+                        );
+                        shared.state.send_replace(DbState::Open(Arc::new(db)));
+                        return;
+                    }
+                    Err(e) if held_elsewhere(&e) => {}
+                    Err(e) if !reported => {
+                        reported = true;
+                        tracing::error!(
+                            error = format!("{e:#}"),
+                            "cannot open the key-value store after a graceful restart; trying again"
+                        );
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(REOPEN_INTERVAL).await;
+            }
+        });
+        store
+    }
+
+    /// Closes the file so that the next meshd process can open it: waits
+    /// for the calls in progress (at most `timeout`), then drops the
+    /// database. Every later call fails. Returns whether the file closed.
+    pub(crate) async fn release(&self, timeout: Duration) -> bool {
+        let DbState::Open(db) = self.shared.state.send_replace(DbState::Released) else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        // Each call in progress holds a clone until its transaction ends.
+        while Arc::strong_count(&db) > 1 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        txn.commit()?;
-        Ok(RedbStore { db: Arc::new(db) })
+        drop(db);
+        true
+    }
+
+    /// The open database, waiting for it while the previous process still
+    /// holds the file.
+    async fn database(&self) -> Result<Arc<Database>, KvError> {
+        if let DbState::Open(db) = &*self.shared.state.borrow() {
+            return Ok(db.clone());
+        }
+        let mut state = self.shared.state.subscribe();
+        let ready = state.wait_for(|state| !matches!(state, DbState::Waiting));
+        let state = match tokio::time::timeout(self.shared.wait, ready).await {
+            Ok(Ok(state)) => state.clone(),
+            Ok(Err(_)) | Err(_) => DbState::Waiting,
+        };
+        match state {
+            DbState::Open(db) => Ok(db),
+            DbState::Waiting => Err(KvError::Backend(format!(
+                "the key-value store is still held by the previous meshd process (graceful restart) after {:?}; try again",
+                self.shared.wait
+            ))),
+            DbState::Released => Err(KvError::Backend(
+                "the key-value store has moved to the new meshd process (graceful restart); try again".to_owned(),
+            )),
+        }
     }
 
     /// Runs blocking database work off the async worker threads.
@@ -93,7 +236,7 @@ impl RedbStore {
         &self,
         work: impl FnOnce(&Database) -> Result<T, KvError> + Send + 'static,
     ) -> Result<T, KvError> {
-        let db = self.db.clone();
+        let db = self.database().await?;
         tokio::task::spawn_blocking(move || work(&db))
             .await
             .map_err(backend)?
@@ -285,8 +428,8 @@ pub(crate) mod tests {
 
     /// Opens the database as meshd does and reads `tenant`'s usage.
     pub(crate) fn usage_after_open(path: &Path, tenant: &str) -> u64 {
-        let store = RedbStore::open(path).unwrap();
-        let txn = store.db.begin_read().unwrap();
+        let db = open_database(path).unwrap();
+        let txn = db.begin_read().unwrap();
         let usage = txn.open_table(USAGE).unwrap();
         used_bytes(&usage, tenant).unwrap()
     }

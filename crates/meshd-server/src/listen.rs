@@ -21,7 +21,7 @@ use meshd_registry::Registry;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +34,15 @@ use tokio_util::sync::CancellationToken;
 /// RST) does not keep its connection and streams forever.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// When a server stops (shutdown, or a graceful restart handing the sockets
+/// to a new meshd process), how long an HTTP/1 connection with no request
+/// in progress stays open for one more request (answered with `Connection:
+/// close`) before it is closed. Closing it at once races a keep-alive
+/// client that is sending its next request on it: that request would fail
+/// (the client cannot tell whether it was processed). HTTP/2 connections
+/// get a GOAWAY at once instead, which clients handle without that race.
+const HTTP1_STOP_LINGER: Duration = Duration::from_millis(500);
 
 /// How a listener treats client connections.
 #[derive(Debug, Clone)]
@@ -349,9 +358,17 @@ async fn accept_loop<H, Fut, B>(
                 shared.config.header_read_timeout,
                 begin_connection(stream, peer, &begin),
             );
+            // A connection accepted just before the server stopped is
+            // served (its client has sent, or is sending, a request): it
+            // gets HTTP1_STOP_LINGER more to begin, not a reset.
+            let stopped_and_lingered = async {
+                shared.stop.cancelled().await;
+                tokio::time::sleep(HTTP1_STOP_LINGER).await;
+            };
             let begun = tokio::select! {
+                biased;
                 begun = begin => begun,
-                () = shared.stop.cancelled() => return,
+                () = stopped_and_lingered => return,
             };
             match begun {
                 Ok(Ok((Begun::Plain(io), conn))) => serve_connection(io, conn, &shared).await,
@@ -429,16 +446,35 @@ where
     let peer = conn.client;
     let config = &shared.config;
     let watch = ConnWatch::new(config.write_timeout, config.idle_timeout);
+    // Whether the server has stopped (responses on HTTP/1 then close the
+    // connection), and whether this connection speaks HTTP/2.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let http2 = Arc::new(AtomicBool::new(false));
     let service = {
         let watch = watch.clone();
         let handler = shared.handler.clone();
+        let (stopping, http2) = (stopping.clone(), http2.clone());
         service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(conn);
             req.extensions_mut()
                 .insert(meshd_tenant::ClientScheme { https: conn.tls });
+            let is_http1 = req.version() < http::Version::HTTP_2;
+            if !is_http1 {
+                http2.store(true, Ordering::Relaxed);
+            }
             let ticket = watch.open();
             let response = handler(req);
-            async move { Ok::<_, Infallible>(response.await.map(|b| Watched::new(b, ticket))) }
+            let stopping = stopping.clone();
+            async move {
+                let mut response = response.await;
+                if is_http1 && stopping.load(Ordering::Relaxed) {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, Infallible>(response.map(|b| Watched::new(b, ticket)))
+            }
         })
     };
     let conn = shared
@@ -448,6 +484,11 @@ where
     tokio::pin!(conn);
     let check = tokio::time::sleep_until(watch.first_check().into());
     tokio::pin!(check);
+    // Set when the server stops and this connection may be HTTP/1: when
+    // it is closed gracefully even if idle (see HTTP1_STOP_LINGER).
+    let linger = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(linger);
+    let mut lingering = false;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -478,7 +519,17 @@ where
                 }
                 Verdict::CheckAt(at) => check.as_mut().reset(at.into()),
             },
-            () = shared.stop.cancelled(), if !closing => {
+            () = shared.stop.cancelled(), if !closing && !lingering => {
+                stopping.store(true, Ordering::Relaxed);
+                if http2.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    lingering = true;
+                    linger.as_mut().reset((Instant::now() + HTTP1_STOP_LINGER).into());
+                }
+            }
+            () = &mut linger, if lingering && !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }

@@ -71,11 +71,18 @@ pub struct Args {
     #[arg(long, env = "MESHD_KEEP_VERSIONS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000), value_name = "N")]
     pub keep_versions: u16,
 
-    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
-    /// before meshd exits anyway.
+    /// On SIGINT/SIGTERM (or after a graceful restart), how long in-flight
+    /// requests may take to finish before meshd exits anyway.
     #[arg(long, env = "MESHD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
 
+    // --- graceful restart (docs/operations.md, "Upgrading meshd") ---
+    /// On SIGUSR2 or `POST /v1/restart`, how long the new meshd process may
+    /// take to load every app and say it is ready; past it, it is killed
+    /// and this one keeps serving.
+    #[arg(long, env = "MESHD_RESTART_TIMEOUT", default_value = "5m", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
+    pub restart_timeout: Duration,
+    // --- end of graceful restart ---
     /// On redeploy or removal of an app, how long the old version may take to
     /// finish its in-flight requests before they are cancelled.
     #[arg(long, env = "MESHD_DRAIN_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]

@@ -35,10 +35,17 @@ pub fn spawn_reloader(
 /// `.socket` unit with `FileDescriptorName=http` and/or `https`), which
 /// meshd serves instead of binding --listen / --listen-tls itself. This is
 /// how meshd serves ports 80 and 443 without any privilege of its own.
+///
+/// A graceful restart (crate::handover) passes its sockets the same way,
+/// with two more names: `admin` and `metrics`.
 #[derive(Default)]
 pub struct Activated {
     http: Option<std::net::TcpListener>,
     https: Option<std::net::TcpListener>,
+    /// The admin API's socket (--admin).
+    pub admin: Option<std::net::TcpListener>,
+    /// The metrics socket (--metrics-listen).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 impl Activated {
@@ -60,8 +67,10 @@ impl Activated {
             let slot = match name.as_str() {
                 "http" => &mut activated.http,
                 "https" => &mut activated.https,
+                "admin" => &mut activated.admin,
+                "metrics" => &mut activated.metrics,
                 other => bail!(
-                    "the service manager passed a socket named {other:?} ({addr}); name meshd's sockets http and https (FileDescriptorName= in the .socket unit)"
+                    "the service manager passed a socket named {other:?} ({addr}); name meshd's sockets http, https, admin or metrics (FileDescriptorName= in the .socket unit)"
                 ),
             };
             if slot.replace(socket).is_some() {
@@ -71,6 +80,7 @@ impl Activated {
         Ok(activated)
     }
 
+    /// No front-door socket was passed.
     fn is_empty(&self) -> bool {
         self.http.is_none() && self.https.is_none()
     }
@@ -134,6 +144,8 @@ pub struct FrontDoor {
     pub reloader: Option<(CertWatch, Arc<CertStore>)>,
     /// Where ACME puts certificates and challenge answers (`[acme]` on).
     pub acme: Option<(Arc<CertStore>, Arc<Challenges>)>,
+    /// Copies of the sockets, for a graceful restart to pass on.
+    pub passed: Vec<crate::handover::Passed>,
 }
 
 /// Binds --listen and --listen-tls, or takes the sockets passed instead.
@@ -160,7 +172,9 @@ pub async fn bind(
         ),
         (None, None) => None,
     };
+    let mut passed = Vec::new();
     if let Some(socket) = plain_socket {
+        passed.push(crate::handover::Passed::dup("http", &socket)?);
         plain = Some(socket.local_addr()?);
         listeners.push(Listener::plain(socket).with_proxy_protocol(args.proxy_protocol));
     }
@@ -181,6 +195,7 @@ pub async fn bind(
             (None, None) => bail!("HTTPS has certificates but no address"),
         };
         let bound = socket.local_addr()?;
+        passed.push(crate::handover::Passed::dup("https", &socket)?);
         tls = Some(bound);
         let config =
             meshd_server::tls::server_config(certs.store.clone(), certs.challenges.clone())?;
@@ -212,5 +227,6 @@ pub async fn bind(
         tls,
         reloader,
         acme,
+        passed,
     })
 }

@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod fd_limit;
 mod front_door;
+mod handover;
 mod logging;
 mod metrics;
 mod service;
@@ -33,6 +34,15 @@ fn main() -> ExitCode {
         client::Invocation::Serve(args) => *args,
         client::Invocation::Client(command) => return client::run(command),
     };
+    // Before any thread starts: it changes the environment.
+    let launch = handover::Launch::capture();
+    let predecessor = match handover::adopt() {
+        Ok(predecessor) => predecessor,
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Held until meshd exits: dropping it flushes the access log.
     let _log_guard = match logging::init(args.log_format, &args.access_log) {
         Ok(guard) => guard,
@@ -56,7 +66,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, open_file_limit)) {
+    match runtime.block_on(run(args, open_file_limit, launch, predecessor)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -87,12 +97,24 @@ fn refuse_inside_apps_dir(apps: &std::path::Path, flag: &str, dir: &std::path::P
 }
 
 /// Opens the wasi:keyvalue backend chosen in meshd.toml.
+///
+/// After a graceful restart (`after_restart`), the previous process still
+/// holds the redb file until it has drained: it is opened as soon as that
+/// process lets go of it, and key-value calls wait for it meanwhile, each
+/// at most the previous process's drain (--shutdown-timeout) plus
+/// [`KV_HANDOVER_MARGIN`].
 async fn open_keyvalue(
     config: &config::KeyValueConfig,
     args: &cli::Args,
+    after_restart: bool,
 ) -> Result<meshd_keyvalue::KvStore> {
     let limits = config.limits();
     let kv = match config.backend {
+        config::Backend::Redb if after_restart => {
+            let path = args.data_dir().join("keyvalue.redb");
+            let wait = args.shutdown_timeout + KV_HANDOVER_MARGIN;
+            meshd_keyvalue::KvStore::open_redb_when_free(&path, limits, wait)
+        }
         config::Backend::Redb => {
             let path = args.data_dir().join("keyvalue.redb");
             meshd_keyvalue::KvStore::open_redb(&path, limits)?
@@ -117,10 +139,24 @@ async fn open_keyvalue(
     tracing::info!(
         backend = kv.backend_name(),
         ?limits,
-        "key-value store ready"
+        "{}",
+        if after_restart && config.backend == config::Backend::Redb {
+            "key-value store: opened once the previous meshd process releases it"
+        } else {
+            "key-value store ready"
+        }
     );
     Ok(kv)
 }
+
+/// How much longer than --shutdown-timeout a key-value call of a process
+/// started by a graceful restart waits for the previous process to release
+/// the redb file (its drain, then closing the file).
+const KV_HANDOVER_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the previous process waits for its key-value calls in progress
+/// before it closes the redb file after its drain.
+const KV_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a node of a mesh waits for the mesh's apps before `/readyz`
 /// says ready anyway (NATS may be down: it serves what it has).
@@ -143,28 +179,41 @@ fn mesh_config(args: &cli::Args, servers: &str) -> meshd_mesh::MeshConfig {
     }
 }
 
-/// Binds the admin API's address and serves it until `shutdown`.
+/// Binds the admin API's address (or takes the socket a graceful restart
+/// or systemd passed) and serves it until `shutdown`. Returns the task and
+/// a copy of the socket to pass on.
 async fn start_admin(
     addr: std::net::SocketAddr,
+    passed: Option<std::net::TcpListener>,
     state: meshd_admin::AdminState,
     shutdown: tokio_util::sync::CancellationToken,
     serve_config: &meshd_server::ServeConfig,
-) -> Result<tokio::task::JoinHandle<bool>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for the admin API on {addr}"))?;
+) -> Result<(tokio::task::JoinHandle<bool>, handover::Passed)> {
+    let listener = match passed {
+        Some(socket) => tokio::net::TcpListener::from_std(socket)?,
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for the admin API on {addr}"))?,
+    };
+    let copy = handover::Passed::dup("admin", &listener)?;
     let bound = listener.local_addr()?;
     tracing::info!(
         token = state.token.is_some(),
         "admin API listening on http://{bound}"
     );
     let serve_config = serve_config.clone();
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         meshd_admin::serve(listener, state, shutdown.cancelled_owned(), &serve_config).await
-    }))
+    });
+    Ok((task, copy))
 }
 
-async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
+async fn run(
+    args: cli::Args,
+    open_file_limit: u64,
+    launch: handover::Launch,
+    predecessor: Option<handover::Predecessor>,
+) -> Result<()> {
     // Check everything we can before binding, so a bad flag fails fast.
     if !args.apps.is_dir() {
         bail!(
@@ -178,7 +227,7 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         Some(path) => config::DaemonConfig::load(path)?,
         None => config::DaemonConfig::default(),
     };
-    let activated = front_door::Activated::take()?;
+    let mut activated = front_door::Activated::take()?;
     let certificates = front_door::load_certificates(
         &args,
         &daemon_config.tls,
@@ -238,7 +287,12 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     // Install the handlers before the (possibly long) first load, so an
     // early SIGTERM is a graceful stop, not a kill.
     let signals = signals::Signals::install()?;
-    let kv = open_keyvalue(&daemon_config.keyvalue, &args).await?;
+    // What every listener and task stops on: a shutdown, or a graceful
+    // restart that handed over to a new process.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let kv = open_keyvalue(&daemon_config.keyvalue, &args, predecessor.is_some()).await?;
+    // Kept to release the redb file to the next process after a restart.
+    let kv_handle = kv.clone();
     let load_parallelism = args.load_parallelism.map_or_else(
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
         usize::from,
@@ -354,11 +408,14 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         }
         None => None,
     };
+    let (restart_trigger, restart_requests) = handover::admin_channel();
+    let mut passed = Vec::new();
     // Up before the first load, so /readyz can tell how far it has got.
     let admin = match args.admin {
         Some(addr) => Some(
             start_admin(
                 addr,
+                activated.admin.take(),
                 meshd_admin::AdminState {
                     pipeline: deploys.clone(),
                     registry: registry.clone(),
@@ -374,14 +431,19 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
                     }),
                     certificates: acme_statuses.clone(),
                     logs: runtime.log_rings().clone(),
+                    restart: Some(restart_trigger),
                 },
-                signals.shutdown.clone(),
+                stop.clone(),
                 &serve_config,
             )
             .await?,
         ),
         None => None,
     };
+    let mut admin = admin.map(|(task, socket)| {
+        passed.push(socket);
+        task
+    });
     // Watch before the first scan, so nothing that changes in between is
     // missed.
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
@@ -396,16 +458,23 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
         Some(addr) => Some(
             metrics::start(
                 addr,
+                activated.metrics.take(),
                 metrics_registry.clone(),
-                signals.shutdown.clone(),
+                stop.clone(),
                 &serve_config,
             )
             .await?,
         ),
         None => None,
     };
+    let mut metrics = metrics.map(|(task, socket)| {
+        passed.push(socket);
+        task
+    });
 
-    let front = front_door::bind(&args, certificates, activated).await?;
+    let mut front = front_door::bind(&args, certificates, activated).await?;
+    // The front door first: the order the next process lists them in.
+    passed.splice(0..0, std::mem::take(&mut front.passed));
     if let Some(addr) = front.tls {
         tracing::info!(
             apps = summary.serving,
@@ -423,22 +492,51 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     let urls: Vec<String> = (front.plain.iter().map(|a| format!("http://{a}")))
         .chain(front.tls.iter().map(|a| format!("https://{a}")))
         .collect();
-    service::ready(&format!(
-        "serving {} apps on {} ({} refused)",
-        summary.serving,
-        urls.join(" and "),
-        summary.failed
-    ));
-    service::spawn_watchdog(signals.shutdown.clone());
+    let restarter = handover::Restarter::new(
+        launch,
+        registry.clone(),
+        passed,
+        args.restart_timeout,
+        signals.shutdown.clone(),
+    );
+    let handed_over = restarter.handed_over();
     {
-        let shutdown = signals.shutdown.clone();
+        let (shutdown, handed_over, stop) =
+            (signals.shutdown.clone(), handed_over.clone(), stop.clone());
+        let restarter = restarter.clone();
         tokio::spawn(async move {
-            shutdown.cancelled().await;
-            service::stopping();
+            tokio::select! {
+                () = shutdown.cancelled() => service::stopping(),
+                () = handed_over.cancelled() => {}
+            }
+            restarter.close_sockets();
+            stop.cancel();
         });
     }
+    match predecessor {
+        // The previous process is the unit's main process until it hands
+        // over (it tells systemd the new main pid then).
+        Some(predecessor) => {
+            // Apps the admin API deployed are restored beside the
+            // directory's: count what the routes hold now.
+            let serving = registry.load().routes.len();
+            predecessor.report_ready(serving, summary.failed)?;
+            tracing::info!(
+                apps = summary.serving,
+                "graceful restart: this process is ready; the previous one stops accepting"
+            );
+        }
+        None => service::ready(&format!(
+            "serving {} apps on {} ({} refused)",
+            summary.serving,
+            urls.join(" and "),
+            summary.failed
+        )),
+    }
+    service::spawn_watchdog(stop.clone());
+    tokio::spawn(restarter.run(signals.restart, restart_requests, stop.clone()));
 
-    let shutdown = signals.shutdown.clone();
+    let shutdown = stop.clone();
     let watcher = tokio::spawn(dir_watch.run(
         dir_source,
         args.settle,
@@ -503,11 +601,34 @@ async fn run(args: cli::Args, open_file_limit: u64) -> Result<()> {
     }
     expiry.abort();
     pipeline.abort();
+    // The admin and metrics listeners stopped with the front door and drain
+    // on their own (each bounded by --shutdown-timeout): let them finish, so
+    // that a request on a connection they keep open a moment longer (see
+    // meshd_server's HTTP/1 linger) is answered before the process exits.
+    // After the pipeline stopped: a deploy under way is answered 503
+    // `stopped`, as before.
+    let admin_and_metrics = async {
+        if let Some(admin) = &mut admin {
+            let _ = admin.await;
+        }
+        if let Some(metrics) = &mut metrics {
+            let _ = metrics.await;
+        }
+    };
+    let _ = tokio::time::timeout(args.shutdown_timeout, admin_and_metrics).await;
     if let Some(metrics) = metrics {
         metrics.abort();
     }
     if let Some(admin) = admin {
         admin.abort();
+    }
+    if handed_over.is_cancelled() {
+        // Drained: the next process may have the key-value store now.
+        let released = kv_handle.release(KV_RELEASE_TIMEOUT).await;
+        tracing::info!(
+            released,
+            "graceful restart: key-value store released to the new process"
+        );
     }
     tracing::info!(all_closed, "meshd stopped");
     Ok(())

@@ -41,19 +41,26 @@ pub fn registry(
 
 /// Binds `addr` and serves `registry` there until `shutdown`, with the
 /// timeouts of the front door's `serve_config`.
+/// A socket passed by a graceful restart (or systemd) is served instead of
+/// binding `addr`. Returns the task and a copy of the socket to pass on.
 pub async fn start(
     addr: SocketAddr,
+    passed: Option<std::net::TcpListener>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     serve_config: &ServeConfig,
-) -> Result<JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+) -> Result<(JoinHandle<()>, crate::handover::Passed)> {
+    let listener = match passed {
+        Some(socket) => tokio::net::TcpListener::from_std(socket)?,
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+    };
+    let copy = crate::handover::Passed::dup("metrics", &listener)?;
     let bound = listener.local_addr()?;
     tracing::info!("metrics listening on http://{bound}/metrics");
     let serve_config = serve_config.clone();
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         meshd_server::serve_metrics(
             listener,
             registry,
@@ -61,7 +68,8 @@ pub async fn start(
             &serve_config,
         )
         .await
-    }))
+    });
+    Ok((task, copy))
 }
 
 /// `meshd_guest_memory_bytes` and `meshd_guest_memory_limit_bytes`: the

@@ -21,6 +21,18 @@ pub fn stopping() {
     ]);
 }
 
+/// A graceful restart handed over to the process `pid`: it is the main
+/// process of the unit now (systemd accepts this from the main process with
+/// `NotifyAccess=main`).
+pub fn handed_over(pid: u32) {
+    send(&[
+        NotifyState::MainPid(pid),
+        NotifyState::Status(&format!(
+            "handed over to pid {pid} (graceful restart); draining"
+        )),
+    ]);
+}
+
 /// If the unit sets `WatchdogSec=`, pings the watchdog at half its interval
 /// from a task on the async runtime, so a runtime that stops making progress
 /// is restarted by systemd. Ends with `shutdown`.

@@ -1,5 +1,5 @@
 //! Unix signals: SIGINT and SIGTERM shut down gracefully, SIGHUP rescans the
-//! apps directory.
+//! apps directory, SIGUSR2 restarts meshd gracefully (crate::handover).
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -12,6 +12,9 @@ pub struct Signals {
     pub shutdown: CancellationToken,
     /// Yields once per SIGHUP.
     pub rescan: mpsc::Receiver<()>,
+    /// Yields once per SIGUSR2 (handled from the start, so that an early
+    /// one is not the default action: terminate).
+    pub restart: mpsc::Receiver<()>,
 }
 
 impl Signals {
@@ -20,6 +23,7 @@ impl Signals {
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        let mut user2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
         let shutdown = CancellationToken::new();
         let (rescan_tx, rescan) = mpsc::channel(1);
         {
@@ -40,6 +44,18 @@ impl Signals {
                 let _ = rescan_tx.try_send(());
             }
         });
-        Ok(Signals { shutdown, rescan })
+        let (restart_tx, restart) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while user2.recv().await.is_some() {
+                tracing::info!("SIGUSR2 received: graceful restart");
+                // A full channel means a restart is already queued.
+                let _ = restart_tx.try_send(());
+            }
+        });
+        Ok(Signals {
+            shutdown,
+            rescan,
+            restart,
+        })
     }
 }

@@ -20,6 +20,7 @@ pub struct MeshdBuilder {
     env: Vec<(String, String)>,
     max_open_files: Option<u64>,
     listen: String,
+    program: Option<PathBuf>,
 }
 
 /// A running meshd, killed when dropped. Its stderr is collected so tests can
@@ -39,6 +40,11 @@ pub struct Meshd {
     may_exit: AtomicBool,
     /// The test makes meshd panic: do not look for "panicked" at the end.
     may_panic: AtomicBool,
+    /// The processes graceful restarts handed over to, in order (see
+    /// [`Meshd::handed_over_to`]).
+    successors: Mutex<Vec<u32>>,
+    /// The apps directory, to recognise this test's meshd processes.
+    apps: PathBuf,
 }
 
 impl Meshd {
@@ -52,6 +58,7 @@ impl Meshd {
             env: Vec::new(),
             max_open_files: None,
             listen: "127.0.0.1:0".to_owned(),
+            program: None,
         }
     }
 
@@ -70,9 +77,27 @@ impl Meshd {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The process id.
+    /// The process id of the meshd started.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The process id of the meshd serving now: the last one a graceful
+    /// restart handed over to, else the one started.
+    pub fn serving_pid(&self) -> u32 {
+        let successors = self.successors.lock().unwrap_or_else(|e| e.into_inner());
+        successors.last().copied().unwrap_or_else(|| self.pid())
+    }
+
+    /// Records that a graceful restart handed over to the process `pid`
+    /// (its log goes on in the same log): signals go to it from now on, the
+    /// end-of-test check requires it (not the first process) alive, and it
+    /// is killed at the end of the test.
+    pub fn handed_over_to(&self, pid: u32) {
+        self.successors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
     }
 
     /// The address of the metrics endpoint of a meshd started with
@@ -182,7 +207,14 @@ impl Meshd {
     /// and no line of its own log says "panicked" (when the test did not
     /// ask for a panic). Every test ends with this check: `Drop` runs it.
     pub fn check_healthy(&mut self) {
-        if !self.may_exit.load(Ordering::Relaxed) {
+        let successor = self.successors.lock().unwrap().last().copied();
+        if let (false, Some(pid)) = (self.may_exit.load(Ordering::Relaxed), successor) {
+            assert!(
+                is_running(pid),
+                "the meshd a restart handed over to (pid {pid}) exited during the test; log:\n{}",
+                self.log().join("\n")
+            );
+        } else if !self.may_exit.load(Ordering::Relaxed) {
             match self.child.try_wait() {
                 Ok(None) => {}
                 Ok(Some(status)) => panic!(
@@ -241,7 +273,7 @@ impl Meshd {
         }
         let status = Command::new("kill")
             .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
+            .arg(self.serving_pid().to_string())
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill -{name} failed");
@@ -297,6 +329,13 @@ impl MeshdBuilder {
         self
     }
 
+    /// Starts meshd from `program` (a copy or link of the meshd binary,
+    /// which a test may replace) instead of the binary cargo built.
+    pub fn program(mut self, program: &Path) -> Self {
+        self.program = Some(program.to_owned());
+        self
+    }
+
     /// Starts meshd with an open-file limit (soft and hard) of `n`.
     pub fn max_open_files(mut self, n: u64) -> Self {
         self.max_open_files = Some(n);
@@ -317,7 +356,9 @@ impl MeshdBuilder {
         };
         let cache_dir = dir_or_temp(self.cache_dir);
         let data_dir = dir_or_temp(self.data_dir);
-        let meshd = env!("CARGO_BIN_EXE_meshd");
+        let meshd = self
+            .program
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_meshd")));
         let mut command = match self.max_open_files {
             // The shell sets the limit, then becomes meshd (same pid).
             Some(n) => {
@@ -327,7 +368,7 @@ impl MeshdBuilder {
                     .arg(meshd);
                 sh
             }
-            None => Command::new(meshd),
+            None => Command::new(&meshd),
         };
         let mut child = command
             .arg("--apps")
@@ -372,6 +413,8 @@ impl MeshdBuilder {
             _temp_dirs: temp_dirs,
             may_exit: AtomicBool::new(false),
             may_panic: AtomicBool::new(false),
+            successors: Mutex::new(Vec::new()),
+            apps: self.apps.clone(),
         };
         let line = meshd.wait_for_log(&["meshd listening on http://"]);
         let addr = line
@@ -382,6 +425,17 @@ impl MeshdBuilder {
             .unwrap_or_else(|| panic!("cannot parse the listen address from {line:?}"));
         meshd.addr = addr;
         meshd
+    }
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
     }
 }
 
@@ -399,7 +453,46 @@ fn is_guest_output(line: &str) -> bool {
 
 impl Drop for Meshd {
     fn drop(&mut self) {
+        // The processes restarts handed over to are not children of this
+        // one: kill them by pid (only ours, recorded by the test).
+        // Those the test did not record (it failed before) are found in the
+        // log, and killed only if their command line names this test's
+        // apps directory.
+        let mut successors: Vec<u32> = self
+            .successors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let apps = self.apps.to_string_lossy().into_owned();
+        for line in self.log() {
+            if !line.contains("the new meshd process started") {
+                continue;
+            }
+            let pid = line
+                .split("pid=")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            let ours = |pid: u32| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&apps))
+            };
+            if let Some(pid) = pid.filter(|&pid| ours(pid)) {
+                successors.push(pid);
+            }
+        }
+        let kill_successors = || {
+            for pid in &successors {
+                if is_running(*pid) {
+                    let _ = Command::new("kill")
+                        .arg("-KILL")
+                        .arg(pid.to_string())
+                        .status();
+                }
+            }
+        };
         if std::thread::panicking() {
+            kill_successors();
             let _ = self.child.kill();
             let _ = self.child.wait();
             eprintln!("--- meshd log ---\n{}\n--- end ---", self.log().join("\n"));
@@ -408,6 +501,7 @@ impl Drop for Meshd {
         // The test passed so far: it ends by checking that meshd survived it.
         let healthy =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check_healthy()));
+        kill_successors();
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Err(panic) = healthy {

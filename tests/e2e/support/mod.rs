@@ -11,7 +11,7 @@ mod meshd;
 mod pki;
 
 pub use client::{count_body, empty, full, generated, request, spawn_get, Client};
-pub use meshd::{Meshd, MeshdBuilder};
+pub use meshd::{is_running, Meshd, MeshdBuilder};
 pub use pki::TestPki;
 
 use std::path::{Path, PathBuf};

@@ -145,6 +145,13 @@ pub struct Removed {
     pub removed: String,
 }
 
+/// `POST /v1/restart`.
+#[derive(Debug, Deserialize)]
+pub struct Restarted {
+    pub old_pid: u32,
+    pub new_pid: u32,
+}
+
 fn short_id<'a>(id: &'a str, digest: &'a str) -> &'a str {
     if !id.is_empty() {
         return id;

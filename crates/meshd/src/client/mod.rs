@@ -167,6 +167,20 @@ pub enum ClientCommand {
     /// (exit 1, with that node's reason).
     #[command(after_help = EXIT_CODES)]
     Publish(mesh::PublishArgs),
+    /// Restart meshd gracefully (as SIGUSR2): the binary now at its path
+    /// takes over its sockets; the old process drains and exits.
+    ///
+    /// meshd answers once the new process serves (both pids are printed),
+    /// or with why it did not take over (the old one keeps serving; exit
+    /// 3 with meshd's reason). A restart already under way: exit 1.
+    #[command(after_help = EXIT_CODES)]
+    Restart(RestartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub connection: Connection,
 }
 
 /// How to reach the admin API; every client subcommand has these.
@@ -399,6 +413,7 @@ fn execute(command: ClientCommand) -> (Action, Result<(), Failure>) {
             format!("abort the canary of {}", args.name),
             change(&args, "abort", table::aborted),
         ),
+        ClientCommand::Restart(args) => ("restart meshd".to_owned(), restart(&args.connection)),
         ClientCommand::Publish(args) => {
             let name = match &args.name {
                 Some(name) => Ok(name.clone()),
@@ -495,6 +510,19 @@ fn deploy(args: &DeployArgs, name: &str) -> Result<(), Failure> {
     if let Some(body) = answered(answer, &client, &args.connection, &format!("app {name}"))? {
         let app: answer::App = parse(&body, client.base())?;
         print!("{}", table::deployed(&app, created));
+    }
+    Ok(())
+}
+
+fn restart(connection: &Connection) -> Result<(), Failure> {
+    let client = connect(connection)?;
+    let answer = client.post("/v1/restart", &[], Payload::Empty)?;
+    if let Some(body) = answered(answer, &client, connection, "the restart")? {
+        let done: answer::Restarted = parse(&body, client.base())?;
+        println!(
+            "restarted: pid {} serves; pid {} drains and exits",
+            done.new_pid, done.old_pid
+        );
     }
     Ok(())
 }
