@@ -76,6 +76,31 @@ async fn get_after(addr: SocketAddr, prefix: &[u8], path: &str) -> (u16, String)
     get_on(tcp, false, "app.test", path, &[]).await
 }
 
+/// Sends the PROXY `header`, then one GET of `/echo/v2` over TLS (HTTP/2 or
+/// HTTP/1.1) to meshd's HTTPS listener; returns what the echo guest saw.
+async fn echo_over_tls(
+    meshd: &Meshd,
+    site: &TlsSite,
+    header: &[u8],
+    h2: bool,
+) -> serde_json::Value {
+    let mut tcp = TcpStream::connect(meshd.https_addr()).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+    let tls = handshake_on(
+        tcp,
+        &site.pki,
+        "shop.example.com",
+        &[&rustls::version::TLS13],
+        &[alpn],
+    )
+    .await
+    .unwrap();
+    let (status, body) = get_on(tls.stream, h2, "shop.example.com", "/echo/v2", &[]).await;
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
 #[tokio::test]
 async fn proxy_protocol_v1_and_v2_name_the_client() {
     let apps = AppsDir::with(&["echo"]);
@@ -118,40 +143,14 @@ async fn proxy_protocol_v1_and_v2_name_the_client() {
     )
     .build()
     .unwrap();
-    let mut tcp = TcpStream::connect(meshd.https_addr()).await.unwrap();
-    tcp.write_all(&header).await.unwrap();
-    let tls = handshake_on(
-        tcp,
-        &site.pki,
-        "shop.example.com",
-        &[&rustls::version::TLS13],
-        &[b"h2"],
-    )
-    .await
-    .unwrap();
-    let (status, body) = get_on(tls.stream, true, "shop.example.com", "/echo/v2", &[]).await;
-    assert_eq!(status, 200);
-    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let echo = echo_over_tls(&meshd, &site, &header, true).await;
     assert_eq!(
         forwarded(&echo),
         ["for=\"[2001:db8::7]\";proto=https", "2001:db8::7", "https"]
     );
     assert_eq!(echo["scheme"], "https", "the scheme the guest sees");
     // HTTP/1.1 over TLS (its request line names no scheme): https too.
-    let mut tcp = TcpStream::connect(meshd.https_addr()).await.unwrap();
-    tcp.write_all(&header).await.unwrap();
-    let tls = handshake_on(
-        tcp,
-        &site.pki,
-        "shop.example.com",
-        &[&rustls::version::TLS13],
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
-    let (status, body) = get_on(tls.stream, false, "shop.example.com", "/echo/v2", &[]).await;
-    assert_eq!(status, 200);
-    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let echo = echo_over_tls(&meshd, &site, &header, false).await;
     assert_eq!(echo["scheme"], "https", "the scheme an HTTP/1.1 guest sees");
 
     // A v2 LOCAL header (a load balancer's health check): the peer stands.

@@ -303,6 +303,35 @@ impl Program {
     }
 }
 
+/// meshd serving hello, started from a [`Program`] a test then replaces,
+/// with the admin API (no token) and `extra` arguments.
+struct Upgradable {
+    program: Program,
+    _apps: AppsDir,
+    meshd: Meshd,
+    admin: Admin,
+}
+
+impl Upgradable {
+    fn start(extra: &[&str]) -> Upgradable {
+        let program = Program::new();
+        let apps = AppsDir::with(&["hello"]);
+        let mut args = vec!["--admin", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let meshd = Meshd::builder(apps.path())
+            .program(&program.path())
+            .args(&args)
+            .start();
+        let admin = Admin::with_token(&meshd, None);
+        Upgradable {
+            program,
+            _apps: apps,
+            meshd,
+            admin,
+        }
+    }
+}
+
 /// The old process still serves `GET /hello/` and its pid is unchanged.
 async fn still_serving(meshd: &Meshd, admin: &Admin) {
     let reply = Client::http1().get(&meshd.url("/hello/")).await;
@@ -317,13 +346,13 @@ async fn still_serving(meshd: &Meshd, admin: &Admin) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_binary_that_exits_at_start_leaves_the_old_one_serving() {
-    let program = Program::new();
-    let apps = AppsDir::with(&["hello"]);
-    let meshd = Meshd::builder(apps.path())
-        .program(&program.path())
-        .args(&["--admin", "127.0.0.1:0"])
-        .start();
-    let admin = Admin::with_token(&meshd, None);
+    // `_apps` (not `..`): the apps directory must live as long as meshd.
+    let Upgradable {
+        program,
+        _apps,
+        meshd,
+        admin,
+    } = Upgradable::start(&[]);
     program.replace_with_script("echo 'broken build: cannot start' >&2; exit 3");
 
     meshd.signal("USR2");
@@ -372,13 +401,13 @@ async fn a_new_binary_that_exits_at_start_leaves_the_old_one_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_that_is_never_ready_is_killed_after_the_restart_timeout() {
-    let program = Program::new();
-    let apps = AppsDir::with(&["hello"]);
-    let meshd = Meshd::builder(apps.path())
-        .program(&program.path())
-        .args(&["--admin", "127.0.0.1:0", "--restart-timeout", "1s"])
-        .start();
-    let admin = Admin::with_token(&meshd, None);
+    // `_apps` (not `..`): the apps directory must live as long as meshd.
+    let Upgradable {
+        program,
+        _apps,
+        meshd,
+        admin,
+    } = Upgradable::start(&["--restart-timeout", "1s"]);
     program.replace_with_script("exec sleep 600");
 
     meshd.signal("USR2");
@@ -430,13 +459,13 @@ async fn a_broken_meshd_toml_leaves_the_old_one_serving_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_restart_runs_at_a_time() {
-    let program = Program::new();
-    let apps = AppsDir::with(&["hello"]);
-    let meshd = Meshd::builder(apps.path())
-        .program(&program.path())
-        .args(&["--admin", "127.0.0.1:0"])
-        .start();
-    let admin = Admin::with_token(&meshd, None);
+    // `_apps` (not `..`): the apps directory must live as long as meshd.
+    let Upgradable {
+        program,
+        _apps,
+        meshd,
+        admin,
+    } = Upgradable::start(&[]);
     // A slow start: the real meshd, two seconds late (exec keeps the pid,
     // the passed descriptors and the environment).
     program.replace_with_script(&format!(
