@@ -332,7 +332,8 @@ impl Upgradable {
     }
 }
 
-/// The old process still serves `GET /hello/` and its pid is unchanged.
+/// The old process still serves `GET /hello/`, its pid is unchanged, and
+/// its admin API takes changes.
 async fn still_serving(meshd: &Meshd, admin: &Admin) {
     let reply = Client::http1().get(&meshd.url("/hello/")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -342,6 +343,11 @@ async fn still_serving(meshd: &Meshd, admin: &Admin) {
         "the old process serves"
     );
     assert!(crate::support::is_running(meshd.pid()));
+    // And takes changes again (they were refused while the restart ran).
+    let hello = std::fs::read(crate::support::guest("hello")).unwrap();
+    let deploy = admin.put_wasm("after-failed-restart", hello).await;
+    // 201 the first time, 200 when a test checks twice.
+    assert!(matches!(deploy.status.as_u16(), 200 | 201), "{}", deploy.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +487,12 @@ async fn only_one_restart_runs_at_a_time() {
         .await;
     let second = admin.send("POST", "/v1/restart", None, "").await;
     assert_eq!(second.status, 409, "{}", second.text());
+    // A deploy now would be lost to the new process (it has read the apps
+    // already): refused, to be sent again once the new process serves.
+    let echo = std::fs::read(crate::support::guest("echo")).unwrap();
+    let deploy = admin.put_wasm("late", echo.clone()).await;
+    assert_eq!(deploy.status, 503, "{}", deploy.text());
+    assert!(deploy.text().contains("restart"), "{}", deploy.text());
     let first = first.await.unwrap();
     assert_eq!(first.status, 200, "{}", first.text());
     let new = u32::try_from(first.json()["new_pid"].as_u64().unwrap()).unwrap();
@@ -488,6 +500,9 @@ async fn only_one_restart_runs_at_a_time() {
     wait_gone(&meshd, meshd.pid()).await;
     assert_eq!(admin_pid(&admin).await, new);
     assert_eq!(meshd.count_log(&["the new meshd process started"]), 1);
+    // The new process takes changes.
+    let deploy = admin.put_wasm("late", echo).await;
+    assert_eq!(deploy.status, 201, "{}", deploy.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

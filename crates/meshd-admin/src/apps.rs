@@ -180,6 +180,16 @@ pub(crate) async fn abort(
 /// becomes the error answer.
 async fn apply(state: &AdminState, name: &str, change: Change) -> Answer<Applied> {
     let what = change_name(&change);
+    if state.restarting.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!(
+            app = name,
+            change = what,
+            "admin API change refused: a graceful restart is under way"
+        );
+        return Err(ApiError::unavailable(
+            "a graceful restart of meshd is under way: the new process would not have this change; try again once it serves",
+        ));
+    }
     match state.pipeline.apply(change).await {
         Ok(applied) => {
             tracing::info!(app = name, change = what, outcome = ?applied, "admin API change applied");

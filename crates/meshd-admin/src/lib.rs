@@ -102,6 +102,10 @@ pub struct AdminState {
     /// Where `POST /v1/restart` asks for a graceful restart of meshd
     /// (`None`: the endpoint answers 404).
     pub restart: Option<RestartTrigger>,
+    /// Set while a graceful restart is under way: changes are refused
+    /// (503) then, because the new process has read the apps already and
+    /// would not have them.
+    pub restarting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Marks a response whose body is a stream (server-sent events): [`serve`]

@@ -91,6 +91,7 @@ impl Harness {
             certificates: None,
             logs: Arc::default(),
             restart: None,
+            restarting: Arc::default(),
         });
         Harness {
             app,
@@ -966,6 +967,7 @@ async fn metrics_are_the_registry_in_openmetrics_text() {
         certificates: None,
         logs: Arc::default(),
         restart: None,
+        restarting: Arc::default(),
     });
     let request = Request::get("/metrics").body(Body::empty()).unwrap();
     let response = app.oneshot(request).await.unwrap();

@@ -47,6 +47,7 @@ async fn the_api_answers_on_a_socket_and_stops_on_shutdown() {
         certificates: None,
         logs: Arc::default(),
         restart: None,
+        restarting: Arc::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -121,6 +122,7 @@ async fn a_followed_log_ends_when_the_api_shuts_down() {
         certificates: None,
         logs: Arc::default(),
         restart: None,
+        restarting: Arc::default(),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -35,6 +35,7 @@ use std::ffi::OsString;
 use std::io::{BufRead as _, Write as _};
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -187,6 +188,9 @@ pub struct Restarter {
     /// Cancelled when this process shuts down (SIGTERM): a restart under
     /// way is abandoned.
     shutdown: CancellationToken,
+    /// Set while a restart is under way (and after it handed over): the
+    /// admin API refuses changes, which the new process would not have.
+    restarting: Arc<AtomicBool>,
 }
 
 impl Restarter {
@@ -197,6 +201,7 @@ impl Restarter {
         sockets: Vec<Passed>,
         timeout: Duration,
         shutdown: CancellationToken,
+        restarting: Arc<AtomicBool>,
     ) -> Arc<Restarter> {
         Arc::new(Restarter {
             launch,
@@ -206,6 +211,7 @@ impl Restarter {
             busy: tokio::sync::Mutex::new(()),
             handed_over: CancellationToken::new(),
             shutdown,
+            restarting,
         })
     }
 
@@ -262,6 +268,7 @@ impl Restarter {
             return Err(RestartRefused::InProgress);
         }
         let started = Instant::now();
+        self.restarting.store(true, Ordering::SeqCst);
         tracing::info!(
             program = %self.launch.program.display(),
             sockets = %self.socket_names(),
@@ -282,6 +289,7 @@ impl Restarter {
                 Ok(Restarted { old_pid, new_pid })
             }
             Err(e) => {
+                self.restarting.store(false, Ordering::SeqCst);
                 tracing::error!(
                     error = format!("{e:#}"),
                     "graceful restart failed; this process keeps serving"

@@ -409,6 +409,9 @@ async fn run(
         None => None,
     };
     let (restart_trigger, restart_requests) = handover::admin_channel();
+    // Set while a graceful restart is under way (the admin API refuses
+    // changes then).
+    let restarting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut passed = Vec::new();
     // Up before the first load, so /readyz can tell how far it has got.
     let admin = match args.admin {
@@ -432,6 +435,7 @@ async fn run(
                     certificates: acme_statuses.clone(),
                     logs: runtime.log_rings().clone(),
                     restart: Some(restart_trigger),
+                    restarting: restarting.clone(),
                 },
                 stop.clone(),
                 &serve_config,
@@ -498,6 +502,7 @@ async fn run(
         passed,
         args.restart_timeout,
         signals.shutdown.clone(),
+        restarting,
     );
     let handed_over = restarter.handed_over();
     {
