@@ -347,7 +347,11 @@ async fn still_serving(meshd: &Meshd, admin: &Admin) {
     let hello = std::fs::read(crate::support::guest("hello")).unwrap();
     let deploy = admin.put_wasm("after-failed-restart", hello).await;
     // 201 the first time, 200 when a test checks twice.
-    assert!(matches!(deploy.status.as_u16(), 200 | 201), "{}", deploy.text());
+    assert!(
+        matches!(deploy.status.as_u16(), 200 | 201),
+        "{}",
+        deploy.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
