@@ -88,9 +88,12 @@ impl ConnWatch {
         }
     }
 
-    /// When the connection's task should first call [`ConnWatch::check`].
+    /// When the connection's task should first call [`ConnWatch::check`]:
+    /// the sooner of the two timeouts, since a response may start waiting
+    /// right away (an HTTP/2 client that opens with a window of 0). Checking
+    /// first at the idle timeout let such a stall run that long.
     pub(crate) fn first_check(&self) -> Instant {
-        self.start + self.idle_timeout
+        self.start + self.write_timeout.min(self.idle_timeout)
     }
 
     /// One idle timeout after `now`.
@@ -262,6 +265,17 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_first_check_comes_after_the_shorter_timeout() {
+        // A response may wait for hyper from the first request on (an h2
+        // client opening with a window of 0): the write timeout must not
+        // wait for the idle timeout's first check.
+        let watch = ConnWatch::new(SECOND, 30 * SECOND);
+        assert_eq!(watch.first_check(), watch.start + SECOND);
+        let watch = ConnWatch::new(30 * SECOND, 2 * SECOND);
+        assert_eq!(watch.first_check(), watch.start + 2 * SECOND);
+    }
 
     #[test]
     fn an_idle_connection_is_due_after_the_idle_timeout() {
