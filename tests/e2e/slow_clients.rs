@@ -178,7 +178,14 @@ async fn an_h2_stream_whose_window_stays_shut_is_dropped_after_the_write_timeout
 async fn http1_clients_that_stop_reading_are_dropped_after_the_write_timeout() {
     let apps = AppsDir::with(&["stream"]);
     let meshd = Meshd::builder(apps.path())
-        .args(&["--max-concurrency", "2", "--write-timeout", "1s"])
+        .args(&[
+            "--max-concurrency",
+            "2",
+            "--write-timeout",
+            "1s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .start();
 
     // Two clients take the app's two slots with 100 MB responses (far more
@@ -191,6 +198,22 @@ async fn http1_clients_that_stop_reading_are_dropped_after_the_write_timeout() {
 
     // After the write timeout meshd closes both and stops their guests.
     eventually_ok(&meshd.url("/stream/")).await;
+    // Both closed before the readers read again (one free slot is enough
+    // for the request above; a reader that resumed before its connection
+    // was closed would no longer be a stopped reader).
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let text = Client::http1().get(&meshd.metrics_url()).await.text();
+        let closed = metric_sample(&text, "meshd_connections_closed_total", &["write_timeout"]);
+        if closed >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "write-timeout closes: {closed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for stream in [&mut first, &mut second] {
         let read = read_until_closed(stream).await;
         assert!(read < 100_000_000, "a stopped reader got the whole body");
