@@ -220,8 +220,26 @@ fn current(state: &AdminState, name: &str) -> Answer<AppJson> {
     let set = state.registry.load();
     match set.app(name) {
         Some(status) if !status.is_gone() => Ok(AppJson::from_status(status)),
-        _ => Err(ApiError::not_found(format!("no app named {name}")).about(name)),
+        _ => Err(unknown_app(name)),
     }
+}
+
+/// 404 unless meshd knows an app called `name` (logs, stats).
+pub(crate) fn require_known(state: &AdminState, name: &str) -> Result<(), ApiError> {
+    let known = state
+        .registry
+        .load()
+        .app(name)
+        .is_some_and(|status| !status.is_gone());
+    if known {
+        Ok(())
+    } else {
+        Err(unknown_app(name))
+    }
+}
+
+fn unknown_app(name: &str) -> ApiError {
+    ApiError::not_found(format!("no app named {name}")).about(name)
 }
 
 /// The app after a change the pipeline applied (and published).

@@ -85,14 +85,7 @@ pub(crate) async fn logs(
             )))
         }
     };
-    let known = state
-        .registry
-        .load()
-        .app(&name)
-        .is_some_and(|status| !status.is_gone());
-    if !known {
-        return Err(ApiError::not_found(format!("no app named {name}")).about(&name));
-    }
+    crate::apps::require_known(&state, &name)?;
     // Every app with a version built (or being built) has a ring; one
     // without has no lines either.
     let ring = state.logs.get(&name).unwrap_or_default();

@@ -304,14 +304,7 @@ pub(crate) async fn one(
 ) -> Result<Json<StatsJson>, ApiError> {
     let name = app_name(name)?;
     let last = buckets_asked(query)?;
-    let known = state
-        .registry
-        .load()
-        .app(&name)
-        .is_some_and(|status| !status.is_gone());
-    if !known {
-        return Err(ApiError::not_found(format!("no app named {name}")).about(&name));
-    }
+    crate::apps::require_known(&state, &name)?;
     let mut json = rates.json(last, |app| app == name);
     if json.apps.is_empty() {
         // Not read yet: an app deployed within the last interval.
