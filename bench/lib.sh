@@ -306,3 +306,12 @@ check_results() {
     done
     return "$bad"
 }
+
+# Adds one row to the summary table bench/all.sh prints (when it set
+# BENCH_SUMMARY to a file): FIGURE (what was measured), VALUE (the measured
+# figure, with its unit), TARGET (the target, as text) and MET (yes,
+# no, or - when there is no target).
+summary_row() {
+    [[ -n "${BENCH_SUMMARY:-}" ]] || return 0
+    printf '%s\t%s\t%s\t%s\t%s\n' "${BENCH_NAME:-bench}" "$1" "$2" "$3" "$4" >>"$BENCH_SUMMARY"
+}
