@@ -138,6 +138,24 @@ need_guests() {
     done
 }
 
+# need_wasmtime_cli: sets WASMTIME to the `wasmtime` CLI at the version meshd
+# embeds (read from Cargo.lock), installed under target/bench the first time
+# (slow: a release build of wasmtime-cli).
+need_wasmtime_cli() {
+    local version root
+    version="$(awk '$0 == "name = \"wasmtime\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$REPO/Cargo.lock")"
+    [[ -n "$version" ]] || die "cannot read the wasmtime version from Cargo.lock"
+    root="$REPO/target/bench/wasmtime-cli"
+    WASMTIME="$root/bin/wasmtime"
+    if [[ -x "$WASMTIME" ]] && "$WASMTIME" --version | grep -q "^wasmtime $version\b"; then
+        log "wasmtime $version already installed in $root"
+    else
+        log "installing wasmtime-cli $version into $root (slow the first time)"
+        nice -n 10 cargo install wasmtime-cli --version "$version" --locked --force \
+            --root "$root" --target-dir "$REPO/target/bench/wasmtime-cli-build"
+    fi
+}
+
 # --- meshd -------------------------------------------------------------------
 
 # start_meshd LOG_FILE ARGS...: starts meshd on a port of its choosing on
@@ -253,20 +271,40 @@ parse_wrk() {
     [[ -n "${RPS[$name]}" ]] || { cat "$out" >&2; die "cannot parse wrk's output for $name"; }
 }
 
+declare -A CPU_US FAULTS
+
+# CPU time (user + system, in clock ticks) and minor page faults of a
+# process so far, from /proc/PID/stat.
+proc_ticks_and_faults() {
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13, $8 }'
+}
+
 # measure NAME URL WRK_ARGS...: one wrk measurement with --latency, with the
-# other-CPU-load accounting; the results land in the arrays above.
+# other-CPU-load accounting; the results land in the arrays above. With
+# MEASURE_PID set (the server's pid), also the server's CPU time and page
+# faults per request (CPU_US, FAULTS).
 measure() {
     local name="$1" url="$2"
     shift 2
-    local out="$WORK/$name.wrk"
+    local out="$WORK/$name.wrk" t0=0 f0=0 t1 f1
     log "$name: wrk $* --latency $url"
+    if [[ -n "${MEASURE_PID:-}" ]]; then
+        read -r t0 f0 < <(proc_ticks_and_faults "$MEASURE_PID")
+    fi
     cpu_window_start
     wrk "$@" --latency "$url" >"$out"
     cpu_window_end
     OTHER[$name]="$OTHER_CPU"
     parse_wrk "$name" "$out"
+    CPU_US[$name]="n/a" FAULTS[$name]="n/a"
+    if [[ -n "${MEASURE_PID:-}" ]] && ((REQS[$name] > 0)); then
+        read -r t1 f1 < <(proc_ticks_and_faults "$MEASURE_PID")
+        CPU_US[$name]="$(awk -v t="$((t1 - t0))" -v hz="$CLK_TCK" -v n="${REQS[$name]}" 'BEGIN { printf "%.1f", 1e6 * t / hz / n }')"
+        FAULTS[$name]="$(awk -v f="$((f1 - f0))" -v n="${REQS[$name]}" 'BEGIN { printf "%.1f", f / n }')"
+    fi
     log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms," \
-        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%"
+        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%," \
+        "server CPU ${CPU_US[$name]} us/request, ${FAULTS[$name]} page faults/request"
 }
 
 # --- report ------------------------------------------------------------------

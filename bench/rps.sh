@@ -99,18 +99,7 @@ trap 'stop_server; cleanup' EXIT
 
 need_tools
 
-# The wasmtime version meshd embeds, from the lock file.
-WASMTIME_VERSION="$(awk '$0 == "name = \"wasmtime\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' "$REPO/Cargo.lock")"
-[[ -n "$WASMTIME_VERSION" ]] || die "cannot read the wasmtime version from Cargo.lock"
-WASMTIME_ROOT="$BENCH_TARGET/wasmtime-cli"
-WASMTIME="$WASMTIME_ROOT/bin/wasmtime"
-if [[ -x "$WASMTIME" ]] && "$WASMTIME" --version | grep -q "^wasmtime $WASMTIME_VERSION\b"; then
-    log "wasmtime $WASMTIME_VERSION already installed in $WASMTIME_ROOT"
-else
-    log "installing wasmtime-cli $WASMTIME_VERSION into $WASMTIME_ROOT (slow the first time)"
-    nice -n 10 cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked --force \
-        --root "$WASMTIME_ROOT" --target-dir "$BENCH_TARGET/wasmtime-cli-build"
-fi
+need_wasmtime_cli
 
 # --- builds ------------------------------------------------------------------
 

@@ -752,3 +752,77 @@ async fn a_guest_hoarding_resources_hits_the_cap_and_the_app_recovers() {
     meshd.wait_for_log(&["app=hostile", "guest trapped"]);
     assert_eq!(client.get(&meshd.url("/hostile/ok")).await.text(), "ok");
 }
+
+/// Fresh random bytes as hex, for a secret nobody else can have written.
+fn random_hex(bytes: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..bytes.div_ceil(8))
+        .map(|_| {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(0);
+            format!("{:016x}", hasher.finish())
+        })
+        .collect::<String>()[..bytes * 2]
+        .to_string()
+}
+
+/// Pool slots are reused request after request, with their pages kept
+/// resident and reset in place (that is what makes a fresh instance per
+/// request fast), or given back to the kernel (`--memory-reset give-back`,
+/// the default when swap is on): either way nothing of one request may be
+/// left for the next. Each round plants a secret in a global, the stack and a
+/// 40 MiB heap buffer (more than the 16 MiB a slot keeps resident, so both
+/// the pages reset in place and those given back are covered), then hunts
+/// for it through all of the next request's memory.
+async fn no_secret_survives_a_request(memory_reset: &str) {
+    let apps = AppsDir::new();
+    apps.deploy("fresh", "hostile");
+    // The control: with reuse, the second request runs in the same instance
+    // and must find the secret, which shows the hunt can see one.
+    apps.deploy("warm", "hostile");
+    apps.write("warm.toml", "reuse = 2\n");
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--memory-reset", memory_reset])
+        .start();
+    let client = Client::http1();
+    for round in 0..6 {
+        let mask = random_hex(32);
+        for app in ["fresh", "warm"] {
+            let planted = client
+                .get(&meshd.url(&format!("/{app}/plant?mask={mask}&mb=40")))
+                .await;
+            assert_eq!(
+                planted.status,
+                200,
+                "round {round}, {app}: {}",
+                planted.text()
+            );
+            assert_eq!(planted.text(), "planted", "round {round}, {app}");
+            let hunt = client
+                .get(&meshd.url(&format!("/{app}/hunt?mask={mask}")))
+                .await;
+            assert_eq!(hunt.status, 200, "round {round}, {app}: {}", hunt.text());
+            let hunt = hunt.text();
+            match app {
+                "fresh" => assert!(
+                    hunt.starts_with("not found in "),
+                    "{memory_reset}, round {round}: a fresh instance found the earlier request's secret: {hunt}"
+                ),
+                _ => assert!(
+                    hunt.starts_with("found at "),
+                    "{memory_reset}, round {round}: the control (same instance) did not find its secret: {hunt}"
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_never_finds_what_an_earlier_one_left_in_memory_reset_in_place() {
+    no_secret_survives_a_request("in-place").await;
+}
+
+#[tokio::test]
+async fn a_request_never_finds_what_an_earlier_one_left_in_memory_given_back() {
+    no_secret_survives_a_request("give-back").await;
+}

@@ -33,6 +33,44 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// the work per request.
 const KEEP_RESIDENT_MEMORY: usize = 16 << 20;
 
+/// How a freed instance slot is made fresh for the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryReset {
+    /// Pages a request dirtied are found with PAGEMAP_SCAN and reset in
+    /// place (up to [`KEEP_RESIDENT_MEMORY`]); the rest is given back to the
+    /// kernel.
+    DirtyPagesInPlace,
+    /// Every page is given back to the kernel (`madvise(DONTNEED)`) and
+    /// faulted in again by the next instance: slower, but it never relies on
+    /// pages being resident. Chosen when swap is on: wasmtime 48's scan only
+    /// resets *present* dirty pages, so a dirty page the kernel swapped out
+    /// would keep one request's data for the next instance in that slot.
+    GiveBackEverything,
+}
+
+impl MemoryReset {
+    /// The reset that is safe on this host: in place unless swap is on.
+    pub fn for_this_host() -> Self {
+        if swap_is_on() {
+            MemoryReset::GiveBackEverything
+        } else {
+            MemoryReset::DirtyPagesInPlace
+        }
+    }
+}
+
+/// Whether the kernel has any swap area (disk, file or zram) enabled:
+/// `/proc/swaps` lists one per line after its header. Unreadable (not
+/// Linux, no /proc) counts as on, the safe answer.
+fn swap_is_on() -> bool {
+    std::fs::read_to_string("/proc/swaps").map_or(true, |swaps| lists_a_swap_area(&swaps))
+}
+
+/// Whether the text of `/proc/swaps` lists any swap area.
+fn lists_a_swap_area(swaps: &str) -> bool {
+    swaps.lines().skip(1).any(|line| !line.trim().is_empty())
+}
+
 /// Daemon-wide settings of the tenant runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -66,6 +104,9 @@ pub struct RuntimeConfig {
     pub load_parallelism: usize,
     /// Longest one app's compile may take (`--max-compile-time`).
     pub max_compile_time: Duration,
+    /// How freed instance memory is reset (`--memory-reset`); `None`: by
+    /// whether this host has swap on ([`MemoryReset::for_this_host`]).
+    pub memory_reset: Option<MemoryReset>,
 }
 
 /// The shared engine, linker and compiled-artifact cache.
@@ -97,6 +138,7 @@ pub struct Runtime {
     /// Every app's recent log lines, for the admin API.
     pub(crate) log_rings: Arc<LogRings>,
     pooling: bool,
+    memory_reset: MemoryReset,
     _ticker: EpochTicker,
 }
 
@@ -104,14 +146,22 @@ impl Runtime {
     /// Builds the engine (pooling allocator when the address space allows it,
     /// on-demand allocation otherwise), the linker and the cache.
     pub fn new(config: RuntimeConfig, kv: KvStore) -> Result<Arc<Self>> {
-        let (engine, pooling) = match Engine::new(&engine_config(&config, true)) {
+        let memory_reset = config
+            .memory_reset
+            .unwrap_or_else(MemoryReset::for_this_host);
+        if memory_reset == MemoryReset::DirtyPagesInPlace && swap_is_on() {
+            tracing::warn!(
+                "--memory-reset in-place with swap on: a dirty page of a guest's memory that the kernel swaps out is not reset, and the next request in that slot could read it; use --memory-reset auto or give-back unless meshd's cgroup cannot swap (memory.swap.max = 0)"
+            );
+        }
+        let (engine, pooling) = match Engine::new(&engine_config(&config, Some(memory_reset))) {
             Ok(engine) => (engine, true),
             Err(e) => {
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     "pooling allocator unavailable (address space too small?); using on-demand allocation"
                 );
-                let engine = Engine::new(&engine_config(&config, false))
+                let engine = Engine::new(&engine_config(&config, None))
                     .map_err(anyhow::Error::from)
                     .context("cannot create the wasmtime engine")?;
                 (engine, false)
@@ -159,6 +209,7 @@ impl Runtime {
             log_rings: Arc::default(),
             config,
             pooling,
+            memory_reset,
             _ticker: ticker,
         }))
     }
@@ -166,6 +217,11 @@ impl Runtime {
     /// Whether instances come from the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// How the pool resets a freed instance's memory for the next request.
+    pub fn memory_reset(&self) -> MemoryReset {
+        self.memory_reset
     }
 
     /// Every app's recent log lines (its guests' stdout, stderr and
@@ -212,10 +268,12 @@ impl Runtime {
     }
 }
 
-fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
+/// The engine's configuration: with the pooling allocator resetting memory
+/// as `pooling` says, or allocating on demand when `None`.
+fn engine_config(config: &RuntimeConfig, pooling: Option<MemoryReset>) -> Config {
     let mut c = Config::new();
     c.epoch_interruption(true);
-    if pooling {
+    if let Some(reset) = pooling {
         let mut pool = PoolingAllocationConfig::default();
         // Room for the active instances and as many idle ones kept for reuse.
         let n = config.max_instances.saturating_mul(2);
@@ -225,16 +283,27 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .total_core_instances(n.saturating_mul(8))
             .total_memories(n)
             .total_tables(n.saturating_mul(4))
-            .total_stacks(n)
+            .total_stacks(n);
+        match reset {
             // Keep the pages of a freed slot resident and reset them with
             // memset instead of returning them to the kernel: returning them
             // costs a TLB shootdown on every core per request. PAGEMAP_SCAN
             // (Linux 6.7+) finds the pages a request actually dirtied, so
-            // only those are reset.
-            .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-            .table_keep_resident(64 << 10)
-            .async_stack_keep_resident(256 << 10);
+            // only those are reset. (wasmtime 48 takes at most 32 disjoint
+            // dirty runs per scan and gives back everything after them, so
+            // heaps dirtied in many places, such as Python's or JavaScript's,
+            // are faulted in again anyway: docs/benchmarks.md.)
+            MemoryReset::DirtyPagesInPlace => pool
+                .pagemap_scan(Enabled::Auto)
+                .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+                .table_keep_resident(64 << 10)
+                .async_stack_keep_resident(256 << 10),
+            MemoryReset::GiveBackEverything => pool
+                .pagemap_scan(Enabled::No)
+                .linear_memory_keep_resident(0)
+                .table_keep_resident(0)
+                .async_stack_keep_resident(0),
+        };
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
@@ -279,5 +348,19 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_areas_are_read_from_proc_swaps() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!lists_a_swap_area(header));
+        assert!(!lists_a_swap_area(""));
+        let zram = format!("{header}/dev/zram0 partition\t8388604\t0\t100\n");
+        assert!(lists_a_swap_area(&zram));
     }
 }

@@ -34,7 +34,7 @@ pub use cache::CacheOutcome;
 pub use compile::CompileError;
 pub use cpu_budget::{CpuBudget, BURST as CPU_BURST};
 pub use descriptors::DescriptorLimits;
-pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
+pub use engine::{MemoryReset, Runtime, RuntimeConfig, EPOCH_TICK};
 pub use in_flight::{InFlight, InFlightGuard};
 pub use ledger::AppLedger;
 pub use load::{load_version, LoadError};

@@ -107,6 +107,22 @@ pub struct Args {
     #[arg(long, env = "MESHD_MAX_COMPILE_TIME", default_value = "120s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub max_compile_time: Duration,
 
+    /// How an instance's memory is made fresh for the next request. `auto`:
+    /// `in-place` unless the host has swap on, then `give-back`. `in-place`
+    /// resets the pages a request dirtied and keeps them resident (fast);
+    /// it relies on those pages staying in RAM, so with swap on a dirty page
+    /// swapped out could carry one request's data to the next. `give-back`
+    /// returns every page to the kernel after each request (slower, safe
+    /// with swap).
+    #[arg(
+        long,
+        env = "MESHD_MEMORY_RESET",
+        value_enum,
+        default_value = "auto",
+        value_name = "HOW"
+    )]
+    pub memory_reset: MemoryResetArg,
+
     /// Daemon settings file (TOML). Its `[limits]` table sets default limits
     /// for every app (flags override it, app manifests override both); its
     /// `[ceiling]` table caps what any manifest may ask for; its
@@ -398,6 +414,28 @@ impl std::str::FromStr for AccessLog {
             "stdout" => AccessLog::Stdout,
             path => AccessLog::File(PathBuf::from(path)),
         })
+    }
+}
+
+/// `--memory-reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MemoryResetArg {
+    /// In place, unless the host has swap on.
+    Auto,
+    /// Reset dirty pages in place and keep them resident.
+    InPlace,
+    /// Give every page back to the kernel.
+    GiveBack,
+}
+
+impl MemoryResetArg {
+    /// The reset to use on this host (`None`: decide by whether swap is on).
+    pub fn chosen(self) -> Option<meshd_tenant::MemoryReset> {
+        match self {
+            MemoryResetArg::Auto => None,
+            MemoryResetArg::InPlace => Some(meshd_tenant::MemoryReset::DirtyPagesInPlace),
+            MemoryResetArg::GiveBack => Some(meshd_tenant::MemoryReset::GiveBackEverything),
+        }
     }
 }
 

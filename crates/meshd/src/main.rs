@@ -323,12 +323,14 @@ async fn run(
             files_quota: Some(args.files_quota.as_u64()).filter(|&quota| quota > 0),
             load_parallelism,
             max_compile_time: args.max_compile_time,
+            memory_reset: args.memory_reset.chosen(),
         },
         kv,
     )?;
     tracing::info!(
         cache_dir = %runtime.config().cache_dir.display(),
         pooling = runtime.pooling(),
+        memory_reset = ?runtime.memory_reset(),
         max_instances = args.max_instances,
         max_total_memory = %max_total_memory,
         guest_log_rate = args.guest_log_rate,
