@@ -48,7 +48,8 @@ if ((ROUNDS > 1)) && [[ -z "${RPS_ROUND:-}" ]]; then
     trap 'rm -rf "$rounds_dir"' EXIT
     for ((round = 1; round <= ROUNDS; round++)); do
         printf '[bench] round %d of %d\n' "$round" "$ROUNDS" >&2
-        RPS_ROUND="$round" BENCH_OUT="$rounds_dir/round-$round.md" bash "${BASH_SOURCE[0]}" >/dev/null
+        RPS_ROUND="$round" BENCH_OUT="$rounds_dir/round-$round.md" \
+            BENCH_SUMMARY="${BENCH_SUMMARY:+$rounds_dir/summary-$round.tsv}" bash "${BASH_SOURCE[0]}" >/dev/null
     done
     {
         for ((round = 1; round <= ROUNDS; round++)); do
@@ -73,6 +74,24 @@ if ((ROUNDS > 1)) && [[ -z "${RPS_ROUND:-}" ]]; then
             done
     } >"$rounds_dir/summary.md"
     cat "$rounds_dir/summary.md"
+    # bench/all.sh's rows: each figure's median over the rounds, met or not
+    # by the median.
+    if [[ -n "${BENCH_SUMMARY:-}" ]]; then
+        cat "$rounds_dir"/summary-*.tsv | awk -F'\t' -v rounds="$ROUNDS" '
+            { key = $2; if (!(key in n)) { order[++k] = key; bench[key] = $1; target[key] = $4 }
+              v[key, ++n[key]] = $3 + 0 }
+            END {
+                for (i = 1; i <= k; i++) {
+                    key = order[i]; m = n[key]
+                    for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++)
+                        if (v[key, b] < v[key, a]) { t = v[key, a]; v[key, a] = v[key, b]; v[key, b] = t }
+                    med = (m % 2 ? v[key, (m + 1) / 2] : (v[key, m / 2] + v[key, m / 2 + 1]) / 2)
+                    split(target[key], tg, " "); goal = tg[2] + 0
+                    met = (tg[1] == ">=" ? (med >= goal) : (med <= goal)) ? "yes" : "no"
+                    printf "%s\t%s\t%.3fx (median of %d rounds)\t%s\t%s\n", bench[key], key, med, m, target[key], met
+                }
+            }' >>"$BENCH_SUMMARY"
+    fi
     if [[ -n "${BENCH_OUT:-}" ]]; then
         cp "$rounds_dir/summary.md" "$BENCH_OUT"
     fi
@@ -162,7 +181,7 @@ if [[ "${PIN:-0}" == 1 ]]; then
     PIN_NOTE="; servers pinned to CPU 0 (taskset -c 0), wrk to CPU 1"
 fi
 
-declare -A RPS P50 P99 NON2XX SOCKERR OTHER
+declare -A RPS P50 P99 NON2XX SOCKERR OTHER CPU_US
 
 # User and system time of one process and all its threads, in clock ticks.
 process_jiffies() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
@@ -207,8 +226,45 @@ bench() {
     SOCKERR[$name]="$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
                            END { print n + 0 }' "$out")"
     [[ -n "${RPS[$name]}" ]] || { cat "$out" >&2; die "cannot parse wrk's output for $name"; }
+    # The server's own CPU time per request: the figure that does not move
+    # between machines the way req/s does (issue #18).
+    CPU_US[$name]="$(awk -v s="$((server1 - server0))" -v hz="$CLK_TCK" \
+        -v n="$(awk '/requests in/ { print $1 }' "$out")" 'BEGIN { printf "%.1f", (n > 0 ? 1e6 * s / hz / n : 0) }')"
     log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms," \
-        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%"
+        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%," \
+        "server CPU ${CPU_US[$name]} us/request"
+}
+
+# bench_h2 NAME URL COMMAND...: like bench, with h2load over h2c (prior
+# knowledge), H2_STREAMS streams per connection on CONNECTIONS connections.
+bench_h2() {
+    local name="$1" url="$2"
+    shift 2
+    local log_file="$WORK/$name.log" out="$WORK/$name.h2load"
+    log "$name: starting (${*})"
+    "${SERVER_PREFIX[@]}" "$@" >"$log_file" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "$url" "$log_file"
+    local h2=(h2load -t"$THREADS" -c"$CONNECTIONS" -m"$H2_STREAMS")
+    log "$name: warming up for $WARMUP"
+    "${WRK_PREFIX[@]}" "${h2[@]}" -D"${WARMUP%s}" "$url" >/dev/null
+    log "$name: measuring for $DURATION (${h2[*]})"
+    local server0 server1
+    server0="$(process_jiffies "$SERVER_PID")"
+    "${WRK_PREFIX[@]}" "${h2[@]}" -D"${DURATION%s}" "$url" >"$out"
+    server1="$(process_jiffies "$SERVER_PID")"
+    stop_server
+    RPS[$name]="$(awk '/^finished in/ { gsub(/,/, ""); printf "%.0f", $4 }' "$out")"
+    local done_n failed_n
+    done_n="$(awk '/^requests:/ { print $8 }' "$out")"
+    failed_n="$(awk '/^requests:/ { print $10 }' "$out")"
+    NON2XX[$name]="$(awk '/^status codes:/ { gsub(/,/, ""); print $5 + $7 + $9 }' "$out")"
+    SOCKERR[$name]="${failed_n:-0}"
+    P50[$name]="n/a" P99[$name]="n/a" OTHER[$name]=0
+    [[ -n "${RPS[$name]}" && -n "$done_n" ]] || { cat "$out" >&2; die "cannot parse h2load's output for $name"; }
+    CPU_US[$name]="$(awk -v s="$((server1 - server0))" -v hz="$CLK_TCK" -v n="$done_n" \
+        'BEGIN { printf "%.1f", (n > 0 ? 1e6 * s / hz / n : 0) }')"
+    log "$name: ${RPS[$name]} req/s, ${done_n} done, ${failed_n} failed, server CPU ${CPU_US[$name]} us/request"
 }
 
 # --- the three servers -------------------------------------------------------
@@ -234,6 +290,15 @@ port="$(free_port)"
 bench meshd "http://$HOST:$port/hello/" \
     "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" --data-dir "$WORK/meshd-data"
 MESHD_ROWS=(meshd)
+# The same meshd over h2c: H2_STREAMS streams per connection (issue #18:
+# HTTP/2 at least as fast as HTTP/1.1). H2=0 leaves it out.
+H2_STREAMS="${H2_STREAMS:-10}"
+if [[ "${H2:-1}" == 1 ]]; then
+    port="$(free_port)"
+    bench_h2 meshd-h2c "http://$HOST:$port/hello/" \
+        "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" --data-dir "$WORK/meshd-data"
+    MESHD_ROWS+=(meshd-h2c)
+fi
 if [[ -n "${WORKERS:-}" ]]; then
     port="$(free_port)"
     bench meshd-workers "http://$HOST:$port/hello/" \
@@ -255,17 +320,18 @@ report() {
     echo "versions: $("$WASMTIME" --version), meshd $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
     echo "CPU busy just before the runs: ${BUSY_BEFORE}%; other CPU load = CPU time spent by anything but the server and wrk during a run, in % of one core"
     echo
-    echo "| server | req/s | p50 (ms) | p99 (ms) | non-2xx | socket errors | other CPU load |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| server | req/s | p50 (ms) | p99 (ms) | server CPU per request (us) | non-2xx | socket errors | other CPU load |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     local name label
     for name in native wasmtime-serve "${MESHD_ROWS[@]}"; do
         case "$name" in
             native) label="native hyper hello" ;;
             wasmtime-serve) label="\`wasmtime serve -Scli --max-instance-reuse-count $REUSE\`" ;;
             meshd) label="meshd (\`/hello/\`, reuse = $REUSE)" ;;
+            meshd-h2c) label="meshd over h2c, \`h2load -c$CONNECTIONS -m$H2_STREAMS -t$THREADS\` (reuse = $REUSE)" ;;
             meshd-workers) label="meshd --workers $WORKERS (\`/hello/\`, reuse = $REUSE)" ;;
         esac
-        echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${NON2XX[$name]} | ${SOCKERR[$name]} | ${OTHER[$name]}% |"
+        echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${CPU_US[$name]} | ${NON2XX[$name]} | ${SOCKERR[$name]} | ${OTHER[$name]}% |"
     done
     echo
     echo "| ratio (req/s) | |"
@@ -273,6 +339,10 @@ report() {
     echo "| meshd / wasmtime serve | $(ratio "${RPS[meshd]}" "${RPS[wasmtime-serve]}") |"
     echo "| meshd / native | $(ratio "${RPS[meshd]}" "${RPS[native]}") |"
     echo "| meshd p99 / native p99 | $(ratio "${P99[meshd]}" "${P99[native]}") |"
+    echo "| meshd CPU per request / native's | $(ratio "${CPU_US[meshd]}" "${CPU_US[native]}") |"
+    if [[ -n "${RPS[meshd-h2c]:-}" ]]; then
+        echo "| meshd h2c (h2load, $H2_STREAMS streams per connection) / meshd HTTP/1.1 (wrk) | $(ratio "${RPS[meshd-h2c]}" "${RPS[meshd]}") |"
+    fi
     if [[ -n "${WORKERS:-}" ]]; then
         echo "| meshd --workers $WORKERS / wasmtime serve | $(ratio "${RPS[meshd-workers]}" "${RPS[wasmtime-serve]}") |"
         echo "| meshd --workers $WORKERS / native | $(ratio "${RPS[meshd-workers]}" "${RPS[native]}") |"
@@ -282,6 +352,29 @@ report() {
 
 echo
 report | tee "${BENCH_OUT:-/dev/null}"
+
+# One row per target for bench/all.sh (issue #18; the fresh path's ratio to
+# wasmtime serve from the first round of issues).
+at_least() { awk -v v="$1" -v t="$2" 'BEGIN { print (v != "n/a" && v + 0 >= t ? "yes" : "no") }'; }
+at_most() { awk -v v="$1" -v t="$2" 'BEGIN { print (v != "n/a" && v + 0 <= t ? "yes" : "no") }'; }
+path="fresh instance"
+((REUSE > 1)) && path="reuse = $REUSE"
+r_native="$(ratio "${RPS[meshd]}" "${RPS[native]}")"
+r_p99="$(ratio "${P99[meshd]}" "${P99[native]}")"
+r_cpu="$(ratio "${CPU_US[meshd]}" "${CPU_US[native]}")"
+r_serve="$(ratio "${RPS[meshd]}" "${RPS[wasmtime-serve]}")"
+if ((REUSE > 1)); then
+    summary_row "$path: meshd / native req/s${PIN_NOTE:+ (pinned)}" "${r_native}x" ">= 0.5x" "$(at_least "$r_native" 0.5)"
+    summary_row "$path: meshd p99 / native p99${PIN_NOTE:+ (pinned)}" "${r_p99}x" "<= 2x" "$(at_most "$r_p99" 2)"
+    summary_row "$path: meshd CPU per request / native's${PIN_NOTE:+ (pinned)}" "${r_cpu}x (${CPU_US[meshd]} vs ${CPU_US[native]} us)" "<= 2x" "$(at_most "$r_cpu" 2)"
+else
+    summary_row "$path: meshd / wasmtime serve req/s${PIN_NOTE:+ (pinned)}" "${r_serve}x" ">= 4x" "$(at_least "$r_serve" 4)"
+    summary_row "$path: meshd / native req/s${PIN_NOTE:+ (pinned)}" "${r_native}x" ">= 0.35x" "$(at_least "$r_native" 0.35)"
+fi
+if [[ -n "${RPS[meshd-h2c]:-}" ]]; then
+    r_h2="$(ratio "${RPS[meshd-h2c]}" "${RPS[meshd]}")"
+    summary_row "$path: meshd h2c (h2load -m$H2_STREAMS) / HTTP/1.1 (wrk)" "${r_h2}x" ">= 1.0x" "$(at_least "$r_h2" 1)"
+fi
 
 for name in native wasmtime-serve meshd; do
     if ((OTHER[$name] > 15)); then
