@@ -170,4 +170,8 @@ report="$(
 )"
 echo "$report"
 [[ -n "${BENCH_OUT:-}" ]] && echo "$report" >"$BENCH_OUT"
+summary_row "graceful restart, SIGUSR2 to serving, 1 app / $TENANTS apps (median)" "${one_med} / ${many_med} ms" "(measured)" "-"
+r="$(ratio "${RPS[restarting]}" "${RPS[steady]}")"
+summary_row "req/s while restarting every ${RESTART_INTERVAL} s / without" "${r}x" ">= 0.9x" \
+    "$(awk -v r="$r" 'BEGIN { print (r + 0 >= 0.9 ? "yes" : "no") }')"
 exit "$status"

@@ -154,6 +154,11 @@ report() {
 echo
 report | tee "${BENCH_OUT:-/dev/null}"
 
+r="$(ratio "${RPS[many]}" "${RPS[single]}")"
+summary_row "req/s, $TENANTS tenants / 1" "${r}x" ">= 0.95x" "$(met "$r" 0.95 ">=")"
+summary_row "start-up, $TENANTS tenants, warm cache" "${STARTUP_WARM[many]} s" "<= 2 s" "$(met "${STARTUP_WARM[many]}" 2 "<=")"
+summary_row "VmRSS idle, $TENANTS tenants (one app's copies)" "$(field "${RSS_IDLE[many]}" 1) MB" "<= 200 MB" "$(met "$(field "${RSS_IDLE[many]}" 1)" 200 "<=")"
+
 failed=0
 check_results single many || failed=1
 exit "$failed"

@@ -191,6 +191,10 @@ EOF
 echo
 report | tee "${BENCH_OUT:-/dev/null}"
 
+r="$(ratio "${RPS[with-swaps]}" "${RPS[no-swaps]}")"
+summary_row "req/s while swapping / without" "${r}x, $REFUSED refused" ">= 0.9x, 0 refused" \
+    "$(awk -v r="$r" -v n="$REFUSED" 'BEGIN { print (r + 0 >= 0.9 && n == 0 ? "yes" : "no") }')"
+
 failed=0
 for run in "${!LAT_OTHER[@]}"; do
     if ((LAT_OTHER[$run] > 15)); then

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Every benchmark, one after another, and one table at the end: each figure
+# an issue targets, what was measured, the target, and whether it is met.
+#
+#   bash bench/all.sh            # everything (about 25 minutes on 2 cores)
+#   ONLY="rps heavy" bash bench/all.sh
+#
+# The benchmarks (each compares against its own baseline in the same run;
+# see its header for what it measures):
+#   rps-fresh    ROUNDS=3 bench/rps.sh: hello, a fresh instance per request,
+#                against native hyper and `wasmtime serve`, plus h2c
+#   rps-reuse    PIN=1 ROUNDS=3 REUSE=1000 bench/rps.sh: the reuse path,
+#                wrk on a core of its own
+#   instance     cargo bench -p meshd-tenant --bench instance (criterion):
+#                one instantiation, median
+#   scale        bench/scale.sh: 1,000 tenants against 1
+#   distinct     bench/distinct.sh: distinct apps (TENANTS, default 10000)
+#   swap         bench/swap.sh: throughput while swapping versions
+#   noisy        bench/noisy.sh: hello next to spinning guests
+#   heavy        bench/heavy.sh: Python and JavaScript, fresh instances
+#   restart      bench/restart.sh: graceful restart of meshd
+#
+# Environment (all optional):
+#   ONLY           the benchmarks to run, by the names above (default: all)
+#   MESHD_PROFILE  the profile meshd is built in once, before all of them
+#                  (default release-lto; `release` builds much faster)
+#   BENCH_OUT      also write the final table (markdown) to this file
+# Each benchmark's own report goes to target/bench/all/NAME.md and its
+# output to NAME.log. A benchmark that fails is reported as such in the
+# table; the others still run.
+set -euo pipefail
+BENCH_NAME=all
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ALL=(rps-fresh rps-reuse instance scale distinct swap noisy heavy restart)
+read -r -a RUN <<<"${ONLY:-${ALL[*]}}"
+OUT="$REPO/target/bench/all"
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.tsv"
+: >"$SUMMARY"
+
+# One build for every script: each then measures this same binary.
+log "building meshd ($MESHD_PROFILE) once for every benchmark"
+(cd "$REPO" && nice -n 10 cargo build --profile "$MESHD_PROFILE" -p meshd)
+find_meshd
+BUILT="$MESHD"
+STARTED="$(date -u '+%Y-%m-%d %H:%M UTC')"
+
+# run_bench NAME ENV... -- SCRIPT: one benchmark script, its rows appended to
+# the summary; a failure becomes a row too.
+run_bench() {
+    local name="$1"
+    shift
+    local envs=()
+    while [[ "$1" != "--" ]]; do
+        envs+=("$1")
+        shift
+    done
+    shift
+    log "== $name: $* (${envs[*]:-default settings})"
+    local t0="$SECONDS"
+    if env "${envs[@]}" MESHD="$BUILT" MESHD_LABEL="$MESHD_REV" BENCH_SUMMARY="$SUMMARY" \
+        BENCH_OUT="$OUT/$name.md" bash "$@" >"$OUT/$name.log" 2>&1; then
+        log "== $name: done in $((SECONDS - t0)) s"
+    else
+        log "== $name: FAILED after $((SECONDS - t0)) s (see $OUT/$name.log)"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$name" "the benchmark itself" "failed (see $OUT/$name.log)" "runs" "no" >>"$SUMMARY"
+    fi
+}
+
+# The criterion bench of one instantiation (not a shell script): its median.
+run_instance_bench() {
+    log "== instance: cargo bench -p meshd-tenant --bench instance"
+    local median
+    if (cd "$REPO" && nice -n 10 cargo bench -p meshd-tenant --bench instance) >"$OUT/instance.log" 2>&1; then
+        # criterion: "per_request/instantiate ... time:   [low median high]".
+        median="$(awk '/^per_request\/instantiate/ { found = 1 } found && /time:/ { print $4, $5; exit }' "$OUT/instance.log")"
+        local us
+        us="$(awk -v v="${median% *}" -v u="${median#* }" 'BEGIN {
+            if (u == "ns") v /= 1000; else if (u == "ms") v *= 1000; printf "%.2f", v }')"
+        printf '%s\t%s\t%s\t%s\t%s\n' instance "one instantiation, median" "$us us" "<= 10 us" \
+            "$(awk -v v="$us" 'BEGIN { print (v + 0 <= 10 ? "yes" : "no") }')" >>"$SUMMARY"
+    else
+        printf '%s\t%s\t%s\t%s\t%s\n' instance "the benchmark itself" "failed (see $OUT/instance.log)" "runs" "no" >>"$SUMMARY"
+    fi
+}
+
+BENCH_DIR="$REPO/bench"
+for name in "${RUN[@]}"; do
+    case "$name" in
+        rps-fresh) run_bench rps-fresh ROUNDS=3 -- "$BENCH_DIR/rps.sh" ;;
+        rps-reuse) run_bench rps-reuse PIN=1 ROUNDS=3 REUSE=1000 -- "$BENCH_DIR/rps.sh" ;;
+        instance) run_instance_bench ;;
+        scale) run_bench scale -- "$BENCH_DIR/scale.sh" ;;
+        distinct) run_bench distinct TENANTS="${TENANTS:-10000}" -- "$BENCH_DIR/distinct.sh" ;;
+        swap) run_bench swap -- "$BENCH_DIR/swap.sh" ;;
+        noisy) run_bench noisy -- "$BENCH_DIR/noisy.sh" ;;
+        heavy) run_bench heavy -- "$BENCH_DIR/heavy.sh" ;;
+        restart) run_bench restart -- "$BENCH_DIR/restart.sh" ;;
+        *) die "unknown benchmark '$name' (known: ${ALL[*]})" ;;
+    esac
+done
+
+table() {
+    echo "# Steelmesh benchmarks: one table"
+    echo
+    echo "started $STARTED, ended $(date -u '+%Y-%m-%d %H:%M UTC')"
+    machine_lines
+    echo "each benchmark's report: $OUT/NAME.md"
+    echo
+    echo "| benchmark | figure | measured | target | met |"
+    echo "|---|---|---|---|---|"
+    awk -F'\t' '{ printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5 }' "$SUMMARY"
+}
+BUSY_BEFORE="n/a (see each report)"
+table | tee "$OUT/all.md"
+[[ -n "${BENCH_OUT:-}" ]] && cp "$OUT/all.md" "$BENCH_OUT"
+exit 0
