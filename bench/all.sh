@@ -74,7 +74,9 @@ run_instance_bench() {
     local median
     if (cd "$REPO" && nice -n 10 cargo bench -p meshd-tenant --bench instance) >"$OUT/instance.log" 2>&1; then
         # criterion: "per_request/instantiate ... time:   [low median high]".
-        median="$(awk '/^per_request\/instantiate/ { found = 1 } found && /time:/ { print $4, $5; exit }' "$OUT/instance.log")"
+        # The name and the times share a line or not, depending on its length.
+        median="$(awk '/^per_request\/instantiate/ { found = 1 } found && /time:/ { print; exit }' "$OUT/instance.log" |
+            sed -n 's/.*time: *\[[^ ]* [^ ]* \([^ ]*\) \([^ ]*\) .*/\1 \2/p')"
         local us
         us="$(awk -v v="${median% *}" -v u="${median#* }" 'BEGIN {
             if (u == "ns") v /= 1000; else if (u == "ms") v *= 1000; printf "%.2f", v }')"
