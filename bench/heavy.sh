@@ -40,13 +40,6 @@ PY_APPS="${PY_APPS:-100}"
 CORES="$(nproc)"
 HEAVY="$REPO/target/bench/heavy"
 
-# The server under measurement that is not meshd (wasmtime serve), stopped
-# like meshd, and at exit.
-SERVER_PID=""
-stop_server() {
-    MESHD_PID="$SERVER_PID" stop_meshd
-    SERVER_PID=""
-}
 trap 'stop_server; cleanup' EXIT
 
 need_tools

@@ -156,6 +156,15 @@ need_wasmtime_cli() {
     fi
 }
 
+# A server under measurement other than the one in MESHD_PID (native hyper,
+# wasmtime serve), one at a time, stopped like meshd. A script that uses it
+# sets `trap 'stop_server; cleanup' EXIT`.
+SERVER_PID=""
+stop_server() {
+    MESHD_PID="$SERVER_PID" stop_meshd
+    SERVER_PID=""
+}
+
 # --- meshd -------------------------------------------------------------------
 
 # start_meshd LOG_FILE ARGS...: starts meshd on a port of its choosing on

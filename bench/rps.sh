@@ -107,13 +107,6 @@ CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-1}"
 NEXT_PORT="${BENCH_PORT:-18080}"
 
-# The server under measurement (native, wasmtime serve or meshd), one at a
-# time; stopped like meshd in lib.sh, and at exit.
-SERVER_PID=""
-stop_server() {
-    MESHD_PID="$SERVER_PID" stop_meshd
-    SERVER_PID=""
-}
 trap 'stop_server; cleanup' EXIT
 
 need_tools
@@ -186,16 +179,23 @@ declare -A RPS P50 P99 NON2XX SOCKERR OTHER CPU_US
 # User and system time of one process and all its threads, in clock ticks.
 process_jiffies() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
+# start_server NAME URL COMMAND...: starts COMMAND (pinned with PIN=1), its
+# output in $WORK/NAME.log, and waits until URL answers.
+start_server() {
+    local name="$1" url="$2"
+    shift 2
+    log "$name: starting (${*})"
+    "${SERVER_PREFIX[@]}" "$@" >"$WORK/$name.log" 2>&1 &
+    SERVER_PID=$!
+    wait_ready "$url" "$WORK/$name.log"
+}
+
 # bench NAME URL COMMAND...: start COMMAND, wait until URL answers, warm up,
 # measure with wrk, stop the server.
 bench() {
     local name="$1" url="$2"
-    shift 2
-    local log_file="$WORK/$name.log" out="$WORK/$name.wrk"
-    log "$name: starting (${*})"
-    "${SERVER_PREFIX[@]}" "$@" >"$log_file" 2>&1 &
-    SERVER_PID=$!
-    wait_ready "$url" "$log_file"
+    local out="$WORK/$name.wrk"
+    start_server "$@"
     local body
     body="$(curl -fsS --max-time 2 "$url")"
     [[ "$body" == "Hello from Steelmesh!" ]] || die "$name answered '$body', not the hello greeting"
@@ -239,12 +239,8 @@ bench() {
 # knowledge), H2_STREAMS streams per connection on CONNECTIONS connections.
 bench_h2() {
     local name="$1" url="$2"
-    shift 2
-    local log_file="$WORK/$name.log" out="$WORK/$name.h2load"
-    log "$name: starting (${*})"
-    "${SERVER_PREFIX[@]}" "$@" >"$log_file" 2>&1 &
-    SERVER_PID=$!
-    wait_ready "$url" "$log_file"
+    local out="$WORK/$name.h2load"
+    start_server "$@"
     local h2=(h2load -t"$THREADS" -c"$CONNECTIONS" -m"$H2_STREAMS")
     log "$name: warming up for $WARMUP"
     "${WRK_PREFIX[@]}" "${h2[@]}" -D"${WARMUP%s}" "$url" >/dev/null
