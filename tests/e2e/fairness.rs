@@ -88,16 +88,28 @@ async fn long_requests_give_way_to_short_ones_and_still_run_to_their_deadline() 
 }
 
 #[tokio::test]
-async fn cpu_weight_out_of_range_is_refused_naming_the_app() {
+async fn cpu_weight_out_of_range_or_above_the_ceiling_is_refused_naming_the_app() {
     let apps = AppsDir::with(&["hello"]);
     apps.deploy("heavy", "hostile");
-    apps.write("heavy.toml", "[limits]\ncpu_weight = 4\n");
+    apps.write("heavy.toml", "[limits]\ncpu_weight = 2\n");
     apps.deploy("greedy", "hostile");
     apps.write("greedy.toml", "[limits]\ncpu_weight = 1000\n");
-    let meshd = Meshd::start(apps.path());
+    apps.deploy("pushy", "hostile");
+    apps.write("pushy.toml", "[limits]\ncpu_weight = 4\n");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[ceiling]\ncpu_weight = 2\n").unwrap();
+    let meshd = Meshd::builder(apps.path())
+        .args(&["--config", config.path().to_str().unwrap()])
+        .start();
     let line = meshd.wait_for_log(&["greedy.toml", "cpu_weight"]);
     assert!(line.contains("between 0.01 and 100"), "{line}");
+    let line = meshd.wait_for_log(&["app=pushy", "app not loaded", "limits.cpu_weight"]);
+    assert!(
+        line.contains("4 is above the operator's ceiling of 2"),
+        "{line}"
+    );
     let client = Client::http1();
     assert_eq!(client.get(&meshd.url("/greedy/ok")).await.status, 404);
+    assert_eq!(client.get(&meshd.url("/pushy/ok")).await.status, 404);
     assert_eq!(client.get(&meshd.url("/heavy/ok")).await.text(), "ok");
 }

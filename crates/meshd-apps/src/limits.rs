@@ -29,7 +29,8 @@ pub struct Limits {
     /// How much the scheduler favours the app's requests over others', a
     /// number from 0.01 to 100 (default 1); kept in thousandths. A request
     /// stays short (first in line) for `cpu_weight` times as long, and its
-    /// long requests get `cpu_weight` times the share of the floor.
+    /// long requests' time costs the floor they share `1 / cpu_weight` as
+    /// much.
     #[serde(default, deserialize_with = "weight")]
     pub cpu_weight: Option<u32>,
 }
@@ -91,7 +92,7 @@ pub fn cores_text(millis: u32) -> String {
 pub const DEFAULT_CPU_WEIGHT: u32 = 1000;
 
 /// A `cpu_weight` (`0.5`, `2`) in thousandths: from 0.01 to 100.
-fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(crate) fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     let weight = f64::deserialize(d)?;
     let millis = (weight * 1000.0).round();
     if !(10.0..=100_000.0).contains(&millis) {
