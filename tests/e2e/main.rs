@@ -15,6 +15,7 @@ mod canary;
 mod cli;
 mod client_address;
 mod dashboard;
+mod fairness;
 mod front_door;
 mod harness;
 mod hosts;

@@ -4,7 +4,7 @@
 //! outbound access to the operator's internal network.
 
 use crate::address::is_internal;
-use crate::limits::{cores, cores_text, duration, size, Limits};
+use crate::limits::{cores, cores_text, duration, size, weight, Limits};
 use crate::manifest::Manifest;
 use serde::Deserialize;
 use std::time::Duration;
@@ -27,6 +27,10 @@ pub struct Ceiling {
     /// Highest `cpu`, in cores (`2`, `0.5`).
     #[serde(default, deserialize_with = "cores")]
     pub cpu: Option<u32>,
+    /// Highest `cpu_weight` (`1`: no app is favoured by the scheduler over
+    /// the default); kept in thousandths.
+    #[serde(default, deserialize_with = "weight")]
+    pub cpu_weight: Option<u32>,
     /// Highest `reuse` (instance reuse weakens isolation between requests).
     pub reuse: Option<u32>,
     /// Whether an `[outbound] allow` rule may name an internal IP address
@@ -50,6 +54,7 @@ impl Default for Ceiling {
             max_concurrency: None,
             max_body: None,
             cpu: None,
+            cpu_weight: None,
             reuse: None,
             internal_outbound: true,
         }
@@ -75,7 +80,9 @@ impl Ceiling {
         let (value, bound) = (limits.max_body, self.max_body);
         above("limits.max_body", value, bound, "max_body", size_text)?;
         let (value, bound) = (limits.cpu, self.cpu);
-        above("limits.cpu", value, bound, "cpu", cores_text)
+        above("limits.cpu", value, bound, "cpu", cores_text)?;
+        let (value, bound) = (limits.cpu_weight, self.cpu_weight);
+        above("limits.cpu_weight", value, bound, "cpu_weight", cores_text)
     }
 
     /// Checks an app: its limits (`limits`, the manifest's merged over the
@@ -154,7 +161,7 @@ mod tests {
     #[test]
     fn each_limit_above_its_bound_is_refused_with_both_values() {
         let bound = ceiling(
-            "memory = \"64MiB\"\ntimeout = \"10s\"\nmax_concurrency = 10\nmax_body = \"1MiB\"\ncpu = 0.5\nreuse = 10\n",
+            "memory = \"64MiB\"\ntimeout = \"10s\"\nmax_concurrency = 10\nmax_body = \"1MiB\"\ncpu = 0.5\nreuse = 10\ncpu_weight = 2\n",
         );
         let cases = [
             ("[limits]\nmemory = \"65MiB\"", "limits.memory"),
@@ -162,6 +169,7 @@ mod tests {
             ("[limits]\nmax_concurrency = 11", "limits.max_concurrency"),
             ("[limits]\nmax_body = \"2MiB\"", "limits.max_body"),
             ("[limits]\ncpu = 0.6", "limits.cpu"),
+            ("[limits]\ncpu_weight = 2.5", "limits.cpu_weight"),
             ("reuse = 11", "reuse"),
         ];
         let within = manifest(

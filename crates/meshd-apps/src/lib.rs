@@ -16,7 +16,9 @@ mod scan;
 
 pub use address::is_internal;
 pub use ceiling::Ceiling;
-pub use limits::{cores_text, parse_cores, parse_duration, Limits, MAX_DURATION};
+pub use limits::{
+    cores_text, parse_cores, parse_duration, Limits, DEFAULT_CPU_WEIGHT, MAX_DURATION,
+};
 pub use manifest::{Files, Manifest, ManifestError, Outbound};
 pub use outbound::OutboundRule;
 pub use scan::{is_app_file, scan, AppFiles, ScanError};

@@ -26,6 +26,13 @@ pub struct Limits {
     /// for their share.
     #[serde(default, deserialize_with = "cores")]
     pub cpu: Option<u32>,
+    /// How much the scheduler favours the app's requests over others', a
+    /// number from 0.01 to 100 (default 1); kept in thousandths. A request
+    /// stays short (first in line) for `cpu_weight` times as long, and its
+    /// long requests' time costs the floor they share `1 / cpu_weight` as
+    /// much.
+    #[serde(default, deserialize_with = "weight")]
+    pub cpu_weight: Option<u32>,
 }
 
 impl Limits {
@@ -36,8 +43,10 @@ impl Limits {
         timeout: Some(Duration::from_secs(30)),
         max_concurrency: Some(100),
         max_body: Some(128 << 20),
-        // Depends on the machine: see `Limits::default_cpu`.
+        // No cap unless the operator sets one: the scheduler keeps short
+        // requests first (see docs/operations.md).
         cpu: None,
+        cpu_weight: Some(DEFAULT_CPU_WEIGHT),
     };
 
     /// These limits, with `defaults` filling the keys left unset.
@@ -48,15 +57,8 @@ impl Limits {
             max_concurrency: self.max_concurrency.or(defaults.max_concurrency),
             max_body: self.max_body.or(defaults.max_body),
             cpu: self.cpu.or(defaults.cpu),
+            cpu_weight: self.cpu_weight.or(defaults.cpu_weight),
         }
-    }
-
-    /// The `cpu` limit an app gets when nothing sets one: half of meshd's
-    /// worker threads, rounded up, so no single tenant can take the whole
-    /// daemon (on one worker, that worker). In thousandths of a core.
-    pub fn default_cpu(workers: usize) -> u32 {
-        let cores = workers.div_ceil(2).max(1);
-        u32::try_from(cores * 1000).unwrap_or(u32::MAX)
     }
 }
 
@@ -84,6 +86,22 @@ fn cores_to_millis(cores: f64) -> Result<u32, String> {
 /// Thousandths of a core as the number of cores a user writes (`0.5`).
 pub fn cores_text(millis: u32) -> String {
     format!("{}", f64::from(millis) / 1000.0)
+}
+
+/// The `cpu_weight` of an app that sets none: 1, in thousandths.
+pub const DEFAULT_CPU_WEIGHT: u32 = 1000;
+
+/// A `cpu_weight` (`0.5`, `2`) in thousandths: from 0.01 to 100.
+pub(crate) fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let weight = f64::deserialize(d)?;
+    let millis = (weight * 1000.0).round();
+    if !(10.0..=100_000.0).contains(&millis) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid cpu_weight {weight}: must be between 0.01 and 100"
+        )));
+    }
+    // In range, so the conversion is exact.
+    Ok(Some(millis as u32))
 }
 
 /// A size: a string with a unit (`"64MiB"`, `"10 MB"`) or a number of bytes.
@@ -204,10 +222,23 @@ mod tests {
     }
 
     #[test]
-    fn default_cpu_is_half_the_workers_rounded_up() {
-        assert_eq!(Limits::default_cpu(1), 1000);
-        assert_eq!(Limits::default_cpu(2), 1000);
-        assert_eq!(Limits::default_cpu(3), 2000);
-        assert_eq!(Limits::default_cpu(16), 8000);
+    fn cpu_weight_is_kept_in_thousandths_and_bounded() {
+        let limits: Limits = toml::from_str("cpu_weight = 2").unwrap();
+        assert_eq!(limits.cpu_weight, Some(2000));
+        let limits: Limits = toml::from_str("cpu_weight = 0.5").unwrap();
+        assert_eq!(limits.cpu_weight, Some(500));
+        assert_eq!(
+            Limits::default().or(Limits::BUILT_IN).cpu_weight,
+            Some(DEFAULT_CPU_WEIGHT)
+        );
+        for bad in [
+            "cpu_weight = 0",
+            "cpu_weight = -1",
+            "cpu_weight = 101",
+            "cpu_weight = \"high\"",
+        ] {
+            let err = toml::from_str::<Limits>(bad).unwrap_err().to_string();
+            assert!(err.contains("cpu_weight"), "{bad}: {err}");
+        }
     }
 }

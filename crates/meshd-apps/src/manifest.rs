@@ -286,6 +286,18 @@ memroy = \"1MiB\"",
     }
 
     #[test]
+    fn bad_cpu_weight_names_the_manifest_and_the_key() {
+        let err = parse("[limits]\ncpu_weight = 1000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cpu_weight"), "{err}");
+        assert!(err.contains("between 0.01 and 100"), "{err}");
+        assert!(err.contains(".toml"), "the manifest is named: {err}");
+        let manifest = parse("[limits]\ncpu_weight = 4").unwrap();
+        assert_eq!(manifest.limits.cpu_weight, Some(4000));
+    }
+
+    #[test]
     fn bad_outbound_rule_names_the_key() {
         let err = parse(
             "[outbound]

@@ -144,6 +144,18 @@ impl Collector for MountsCollector {
             let (_, held) = version.cpu_time();
             ConstCounter::new(held.as_secs_f64()).encode(metric.encode_family(&set)?)?;
         }
+
+        let mut metric = encoder.encode_descriptor(
+            "meshd_guest_gave_way_seconds",
+            "Time the app's long requests waited for short requests (of any app) to run",
+            None,
+            MetricType::Counter,
+        )?;
+        for (version, side, _) in &versions {
+            let set = labels(version, *side);
+            let gave_way = version.cpu_gave_way();
+            ConstCounter::new(gave_way.as_secs_f64()).encode(metric.encode_family(&set)?)?;
+        }
         Ok(())
     }
 }

@@ -34,6 +34,7 @@ fn settings() -> TenantSettings {
         max_concurrency: 1000,
         max_body: 1 << 20,
         cpu: Some(1000),
+        cpu_weight: 1000,
         env: Vec::new(),
         files: None,
         outbound: Vec::new(),

@@ -42,6 +42,9 @@ pub struct CpuBudget {
     ran_ns: AtomicU64,
     /// Time its guests were made to wait, in all.
     held_ns: AtomicU64,
+    /// Time its long requests gave way to short ones (the scheduler), in
+    /// all.
+    gave_way_ns: AtomicU64,
     /// When holding it back was last logged (nanoseconds since `origin`,
     /// plus one so that 0 means never).
     warned_at: AtomicU64,
@@ -58,6 +61,7 @@ impl CpuBudget {
             paid_until: AtomicU64::new(0),
             ran_ns: AtomicU64::new(0),
             held_ns: AtomicU64::new(0),
+            gave_way_ns: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
         }
     }
@@ -76,18 +80,27 @@ impl CpuBudget {
             paid_until: AtomicU64::new(self.paid_until.load(Ordering::Relaxed)),
             ran_ns: AtomicU64::new(self.ran_ns.load(Ordering::Relaxed)),
             held_ns: AtomicU64::new(self.held_ns.load(Ordering::Relaxed)),
+            gave_way_ns: AtomicU64::new(self.gave_way_ns.load(Ordering::Relaxed)),
             warned_at: AtomicU64::new(self.warned_at.load(Ordering::Relaxed)),
         };
         Arc::new(next)
     }
 
-    /// Runs one poll of a guest and charges the app for it.
-    pub fn metered<R>(&self, poll: impl FnOnce() -> R) -> R {
-        let start = Instant::now();
-        let result = poll();
-        let end = Instant::now();
+    /// Charges the app for a poll of one of its guests that ran from
+    /// `start` to `end`.
+    pub(crate) fn charge_poll(&self, start: Instant, end: Instant) {
         self.charge(self.nanos(start), self.nanos(end));
-        result
+    }
+
+    /// Counts time one of its long requests gave way to short ones.
+    pub(crate) fn gave_way(&self, paused: Duration) {
+        self.gave_way_ns
+            .fetch_add(saturating_nanos(paused), Ordering::Relaxed);
+    }
+
+    /// Time its long requests gave way to short ones, in all.
+    pub fn gave_way_total(&self) -> Duration {
+        Duration::from_nanos(self.gave_way_ns.load(Ordering::Relaxed))
     }
 
     /// How long the app's guests must wait now before running again, if

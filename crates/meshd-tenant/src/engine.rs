@@ -9,6 +9,7 @@ use crate::in_flight::InFlight;
 use crate::limiter::MemoryCeiling;
 use crate::log_ring::LogRings;
 use crate::outbound::{OutboundLimits, Resolver, ResolverSettings};
+use crate::scheduler::Scheduler;
 use anyhow::{Context as _, Result};
 use meshd_keyvalue::KvStore;
 use std::path::PathBuf;
@@ -137,6 +138,8 @@ pub struct Runtime {
     pub(crate) memory: Arc<MemoryCeiling>,
     /// Every app's recent log lines, for the admin API.
     pub(crate) log_rings: Arc<LogRings>,
+    /// Short requests before long ones, across all apps.
+    pub(crate) scheduler: Scheduler,
     pooling: bool,
     memory_reset: MemoryReset,
     _ticker: EpochTicker,
@@ -207,6 +210,7 @@ impl Runtime {
             idle_slots: Arc::default(),
             memory: Arc::new(MemoryCeiling::new(config.max_total_memory)),
             log_rings: Arc::default(),
+            scheduler: Scheduler::for_current_runtime(),
             config,
             pooling,
             memory_reset,

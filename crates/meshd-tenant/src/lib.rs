@@ -25,6 +25,7 @@ mod log_budget;
 mod log_ring;
 mod outbound;
 mod platform;
+mod scheduler;
 mod settings;
 mod stats;
 mod version;
@@ -43,6 +44,7 @@ pub use log_ring::{
     MAX_LINES as LOG_RING_LINES,
 };
 pub use outbound::{OutboundLimits, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
+pub use scheduler::{Scheduler, LONG_AFTER as CPU_LONG_AFTER};
 pub use settings::{Preopen, TenantSettings};
 pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};
 pub use version::{AppVersion, ClientScheme, ServeError};

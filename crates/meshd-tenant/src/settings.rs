@@ -20,6 +20,11 @@ pub struct TenantSettings {
     /// Processor time the app's guests may use together, in thousandths of
     /// a core (see [`crate::CpuBudget`]); `None`: no limit.
     pub cpu: Option<u32>,
+    /// How much the scheduler favours the app, in thousandths (1000: the
+    /// default weight of 1): its requests stay short for `cpu_weight` times
+    /// as long, and its long requests' time costs the floor they share
+    /// `1 / cpu_weight` as much (see `scheduler.rs`).
+    pub cpu_weight: u32,
     /// The whole environment the guest sees.
     pub env: Vec<(String, String)>,
     /// A host directory preopened as `/`, if any.
@@ -51,6 +56,7 @@ impl PartialEq for TenantSettings {
             && self.max_concurrency == other.max_concurrency
             && self.max_body == other.max_body
             && self.cpu == other.cpu
+            && self.cpu_weight == other.cpu_weight
             && self.env == other.env
             && self.files == other.files
             && self.outbound == other.outbound

@@ -12,6 +12,7 @@ use crate::host::{AppShared, Host};
 use crate::in_flight::{InFlight, InFlightGuard};
 use crate::ledger::AppLedger;
 use crate::log_budget::LogBudget;
+use crate::scheduler::Turn;
 use crate::settings::TenantSettings;
 use crate::stats::VersionStats;
 use bytes::Bytes;
@@ -291,6 +292,12 @@ impl AppVersion {
     /// their `cpu` limit, since its ledger was made.
     pub fn cpu_time(&self) -> (Duration, Duration) {
         (self.cpu.ran(), self.cpu.held())
+    }
+
+    /// Time the app's long requests gave way to short ones (of any app),
+    /// since its ledger was made.
+    pub fn cpu_gave_way(&self) -> Duration {
+        self.cpu.gave_way_total()
     }
 
     /// The version's in-flight requests, for draining.
@@ -625,9 +632,13 @@ impl AppVersion {
                 let now = tokio::time::Instant::now();
                 let deadline = deadline_after(now.into_std(), self.settings.timeout).into();
                 let mut call = std::pin::pin!(call);
-                // Every poll of the guest is charged to the app's `cpu`.
-                let cpu = &self.cpu;
-                let call = std::future::poll_fn(|cx| cpu.metered(|| call.as_mut().poll(cx)));
+                // Every poll of the guest is charged to the app's `cpu`; once
+                // the request is long it gives way to short ones (scheduler.rs).
+                let (cpu, scheduler) = (&self.cpu, &self.runtime.scheduler);
+                let mut turn = Turn::new(self.settings.cpu_weight);
+                let call = std::future::poll_fn(|cx| {
+                    turn.poll(scheduler, cpu, cx, |cx| call.as_mut().poll(cx))
+                });
                 let mut call = std::pin::pin!(call);
                 // Most guests finish within their first poll (which lasts at most
                 // FIRST_SLICE_TICKS before the guest yields). Only a guest that

@@ -154,7 +154,8 @@ pub struct Args {
     /// Default processor time one app's guests may use together, in cores
     /// averaged over time (e.g. 0.5, 2), with bursts of a tenth of a second
     /// over it. Guests over it wait for their share; other apps are not
-    /// slowed. [default: half of --workers, rounded up]
+    /// slowed. Short requests are kept ahead of long ones without it.
+    /// [default: no limit]
     #[arg(long, env = "MESHD_MAX_CPU", value_parser = meshd_apps::parse_cores, value_name = "CORES")]
     pub max_cpu: Option<u32>,
 
@@ -486,6 +487,7 @@ impl Args {
             max_concurrency: self.max_concurrency,
             max_body: self.max_body.map(|size| size.as_u64()),
             cpu: self.max_cpu,
+            cpu_weight: None,
         }
     }
 

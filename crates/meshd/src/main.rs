@@ -240,14 +240,13 @@ async fn run(
         .as_ref()
         .map(|_| meshd_acme::Statuses::default());
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    // The machine-dependent default, kept within the operator's ceiling.
-    let default_cpu =
-        meshd_apps::Limits::default_cpu(workers).min(daemon_config.ceiling.cpu.unwrap_or(u32::MAX));
+    // No `cpu` cap by default (the scheduler keeps short requests ahead of
+    // long ones, docs/operations.md), except the operator's ceiling.
     let default_limits = args
         .limits()
         .or(daemon_config.limits)
         .or(meshd_apps::Limits {
-            cpu: Some(default_cpu),
+            cpu: daemon_config.ceiling.cpu,
             ..meshd_apps::Limits::BUILT_IN
         });
     if default_limits.max_concurrency == Some(0) {

@@ -207,6 +207,7 @@ fn tenant_settings(
         max_concurrency: limits.max_concurrency.unwrap_or(1),
         max_body: limits.max_body.unwrap_or_default(),
         cpu: limits.cpu,
+        cpu_weight: limits.cpu_weight.unwrap_or(meshd_apps::DEFAULT_CPU_WEIGHT),
         env: manifest.env.clone().into_iter().collect(),
         files,
         outbound: manifest.outbound.rules(),
