@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
             files_quota: None,
             load_parallelism: 1,
             max_compile_time: std::time::Duration::from_secs(600),
+            idle_unload: None,
         },
         kv,
     )

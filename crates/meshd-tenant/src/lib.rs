@@ -25,6 +25,7 @@ mod log_budget;
 mod log_ring;
 mod outbound;
 mod platform;
+mod resident;
 mod settings;
 mod stats;
 mod version;
@@ -37,12 +38,13 @@ pub use descriptors::DescriptorLimits;
 pub use engine::{Runtime, RuntimeConfig, EPOCH_TICK};
 pub use in_flight::{InFlight, InFlightGuard};
 pub use ledger::AppLedger;
-pub use load::{load_version, LoadError};
+pub use load::{load_version, load_version_with_source, unloaded_version, LoadError};
 pub use log_ring::{
     LogLine, LogPage, LogRing, LogRings, LogSource, LINE_OVERHEAD, MAX_BYTES as LOG_RING_BYTES,
     MAX_LINES as LOG_RING_LINES,
 };
 pub use outbound::{OutboundLimits, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
+pub use resident::{ResidentStats, WasmSource};
 pub use settings::{Preopen, TenantSettings};
 pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};
 pub use version::{AppVersion, ClientScheme, ServeError};

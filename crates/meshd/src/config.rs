@@ -26,6 +26,10 @@ pub struct DaemonConfig {
     pub tls: TlsConfig,
     /// Automatic certificates from an ACME CA (Let's Encrypt).
     pub acme: Option<AcmeConfig>,
+    /// `idle_unload = "10m"`: as `--idle-unload` (the flag wins). [default:
+    /// off]
+    #[serde(default, with = "humantime_option")]
+    pub idle_unload: Option<std::time::Duration>,
 }
 
 /// `[acme]`: certificates obtained and renewed by meshd from an ACME CA,

@@ -323,6 +323,7 @@ async fn run(
             files_quota: Some(args.files_quota.as_u64()).filter(|&quota| quota > 0),
             load_parallelism,
             max_compile_time: args.max_compile_time,
+            idle_unload: args.idle_unload.or(daemon_config.idle_unload),
         },
         kv,
     )?;
