@@ -382,6 +382,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn idle_unload_is_a_duration_and_off_by_default() {
+        let config: DaemonConfig = toml::from_str("idle_unload = \"10m\"\n[limits]").unwrap();
+        assert_eq!(
+            config.idle_unload,
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(DaemonConfig::default().idle_unload, None);
+        assert!(toml::from_str::<DaemonConfig>("idle_unload = \"soon\"").is_err());
+    }
+
+    #[test]
     fn limits_table_parses_and_unknown_keys_fail() {
         let config: DaemonConfig =
             toml::from_str("[limits]\nmemory = \"64MiB\"\nmax_concurrency = 8").unwrap();
