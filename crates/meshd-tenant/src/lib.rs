@@ -44,7 +44,7 @@ pub use log_ring::{
     MAX_LINES as LOG_RING_LINES,
 };
 pub use outbound::{OutboundLimits, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
-pub use resident::{ResidentStats, WasmSource};
+pub use resident::{release_free_heap, ResidentStats, WasmSource};
 pub use settings::{Preopen, TenantSettings};
 pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};
 pub use version::{AppVersion, ClientScheme, ServeError};

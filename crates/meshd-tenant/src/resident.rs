@@ -220,6 +220,22 @@ impl Drop for VersionCode {
     }
 }
 
+/// Gives the heap's free memory back to the kernel (glibc's `malloc_trim`;
+/// a no-op elsewhere). glibc keeps freed small and medium blocks (such as
+/// the `.wasm` bytes read for each app, about 100 KiB) in its heap, so after
+/// a start-up with thousands of apps, or after unloading many, most of what
+/// was freed still counted as meshd's anonymous memory: 3,000 apps idle held
+/// 369 MB of RssAnon, 32 MB after a trim. Takes a few ms; call it after
+/// such a batch, never per request.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes the allocator's own locks and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Reads (or compiles) a version's code and pre-instantiates it. Blocking.
 pub(crate) fn load_code(
     runtime: &Runtime,
@@ -334,8 +350,13 @@ impl Resident {
             versions.iter().filter_map(Weak::upgrade).collect()
         };
         // Unmapping happens here, outside the registry's lock.
+        let mut unloaded = 0;
         for code in &live {
-            code.unload_if_idle(cutoff);
+            unloaded += usize::from(code.unload_if_idle(cutoff));
+        }
+        drop(live);
+        if unloaded > 0 {
+            release_free_heap();
         }
     }
 

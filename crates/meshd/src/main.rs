@@ -453,6 +453,9 @@ async fn run(
     // missed.
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
     let summary = dir_source.sync().await;
+    // Reading and loading every app left freed blocks in the heap (glibc
+    // keeps them): give them back before serving.
+    tokio::task::spawn_blocking(meshd_tenant::release_free_heap);
     // A node of a mesh is ready once it has the mesh's apps too (or, if
     // NATS does not answer, after MESH_READY_TIMEOUT: it serves what it has).
     if mesh.is_none() {
