@@ -9,11 +9,17 @@
 # index), so every app has its own content hash: it compiles, is cached and is
 # mapped separately (bench/scale.sh measures the shared case). Steps, all with
 # the same --cache-dir:
-#   1. a first meshd compiles every app into the empty cache and is stopped;
+#   1. a first meshd compiles every app into the empty cache (or CACHE_DIR),
+#      waits until the artifact store in --data-dir holds every app's bytes
+#      (meshd writes them in the background), and is stopped;
 #   2. a second meshd (warm cache on disk, its files dropped from the page
-#      cache first) is measured: start-up time, VmRSS /
-#      RssAnon / RssFile after IDLE seconds, then one GET to every app (each
-#      must answer 200), then the memory again;
+#      cache first; with --idle-unload IDLE_UNLOAD) is measured: start-up
+#      time, VmRSS / RssAnon / RssFile after IDLE seconds, then one GET to
+#      every app (each must answer 200; apps that passed their check before
+#      start unloaded, so this is their first request: its latency p50/p99
+#      is reported), then the memory again, and once more after the idle
+#      unload has dropped the code (meshd_code_loaded_versions back to 0, at
+#      most 3 x IDLE_UNLOAD + 10 s later);
 #   3. if the cgroup v1 memory controller is writable here (it is on the
 #      build machine, as root), the same as 2 with meshd inside a memory
 #      cgroup limited to LIMIT: the kernel must then reclaim what does not
@@ -24,6 +30,11 @@
 # Environment (all optional):
 #   TENANTS      how many distinct apps                    (default 1000)
 #   IDLE         seconds idle before the idle reading      (default 2)
+#   IDLE_UNLOAD  --idle-unload of the measured meshd, or "off" (a meshd
+#                without the flag: older builds)           (default 20s)
+#   CACHE_DIR    use (and keep) this compile cache, e.g. one filled by an
+#                earlier run, instead of a fresh one       (default: fresh)
+#   LIMITED      0: skip the run in a memory cgroup        (default 1)
 #   LIMIT        the cgroup's memory limit                 (default 200M)
 #   BENCH_OUT    also write the result tables (markdown) to this file
 #   MESHD, MESHD_LABEL, MESHD_PROFILE  measure a given meshd binary, or the
@@ -36,6 +47,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TENANTS="${TENANTS:-1000}"
 IDLE="${IDLE:-2}"
+IDLE_UNLOAD="${IDLE_UNLOAD:-20s}"
+LIMITED="${LIMITED:-1}"
 LIMIT="${LIMIT:-200M}"
 ((TENANTS >= 1 && TENANTS <= 10000)) || die "TENANTS must be 1..10000"
 MEMCG_ROOT=/sys/fs/cgroup/memory
@@ -82,21 +95,62 @@ PY
 
 # --- measuring ---------------------------------------------------------------
 
-CACHE="$WORK/cache"
+CACHE="${CACHE_DIR:-$WORK/cache}"
 DATA="$WORK/data"
-ARGS=(--apps "$APPS" --cache-dir "$CACHE" --data-dir "$DATA" --no-watch)
+ARGS=(--apps "$APPS" --cache-dir "$CACHE" --data-dir "$DATA" --no-watch
+    --metrics-listen "$HOST:0")
+MEASURE_ARGS=()
+[[ "$IDLE_UNLOAD" == off ]] || MEASURE_ARGS=(--idle-unload "$IDLE_UNLOAD")
 
-# Requests every app once; prints how many answered 200.
+# Requests every app once, in order, on one keep-alive connection; prints
+# how many answered 200 and the latency of the requests in ms: p50 p99 max.
 request_every_app() {
-    local ok=0 i status
-    for ((i = 0; i < TENANTS; i++)); do
-        status="$(curl -s -o /dev/null -w '%{http_code}' "http://$MESHD_ADDR/$(printf 'app%04d' "$i")/")" || status=000
-        [[ "$status" == 200 ]] && ok=$((ok + 1))
-    done
-    echo "$ok"
+    python3 - "$MESHD_ADDR" "$TENANTS" <<'PY'
+import http.client, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+tenants = int(sys.argv[2])
+connect = lambda: http.client.HTTPConnection(host, int(port), timeout=60)
+conn, ok, took = connect(), 0, []
+for i in range(tenants):
+    start = time.perf_counter()
+    try:
+        conn.request("GET", f"/app{i:04d}/")
+        resp = conn.getresponse()
+        resp.read()
+        ok += resp.status == 200
+    except Exception:
+        conn.close()
+        conn = connect()
+    took.append((time.perf_counter() - start) * 1000)
+took.sort()
+at = lambda q: took[min(len(took) - 1, int(q * len(took)))]
+print(ok, f"{at(0.50):.2f}", f"{at(0.99):.2f}", f"{took[-1]:.2f}")
+PY
 }
 
-declare -A STARTUP RSS_IDLE RSS_AFTER SERVED
+# The value of metric NAME (no labels) of the running meshd, or "n/a".
+meshd_metric() {
+    local url
+    url="$(grep -o -m1 'metrics listening on http://[0-9.:]*/metrics' "$MESHD_LOG" | sed 's/.* on //')"
+    curl -s "$url" | awk -v name="$1" '$1 == name { print $2; found = 1 } END { if (!found) print "n/a" }'
+}
+
+# Waits until no version's code is loaded (at most 3 x IDLE_UNLOAD + 10 s).
+wait_for_idle_unload() {
+    local seconds limit waited=0 loaded
+    seconds="$(awk -v d="$IDLE_UNLOAD" 'BEGIN { n = d + 0; if (d ~ /ms$/) n /= 1000; else if (d ~ /m$/) n *= 60; printf "%d", n + 0.999 }')"
+    limit=$((3 * seconds + 10))
+    while ((waited < limit)); do
+        loaded="$(meshd_metric meshd_code_loaded_versions)"
+        [[ "$loaded" == 0 ]] && break
+        sleep 1
+        waited=$((waited + 1))
+    done
+    echo "$loaded"
+}
+
+declare -A STARTUP RSS_IDLE RSS_AFTER RSS_UNLOADED SERVED FIRST_P50 FIRST_P99 FIRST_MAX
+declare -A LOADED_AFTER LOADED_UNLOADED RELOAD_P50 RELOAD_P99 RELOAD_MAX RELOAD_SERVED
 
 # Drops the cache files' pages from the page cache (they are clean), so each
 # measured meshd maps its code from disk and, in the cgroup, is charged for
@@ -118,30 +172,55 @@ PY
 # measure_config NAME: start meshd (MESHD may be the cgroup wrapper), read its
 # memory idle, request every app, read it again, stop it.
 measure_config() {
-    local name="$1"
+    local name="$1" served
     evict_cache_pages
-    start_meshd "$WORK/meshd-$name.log" "${ARGS[@]}"
+    MESHD_LOG="$WORK/meshd-$name.log"
+    start_meshd "$MESHD_LOG" "${ARGS[@]}" "${MEASURE_ARGS[@]}"
     STARTUP[$name]="$MESHD_STARTUP"
-    log "$name: listening after ${MESHD_STARTUP} s ($(grep -o 'apps=[0-9]* failed=[0-9]*' "$WORK/meshd-$name.log" | head -n1))"
+    log "$name: listening after ${MESHD_STARTUP} s ($(grep -o 'apps=[0-9]* failed=[0-9]*' "$MESHD_LOG" | head -n1); $(grep -c 'cache=unloaded' "$MESHD_LOG") left unloaded until first use)"
     sleep "$IDLE"
     RSS_IDLE[$name]="$(rss_mb "$MESHD_PID")"
-    log "$name: idle VmRSS/RssAnon/RssFile ${RSS_IDLE[$name]} MB"
-    SERVED[$name]="$(request_every_app)"
+    log "$name: idle VmRSS/RssAnon/RssFile ${RSS_IDLE[$name]} MB; versions loaded: $(meshd_metric meshd_code_loaded_versions)"
+    read -r served FIRST_P50[$name] FIRST_P99[$name] FIRST_MAX[$name] < <(request_every_app)
+    SERVED[$name]="$served"
     RSS_AFTER[$name]="$(rss_mb "$MESHD_PID")"
-    log "$name: $((SERVED[$name])) of $TENANTS apps answered 200; VmRSS/RssAnon/RssFile ${RSS_AFTER[$name]} MB"
+    LOADED_AFTER[$name]="$(meshd_metric meshd_code_loaded_versions)"
+    log "$name: $served of $TENANTS apps answered 200 (first request p50 ${FIRST_P50[$name]} ms, p99 ${FIRST_P99[$name]} ms, max ${FIRST_MAX[$name]} ms); VmRSS/RssAnon/RssFile ${RSS_AFTER[$name]} MB; versions loaded: ${LOADED_AFTER[$name]}"
+    if [[ "$IDLE_UNLOAD" != off ]]; then
+        LOADED_UNLOADED[$name]="$(wait_for_idle_unload)"
+        RSS_UNLOADED[$name]="$(rss_mb "$MESHD_PID")"
+        log "$name: after the idle unload ($IDLE_UNLOAD): versions loaded ${LOADED_UNLOADED[$name]}; VmRSS/RssAnon/RssFile ${RSS_UNLOADED[$name]} MB"
+        # Every app again: each request reloads its app's code (now the
+        # cache entries are in the page cache).
+        read -r served RELOAD_P50[$name] RELOAD_P99[$name] RELOAD_MAX[$name] < <(request_every_app)
+        RELOAD_SERVED[$name]="$served"
+        log "$name: after the unload, $served of $TENANTS apps answered 200 (request that reloads p50 ${RELOAD_P50[$name]} ms, p99 ${RELOAD_P99[$name]} ms, max ${RELOAD_MAX[$name]} ms)"
+    fi
     stop_meshd
 }
 
-log "first start: compiling $TENANTS apps into an empty cache"
+log "first start: compiling $TENANTS apps into the cache (empty unless CACHE_DIR was given)"
 start_meshd "$WORK/meshd-fill.log" "${ARGS[@]}"
 FILL_STARTUP="$MESHD_STARTUP"
+# meshd keeps each directory app's bytes in the artifact store (--data-dir)
+# in the background after it went live, holding them in memory until then:
+# wait for that, so the measured start finds a warm data directory too (as
+# any restart does).
+for ((waited = 0; waited < 600; waited++)); do
+    stored="$(find "$DATA/artifacts/blobs" -type f 2>/dev/null | wc -l)"
+    ((stored >= TENANTS)) && break
+    sleep 1
+done
+log "the artifact store holds $stored blobs after ${waited} s more"
 log "cache filled in ${FILL_STARTUP} s ($(du -sh "$CACHE" | cut -f1))"
 stop_meshd
 
 measure_config free
 
 MEMCG_NOTE=""
-if mkdir "$MEMCG" 2>/dev/null; then
+if [[ "$LIMITED" == 0 ]]; then
+    MEMCG_NOTE="(LIMITED=0: the run in a memory cgroup was skipped)"
+elif mkdir "$MEMCG" 2>/dev/null; then
     echo "$LIMIT" >"$MEMCG/memory.limit_in_bytes"
     # Page cache counts against a v1 memory cgroup; swap is off here.
     WRAPPER="$WORK/meshd-in-cgroup"
@@ -164,18 +243,22 @@ fi
 
 report() {
     machine_lines
-    echo "apps: $TENANTS distinct copies of hello.wasm (a custom section each); warm cache; first start (compiling all) took ${FILL_STARTUP} s"
+    echo "apps: $TENANTS distinct copies of hello.wasm (a custom section each); warm cache; first start (into the cache${CACHE_DIR:+ $CACHE_DIR, given warm}) took ${FILL_STARTUP} s; measured meshd run with --idle-unload $IDLE_UNLOAD"
     echo
-    echo "| meshd | start-up (s) | VmRSS / RssAnon / RssFile idle (MB) | apps answering 200 | VmRSS / RssAnon / RssFile after (MB) |"
-    echo "|---|---:|---|---:|---|"
-    local name label
+    echo "| meshd | start-up (s) | VmRSS / RssAnon / RssFile idle (MB) | apps answering 200 | first request p50 / p99 / max (ms) | VmRSS / RssAnon / RssFile after (MB), versions loaded | after the idle unload (MB), versions loaded | then every app again: answering 200, reload p50 / p99 / max (ms) |"
+    echo "|---|---:|---|---:|---|---|---|---|"
+    local name label unloaded_cell
     for name in free limited; do
         [[ -n "${STARTUP[$name]:-}" ]] || continue
         case "$name" in
             free) label="no memory limit" ;;
             limited) label="in a memory cgroup of $LIMIT" ;;
         esac
-        echo "| $label | ${STARTUP[$name]} | ${RSS_IDLE[$name]// / \/ } | ${SERVED[$name]} of $TENANTS | ${RSS_AFTER[$name]// / \/ } |"
+        unloaded_cell=n/a
+        if [[ -n "${RSS_UNLOADED[$name]:-}" ]]; then
+            unloaded_cell="${RSS_UNLOADED[$name]// / \/ }, ${LOADED_UNLOADED[$name]}"
+        fi
+        echo "| $label | ${STARTUP[$name]} | ${RSS_IDLE[$name]// / \/ } | ${SERVED[$name]} of $TENANTS | ${FIRST_P50[$name]} / ${FIRST_P99[$name]} / ${FIRST_MAX[$name]} | ${RSS_AFTER[$name]// / \/ }, ${LOADED_AFTER[$name]} | $unloaded_cell | ${RELOAD_SERVED[$name]:-n/a}${RELOAD_SERVED[$name]:+, ${RELOAD_P50[$name]} / ${RELOAD_P99[$name]} / ${RELOAD_MAX[$name]}} |"
     done
     echo
     if [[ -n "${STARTUP[limited]:-}" ]]; then
@@ -189,4 +272,25 @@ echo
 report
 if [[ -n "${BENCH_OUT:-}" ]]; then
     report >"$BENCH_OUT"
+fi
+
+# --- summary rows (issue #17 items 1 and 2, the unconstrained run) ------------
+
+met() { awk -v v="$1" -v t="$2" 'BEGIN { print (v != "" && v <= t) ? "yes" : "no" }'; }
+read -r _ IDLE_ANON _ <<<"${RSS_IDLE[free]}"
+read -r IDLE_RSS _ _ <<<"${RSS_IDLE[free]}"
+summary_row "$TENANTS apps, warm cache: start-up until listening" "${STARTUP[free]} s" "<= 3 s" "$(met "${STARTUP[free]}" 3)"
+summary_row "$TENANTS apps idle: RssAnon" "$IDLE_ANON MB" "<= 300 MB" "$(met "$IDLE_ANON" 300)"
+summary_row "$TENANTS apps idle: VmRSS" "$IDLE_RSS MB" "<= 1000 MB" "$(met "$IDLE_RSS" 1000)"
+summary_row "first request to a not-yet-loaded app: p99 (p50 ${FIRST_P50[free]} ms)" "${FIRST_P99[free]} ms" "<= 5 ms" "$(met "${FIRST_P99[free]}" 5)"
+summary_row "every app answered its first request" "${SERVED[free]} of $TENANTS" "all" "$([[ "${SERVED[free]}" == "$TENANTS" ]] && echo yes || echo no)"
+if [[ -n "${RELOAD_SERVED[free]:-}" ]]; then
+    summary_row "request that reloads after --idle-unload: p99 (p50 ${RELOAD_P50[free]} ms)" "${RELOAD_P99[free]} ms" "-" "-"
+    summary_row "every app answered after its idle unload" "${RELOAD_SERVED[free]} of $TENANTS" "all" "$([[ "${RELOAD_SERVED[free]}" == "$TENANTS" ]] && echo yes || echo no)"
+fi
+if [[ -n "${RSS_UNLOADED[free]:-}" ]]; then
+    read -r AFTER_RSS _ _ <<<"${RSS_AFTER[free]}"
+    read -r UNLOADED_RSS _ _ <<<"${RSS_UNLOADED[free]}"
+    summary_row "VmRSS after serving every app -> after --idle-unload $IDLE_UNLOAD" "$AFTER_RSS -> $UNLOADED_RSS MB" "falls" \
+        "$(awk -v a="$AFTER_RSS" -v b="$UNLOADED_RSS" 'BEGIN { print (b < a) ? "yes" : "no" }')"
 fi

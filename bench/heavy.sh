@@ -11,9 +11,8 @@
 # target/bench/heavy/, rebuilt only when a source changes. For each language:
 #   - `wasmtime serve -Scli` (the same wasmtime version; a fresh instance per
 #     request, its default);
-#   - meshd with no manifest (a fresh instance per request, the default cpu
-#     share);
-#   - meshd with the app's manifest setting `cpu = CORES` (all the cores).
+#   - meshd with no manifest (a fresh instance per request; no cpu cap by
+#     default).
 # Each: a WARMUP of wrk, then wrk -t1 -cCONNECTIONS for DURATION, with the
 # server's own CPU time and minor page faults per request (/proc/PID/stat).
 # Then memory: meshd with PY_APPS copies of the Python app (identical bytes,
@@ -37,7 +36,6 @@ DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-1s}"
 CONNECTIONS="${CONNECTIONS:-8}"
 PY_APPS="${PY_APPS:-100}"
-CORES="$(nproc)"
 HEAVY="$REPO/target/bench/heavy"
 
 trap 'stop_server; cleanup' EXIT
@@ -95,17 +93,13 @@ for lang in py js; do
     measure_server "wasmtime-$lang" "http://$HOST:$PORT/" "$SERVER_PID"
     stop_server
 
-    for cpu in default all; do
-        apps="$WORK/apps-$lang-$cpu"
-        mkdir -p "$apps"
-        cp "$wasm" "$apps/hello.wasm"
-        [[ "$cpu" == all ]] && printf '[limits]\ncpu = %s\n' "$CORES" >"$apps/hello.toml"
-        start_meshd "$WORK/meshd-$lang-$cpu.log" --apps "$apps" --cache-dir "$WORK/cache" \
-            --data-dir "$WORK/data-$lang-$cpu"
-        wait_for_http "http://$MESHD_ADDR/hello/"
-        measure_server "meshd-$lang-$cpu" "http://$MESHD_ADDR/hello/" "$MESHD_PID"
-        stop_meshd
-    done
+    apps="$WORK/apps-$lang"
+    mkdir -p "$apps"
+    cp "$wasm" "$apps/hello.wasm"
+    start_meshd "$WORK/meshd-$lang.log" --apps "$apps" --cache-dir "$WORK/cache" --data-dir "$WORK/data-$lang"
+    wait_for_http "http://$MESHD_ADDR/hello/"
+    measure_server "meshd-$lang" "http://$MESHD_ADDR/hello/" "$MESHD_PID"
+    stop_meshd
 done
 
 # Memory: PY_APPS Python apps loaded and idle, then after one GET each.
@@ -137,11 +131,10 @@ report() {
     echo "|---|---:|---:|---:|---:|---:|---:|"
     local lang name label
     for lang in py js; do
-        for name in "wasmtime-$lang" "meshd-$lang-default" "meshd-$lang-all"; do
+        for name in "wasmtime-$lang" "meshd-$lang"; do
             case "$name" in
                 wasmtime-*) label="\`wasmtime serve -Scli\`, hello-$lang" ;;
-                *-default) label="meshd, hello-$lang, default cpu share" ;;
-                *-all) label="meshd, hello-$lang, \`cpu = $CORES\`" ;;
+                *) label="meshd, hello-$lang, default settings" ;;
             esac
             echo "| $label | $(thousands "${RPS[$name]}") | ${P50[$name]} | ${P99[$name]} | ${CPU_US[$name]} | ${FAULTS[$name]} | ${OTHER[$name]} |"
         done
@@ -149,9 +142,8 @@ report() {
     echo
     echo "| ratio | Python | JavaScript |"
     echo "|---|---:|---:|"
-    echo "| meshd (default cpu) / wasmtime serve, req/s | $(ratio "${RPS[meshd-py-default]}" "${RPS[wasmtime-py]}") | $(ratio "${RPS[meshd-js-default]}" "${RPS[wasmtime-js]}") |"
-    echo "| meshd (\`cpu = $CORES\`) / wasmtime serve, req/s | $(ratio "${RPS[meshd-py-all]}" "${RPS[wasmtime-py]}") | $(ratio "${RPS[meshd-js-all]}" "${RPS[wasmtime-js]}") |"
-    echo "| wasmtime serve / meshd, CPU per request | $(ratio "${CPU_US[wasmtime-py]}" "${CPU_US[meshd-py-all]}") | $(ratio "${CPU_US[wasmtime-js]}" "${CPU_US[meshd-js-all]}") |"
+    echo "| meshd / wasmtime serve, req/s | $(ratio "${RPS[meshd-py]}" "${RPS[wasmtime-py]}") | $(ratio "${RPS[meshd-js]}" "${RPS[wasmtime-js]}") |"
+    echo "| wasmtime serve / meshd, CPU per request | $(ratio "${CPU_US[wasmtime-py]}" "${CPU_US[meshd-py]}") | $(ratio "${CPU_US[wasmtime-js]}" "${CPU_US[meshd-js]}") |"
     echo
     local idle=($RSS_IDLE) after=($RSS_AFTER)
     echo "memory, $PY_APPS copies of hello-py (one compiled copy): VmRSS / RssAnon / RssFile idle ${idle[0]} / ${idle[1]} / ${idle[2]} MB; after one GET each ($served of $PY_APPS answered 200) ${after[0]} / ${after[1]} / ${after[2]} MB"
@@ -160,9 +152,9 @@ report | tee "$WORK/report.md"
 [[ -n "${BENCH_OUT:-}" ]] && cp "$WORK/report.md" "$BENCH_OUT"
 
 met() { awk -v v="$1" -v t="$2" 'BEGIN { print (v + 0 >= t ? "yes" : "no") }'; }
-py_ratio="$(ratio "${RPS[meshd-py-default]}" "${RPS[wasmtime-py]}")"
-js_ratio="$(ratio "${RPS[meshd-js-default]}" "${RPS[wasmtime-js]}")"
+py_ratio="$(ratio "${RPS[meshd-py]}" "${RPS[wasmtime-py]}")"
+js_ratio="$(ratio "${RPS[meshd-js]}" "${RPS[wasmtime-js]}")"
 summary_row "Python hello, fresh instance: meshd / wasmtime serve" "${py_ratio}x" ">= 4x" "$(met "$py_ratio" 4)"
 summary_row "JavaScript hello, fresh instance: meshd / wasmtime serve" "${js_ratio}x" ">= 4x" "$(met "$js_ratio" 4)"
 summary_row "RSS, $PY_APPS Python apps idle (VmRSS / RssAnon)" "$(awk '{ print $1 " / " $2 " MB" }' <<<"$RSS_IDLE")" "<= today's + 20%" "-"
-check_results wasmtime-py meshd-py-default meshd-py-all wasmtime-js meshd-js-default meshd-js-all
+check_results wasmtime-py meshd-py wasmtime-js meshd-js

@@ -4,11 +4,28 @@
 use crate::support::{cache_entries, AppsDir, Client, Meshd};
 use std::path::Path;
 
+/// Starts meshd on `cache` and checks that hello's code came from the
+/// cache as `outcome` says: at its deploy on a cold cache, or (a warm cache,
+/// where hello passed its check before and starts unloaded) on its first
+/// request.
 async fn start_and_check(apps: &AppsDir, cache: &Path, outcome: &str) -> Meshd {
     let meshd = Meshd::builder(apps.path()).cache_dir(cache).start();
-    meshd.wait_for_log(&["app deployed", "app=hello", &format!("cache={outcome}")]);
+    let cache_outcome = format!("cache={outcome}");
+    let first_start = outcome == "miss";
+    if first_start {
+        meshd.wait_for_log(&["app deployed", "app=hello", &cache_outcome]);
+    } else {
+        meshd.wait_for_log(&["app deployed", "app=hello", "cache=unloaded"]);
+    }
     let reply = Client::http1().get(&meshd.url("/hello")).await;
     assert_eq!(reply.text(), "Hello from Steelmesh!\n");
+    if !first_start {
+        meshd.wait_for_log(&[
+            "loaded the app's code on first use",
+            "app=hello",
+            &cache_outcome,
+        ]);
+    }
     meshd
 }
 

@@ -21,6 +21,7 @@ mod harness;
 mod hosts;
 mod isolation;
 mod keyvalue_nats;
+mod lazy;
 mod logs;
 mod mesh;
 mod metrics;

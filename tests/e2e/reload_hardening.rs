@@ -212,11 +212,23 @@ fn a_duration_flag_beyond_a_day_is_a_usage_error() {
 async fn rewriting_or_truncating_cache_entries_while_serving_changes_nothing() {
     let apps = AppsDir::with(&["hello", "echo"]);
     let cache = tempfile::tempdir().unwrap();
-    // Once to fill the cache, once to load both apps from it.
+    // Once to fill the cache, once to load both apps from it (on their
+    // first requests: they passed their checks on the first start).
     drop(Meshd::builder(apps.path()).cache_dir(cache.path()).start());
     let meshd = Meshd::builder(apps.path()).cache_dir(cache.path()).start();
-    meshd.wait_for_log(&["app deployed", "app=hello", "cache=hit"]);
-    meshd.wait_for_log(&["app deployed", "app=echo", "cache=hit"]);
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    assert_eq!(client.post(&meshd.url("/echo/x"), "hi").await.status, 200);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=hit",
+    ]);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=echo",
+        "cache=hit",
+    ]);
 
     // Truncate one entry and overwrite the other in place (same inode).
     let entries = cache_entries(cache.path());
@@ -231,7 +243,6 @@ async fn rewriting_or_truncating_cache_entries_while_serving_changes_nothing() {
     std::fs::write(&entries[1], vec![0xcc; len as usize]).unwrap();
 
     // A mapped entry would now crash meshd (SIGBUS) or run the new bytes.
-    let client = Client::http1();
     for _ in 0..20 {
         assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
         let reply = client.post(&meshd.url("/echo/x"), "hi").await;
@@ -239,11 +250,22 @@ async fn rewriting_or_truncating_cache_entries_while_serving_changes_nothing() {
     }
     drop(meshd);
 
-    // The next start finds both entries unusable, recompiles and serves.
+    // The next start finds both entries unusable when it loads them (on
+    // their first requests), recompiles and serves.
     let meshd = Meshd::builder(apps.path()).cache_dir(cache.path()).start();
-    meshd.wait_for_log(&["app deployed", "app=hello", "cache=replaced"]);
-    meshd.wait_for_log(&["app deployed", "app=echo", "cache=replaced"]);
     assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    let reply = client.post(&meshd.url("/echo/x"), "hi").await;
+    assert_eq!(reply.json()["body_length"], 2);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=replaced",
+    ]);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=echo",
+        "cache=replaced",
+    ]);
 }
 
 #[tokio::test]
@@ -262,9 +284,15 @@ async fn a_compile_over_the_time_limit_is_refused_naming_the_app_and_cached_apps
     let line = meshd.wait_for_log(&["app not loaded", "app=fresh"]);
     assert!(line.contains("fresh.wasm"), "{line}");
     assert!(line.contains("--max-compile-time (1ms)"), "{line}");
-    meshd.wait_for_log(&["app deployed", "app=hello", "cache=hit"]);
+    // hello passed its check on the first start: it starts unloaded.
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=unloaded"]);
     let client = Client::http1();
     assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=hit",
+    ]);
     assert_eq!(client.get(&meshd.url("/fresh")).await.status, 404);
 }
 

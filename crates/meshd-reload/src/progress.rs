@@ -20,6 +20,8 @@ pub(crate) struct LoadProgress {
     cache_hits: usize,
     compiled: usize,
     shared: usize,
+    /// Left unloaded until their first request (lazy start).
+    unloaded: usize,
     refused: usize,
     started: Instant,
     last_report: Instant,
@@ -37,6 +39,7 @@ impl LoadProgress {
             cache_hits: 0,
             compiled: 0,
             shared: 0,
+            unloaded: 0,
             refused: 0,
             started: now,
             last_report: now,
@@ -50,6 +53,7 @@ impl LoadProgress {
             Some(CacheOutcome::Hit) => self.cache_hits += 1,
             Some(CacheOutcome::Miss | CacheOutcome::Replaced(_)) => self.compiled += 1,
             Some(CacheOutcome::Shared) => self.shared += 1,
+            Some(CacheOutcome::Unloaded) => self.unloaded += 1,
             None => self.refused += 1,
         }
         if self.total < MIN_LOADS_TO_REPORT {
@@ -64,6 +68,7 @@ impl LoadProgress {
                 cache_hits = self.cache_hits,
                 compiled = self.compiled,
                 shared = self.shared,
+                unloaded = self.unloaded,
                 refused = self.refused,
                 elapsed_ms = self.started.elapsed().as_millis() as u64,
                 "{} of {} apps loaded{}",

@@ -165,6 +165,11 @@ fn error_response(version: &AppVersion, error: ServeError) -> Response<ResponseB
             StatusCode::SERVICE_UNAVAILABLE,
             format!("app {app} is being redeployed; retry\n"),
         ),
+        // Why is in meshd's log (an error naming the app).
+        ServeError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app {app} could not be loaded; retry\n"),
+        ),
     };
     tracing::debug!(app, version = version.id(), %status, error = %error, "request failed");
     let mut resp = plain(status, message);

@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
             load_parallelism: 1,
             max_compile_time: std::time::Duration::from_secs(600),
             memory_reset: None,
+            idle_unload: None,
         },
         kv,
     )

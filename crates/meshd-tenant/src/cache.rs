@@ -30,16 +30,21 @@ pub enum CacheOutcome {
     /// Another loaded version has the same bytes: its compiled code is
     /// shared, nothing was loaded.
     Shared,
+    /// Not loaded yet: the same code with the same settings passed its
+    /// pre-traffic check before, so it is loaded on its first request.
+    Unloaded,
 }
 
 impl CacheOutcome {
-    /// A short word for logs: `hit`, `miss`, `replaced` or `shared`.
+    /// A short word for logs: `hit`, `miss`, `replaced`, `shared` or
+    /// `unloaded`.
     pub fn as_str(&self) -> &'static str {
         match self {
             CacheOutcome::Hit => "hit",
             CacheOutcome::Miss => "miss",
             CacheOutcome::Replaced(_) => "replaced",
             CacheOutcome::Shared => "shared",
+            CacheOutcome::Unloaded => "unloaded",
         }
     }
 }
@@ -252,6 +257,43 @@ impl ArtifactCache {
     }
 }
 
+impl ArtifactCache {
+    /// Whether the `.wasm` of `wasm_digest` is cached and passed its
+    /// pre-traffic check with settings of `fingerprint` (see
+    /// [`ArtifactCache::mark_checked`]): such a version may start unloaded.
+    pub(crate) fn was_checked(&self, wasm_digest: &blake3::Hash, fingerprint: &str) -> bool {
+        let path = self.entry_path(wasm_digest);
+        path.is_file()
+            && std::fs::read_to_string(checked_path(&path)).is_ok_and(|text| text == fingerprint)
+    }
+
+    /// Notes beside the entry (`KEY.cwasm.checked`) that the `.wasm` of
+    /// `wasm_digest` instantiated with settings of `fingerprint`. Only
+    /// saves work: a missing or different marker means the next start
+    /// loads and checks the version as usual.
+    pub(crate) fn mark_checked(&self, wasm_digest: &blake3::Hash, fingerprint: &str) {
+        let path = checked_path(&self.entry_path(wasm_digest));
+        if std::fs::read_to_string(&path).is_ok_and(|text| text == fingerprint) {
+            return;
+        }
+        let written = tempfile::NamedTempFile::new_in(&self.dir).and_then(|mut tmp| {
+            tmp.write_all(fingerprint.as_bytes())?;
+            tmp.persist(&path).map_err(|e| e.error)
+        });
+        if let Err(e) = written {
+            tracing::debug!(path = %path.display(), error = %e, "cannot write the checked marker of a cache entry");
+        }
+    }
+}
+
+/// `<entry>.cwasm.checked`: the fingerprint of the settings the `.wasm`
+/// passed its pre-traffic check with.
+fn checked_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".checked");
+    PathBuf::from(name)
+}
+
 /// `<entry>.cwasm.b3`: the BLAKE3 hash of the artifact.
 fn checksum_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -281,6 +323,26 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
+
+    /// A version may start unloaded only if its entry exists and it was
+    /// checked with the same settings.
+    #[test]
+    fn the_checked_marker_needs_the_entry_and_the_same_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let cache = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        let digest = blake3::hash(b"(component)");
+        cache.mark_checked(&digest, "settings-a");
+        assert!(!cache.was_checked(&digest, "settings-a"), "no entry yet");
+        cache
+            .load_or_compile(&engine, &digest, || Component::new(&engine, "(component)"))
+            .expect("load");
+        assert!(cache.was_checked(&digest, "settings-a"));
+        assert!(!cache.was_checked(&digest, "settings-b"));
+        cache.mark_checked(&digest, "settings-b");
+        assert!(cache.was_checked(&digest, "settings-b"));
+        assert!(!cache.was_checked(&digest, "settings-a"));
+    }
 
     /// Two loads of one new `.wasm` at once (as two processes sharing the
     /// directory would: each opens the lock file itself) compile it once;

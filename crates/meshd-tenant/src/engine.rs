@@ -103,6 +103,9 @@ pub struct RuntimeConfig {
     /// Most apps compiled at once (`--load-parallelism`), counting compiles
     /// past their time limit that are still running.
     pub load_parallelism: usize,
+    /// How long a version's code may go unused before it is unloaded
+    /// (`--idle-unload`); `None`: never.
+    pub idle_unload: Option<Duration>,
     /// Longest one app's compile may take (`--max-compile-time`).
     pub max_compile_time: Duration,
     /// How freed instance memory is reset (`--memory-reset`); `None`: by
@@ -140,6 +143,8 @@ pub struct Runtime {
     pub(crate) log_rings: Arc<LogRings>,
     /// Short requests before long ones, across all apps.
     pub(crate) scheduler: Scheduler,
+    /// Which versions' code is loaded, and the idle-unload sweeper.
+    pub(crate) resident: Arc<crate::resident::Resident>,
     pooling: bool,
     memory_reset: MemoryReset,
     _ticker: EpochTicker,
@@ -196,6 +201,8 @@ impl Runtime {
         let resolver = Arc::new(Resolver::new(&config.resolver)?);
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
+        let resident = crate::resident::Resident::start(config.idle_unload)
+            .context("cannot start the idle-unload thread")?;
         Ok(Arc::new(Runtime {
             engine,
             linker,
@@ -211,6 +218,7 @@ impl Runtime {
             memory: Arc::new(MemoryCeiling::new(config.max_total_memory)),
             log_rings: Arc::default(),
             scheduler: Scheduler::for_current_runtime(),
+            resident,
             config,
             pooling,
             memory_reset,
@@ -239,6 +247,12 @@ impl Runtime {
         &self.config
     }
 
+    /// How many versions have their code loaded, and how often code was
+    /// loaded on first use and unloaded when idle.
+    pub fn resident_code(&self) -> crate::resident::ResidentStats {
+        self.resident.stats()
+    }
+
     /// Bytes of linear memory all live instances hold now (those serving a
     /// request and those kept for reuse).
     pub fn guest_memory(&self) -> usize {
@@ -260,10 +274,20 @@ impl Runtime {
         wasm: &[u8],
         digest: &blake3::Hash,
     ) -> Result<(Arc<SharedCode>, CacheOutcome), CompileError> {
+        self.component_by_digest(digest, || Ok(wasm.to_vec()))
+    }
+
+    /// As [`Runtime::component`], for a version whose bytes are only read
+    /// (by `wasm`) if the code must be compiled: a reload after an unload.
+    pub(crate) fn component_by_digest(
+        &self,
+        digest: &blake3::Hash,
+        wasm: impl FnOnce() -> Result<Vec<u8>, CompileError>,
+    ) -> Result<(Arc<SharedCode>, CacheOutcome), CompileError> {
         let mut outcome = CacheOutcome::Shared;
         let (code, _) = self.shared_code.get_or_make(digest, || {
             let (component, how) = self.cache.load_or_compile(&self.engine, digest, || {
-                self.compiler.compile(&self.engine, wasm)
+                self.compiler.compile(&self.engine, &wasm()?)
             })?;
             outcome = how;
             Ok::<_, CompileError>(SharedCode(component))

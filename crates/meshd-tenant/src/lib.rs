@@ -25,6 +25,7 @@ mod log_budget;
 mod log_ring;
 mod outbound;
 mod platform;
+mod resident;
 mod scheduler;
 mod settings;
 mod stats;
@@ -38,12 +39,13 @@ pub use descriptors::DescriptorLimits;
 pub use engine::{MemoryReset, Runtime, RuntimeConfig, EPOCH_TICK};
 pub use in_flight::{InFlight, InFlightGuard};
 pub use ledger::AppLedger;
-pub use load::{load_version, LoadError};
+pub use load::{load_version, load_version_with_source, unloaded_version, LoadError};
 pub use log_ring::{
     LogLine, LogPage, LogRing, LogRings, LogSource, LINE_OVERHEAD, MAX_BYTES as LOG_RING_BYTES,
     MAX_LINES as LOG_RING_LINES,
 };
 pub use outbound::{OutboundLimits, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
+pub use resident::{release_free_heap, ResidentStats, WasmSource};
 pub use scheduler::{Scheduler, LONG_AFTER as CPU_LONG_AFTER};
 pub use settings::{Preopen, TenantSettings};
 pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};

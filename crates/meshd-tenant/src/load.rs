@@ -7,11 +7,11 @@ use crate::cache::CacheOutcome;
 use crate::compile::CompileError;
 use crate::engine::Runtime;
 use crate::ledger::AppLedger;
+use crate::resident::{pre_instantiate, Loaded, VersionCode, WasmSource};
 use crate::settings::TenantSettings;
 use crate::version::{AppVersion, Compiled};
 use std::sync::Arc;
-use std::time::Instant;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use std::time::{Duration, Instant};
 
 /// Why a file cannot become a running app. The message names the cause; the
 /// caller adds the app and file.
@@ -46,6 +46,10 @@ pub enum LoadError {
 
 /// Checks, compiles and pre-instantiates one version of the app of `ledger`. Blocking and
 /// CPU-heavy: run it with `spawn_blocking`.
+///
+/// Its code can be unloaded when idle (`--idle-unload`) and reloaded from
+/// the compile cache; without a [`WasmSource`] (see
+/// [`load_version_with_source`]) a reload whose cache entry is gone fails.
 pub fn load_version(
     runtime: &Arc<Runtime>,
     ledger: &Arc<AppLedger>,
@@ -53,33 +57,42 @@ pub fn load_version(
     wasm: &[u8],
     settings: TenantSettings,
 ) -> Result<AppVersion, LoadError> {
-    if wasm.is_empty() {
-        return Err(LoadError::Empty);
-    }
-    if !wasm.starts_with(b"\0asm") {
-        return Err(LoadError::NotWasm);
-    }
-    if wasmparser::Parser::is_core_wasm(wasm) {
-        return Err(LoadError::CoreModule);
-    }
-    let digest = blake3::hash(wasm);
+    load_version_with_source(runtime, ledger, id, wasm, settings, None)
+}
+
+/// [`load_version`], with where to read the `.wasm` again if its code is
+/// unloaded and its compile-cache entry is gone by the next request.
+pub fn load_version_with_source(
+    runtime: &Arc<Runtime>,
+    ledger: &Arc<AppLedger>,
+    id: &str,
+    wasm: &[u8],
+    settings: TenantSettings,
+    source: Option<WasmSource>,
+) -> Result<AppVersion, LoadError> {
+    let digest = check_bytes(wasm)?;
     let started = Instant::now();
     let (code, cache) = runtime.component(wasm, &digest).map_err(|e| match e {
         CompileError::Invalid(why) => LoadError::Invalid(why),
         other => LoadError::Compile(other),
     })?;
     let compile_time = started.elapsed();
-    let instance_pre = runtime
-        .linker
-        .instantiate_pre(&code.0)
-        .map_err(|e| LoadError::Link(format!("{e:#}")))?;
-    let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp(format!("{e:#}")))?;
+    let pre = pre_instantiate(runtime, &code)?;
     if let CacheOutcome::Replaced(reason) = &cache {
         tracing::warn!(app = %ledger.app(), version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
     }
+    let loaded = Loaded { pre, _code: code };
+    let code = VersionCode::new(
+        runtime,
+        ledger.app_name(),
+        id.to_owned(),
+        digest,
+        source,
+        Some(Arc::new(loaded)),
+    );
     let compiled = Compiled {
-        pre,
         code,
+        proven: false,
         cache,
         compile_time,
     };
@@ -90,4 +103,61 @@ pub fn load_version(
         compiled,
         settings,
     ))
+}
+
+/// A version whose code is left unloaded until its first request, if the
+/// same `.wasm` with the same settings passed its pre-traffic check on this
+/// engine before (a marker beside its compile-cache entry, which
+/// [`AppVersion::instantiate_once`] writes) and its cache entry is there:
+/// start-up then reads no compiled code. `None`: load it with
+/// [`load_version_with_source`] (and check it) as usual. Blocking (a few
+/// file reads).
+pub fn unloaded_version(
+    runtime: &Arc<Runtime>,
+    ledger: &Arc<AppLedger>,
+    id: &str,
+    wasm: &[u8],
+    settings: TenantSettings,
+    source: Option<WasmSource>,
+) -> Option<AppVersion> {
+    let digest = check_bytes(wasm).ok()?;
+    let fingerprint = crate::version::settings_fingerprint(&settings);
+    if !runtime.cache.was_checked(&digest, &fingerprint) {
+        return None;
+    }
+    let code = VersionCode::new(
+        runtime,
+        ledger.app_name(),
+        id.to_owned(),
+        digest,
+        source,
+        None,
+    );
+    let compiled = Compiled {
+        code,
+        proven: true,
+        cache: CacheOutcome::Unloaded,
+        compile_time: Duration::ZERO,
+    };
+    Some(AppVersion::new(
+        ledger,
+        id.to_owned(),
+        runtime.clone(),
+        compiled,
+        settings,
+    ))
+}
+
+/// What the bytes are (a component, or why not), and their BLAKE3 digest.
+fn check_bytes(wasm: &[u8]) -> Result<blake3::Hash, LoadError> {
+    if wasm.is_empty() {
+        return Err(LoadError::Empty);
+    }
+    if !wasm.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm);
+    }
+    if wasmparser::Parser::is_core_wasm(wasm) {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(blake3::hash(wasm))
 }

@@ -7,11 +7,12 @@
 use crate::body::{LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
 use crate::cpu_budget::CpuBudget;
-use crate::engine::{Runtime, SharedCode};
+use crate::engine::Runtime;
 use crate::host::{AppShared, Host};
 use crate::in_flight::{InFlight, InFlightGuard};
 use crate::ledger::AppLedger;
 use crate::log_budget::LogBudget;
+use crate::resident::VersionCode;
 use crate::scheduler::Turn;
 use crate::settings::TenantSettings;
 use crate::stats::VersionStats;
@@ -21,7 +22,7 @@ use meshd_apps::OutboundRule;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -41,9 +42,12 @@ pub struct AppVersion {
     app: Arc<str>,
     id: String,
     runtime: Arc<Runtime>,
-    pre: ProxyPre<Host>,
-    /// Keeps the compiled code registered as shared while this version lives.
-    code: Arc<SharedCode>,
+    /// Its compiled code and pre-instance, loaded or to be loaded on first
+    /// use (and its idle instances kept for reuse).
+    code: Arc<VersionCode>,
+    /// It started unloaded because the same code with the same settings
+    /// passed its pre-traffic check before (see [`AppVersion::was_checked`]).
+    proven: bool,
     settings: TenantSettings,
     outbound: Arc<[OutboundRule]>,
     config: Arc<WasiConfigVariables>,
@@ -68,14 +72,13 @@ pub struct AppVersion {
     cancel: CancellationToken,
     cache: CacheOutcome,
     compile_time: Duration,
-    /// Instances that served a request and may serve another (`reuse`).
-    idle: Mutex<Vec<IdleInstance>>,
 }
 
-/// A version's code: compiled, pre-instantiated, and where it came from.
+/// A version's code, loaded or not, and where it came from.
 pub(crate) struct Compiled {
-    pub(crate) pre: ProxyPre<Host>,
-    pub(crate) code: Arc<SharedCode>,
+    pub(crate) code: Arc<VersionCode>,
+    /// The code was not loaded: a check passed for it before.
+    pub(crate) proven: bool,
     pub(crate) cache: CacheOutcome,
     pub(crate) compile_time: Duration,
 }
@@ -95,7 +98,7 @@ const MAX_IDLE_PER_VERSION: usize = 8;
 /// A Store whose instance has served `served` requests and may serve more
 /// (manifest `reuse = N`). It holds an idle slot of the runtime, so idle
 /// instances never take the slots of active ones.
-struct IdleInstance {
+pub(crate) struct IdleInstance {
     store: Store<Host>,
     proxy: Proxy,
     served: u32,
@@ -135,6 +138,10 @@ pub enum ServeError {
     /// answered.
     #[error("the app version was retired before it answered")]
     Cancelled,
+    /// The version's code could not be loaded (on first use, or after an
+    /// idle unload); the next request tries again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One line saying why a guest failed: the trap (e.g. "wasm trap: wasm
@@ -159,8 +166,9 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 /// Everything the guest's side of one request owns.
 struct GuestRun {
     store: Store<Host>,
-    /// An instance to reuse; `None` instantiates a fresh one.
+    /// An instance to reuse; `None` instantiates a fresh one from `pre`.
     proxy: Option<Proxy>,
+    pre: ProxyPre<Host>,
     /// Requests this instance has served before.
     served: u32,
     request: Resource<HostIncomingRequest>,
@@ -212,8 +220,8 @@ impl AppVersion {
             app: ledger.app_name(),
             id,
             runtime,
-            pre: compiled.pre,
             code: compiled.code,
+            proven: compiled.proven,
             outbound: settings.outbound.clone().into(),
             config: Arc::new(settings.config.iter().cloned().collect()),
             log_budget: ledger.log_budget.clone(),
@@ -227,7 +235,6 @@ impl AppVersion {
             cancel: CancellationToken::new(),
             cache: compiled.cache,
             compile_time: compiled.compile_time,
-            idle: Mutex::new(Vec::new()),
         }
     }
 
@@ -236,8 +243,9 @@ impl AppVersion {
     /// same app ledger.
     pub fn with_settings(&self, settings: TenantSettings) -> AppVersion {
         let compiled = Compiled {
-            pre: self.pre.clone(),
-            code: self.code.clone(),
+            code: self.code.sibling(&self.runtime, self.id.clone()),
+            // Checked with other settings: it is checked again.
+            proven: false,
             cache: CacheOutcome::Shared,
             compile_time: Duration::ZERO,
         };
@@ -275,6 +283,19 @@ impl AppVersion {
     /// How long compiling (or loading from cache) took.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// Whether its compiled code and pre-instance are in memory now.
+    pub fn is_loaded(&self) -> bool {
+        self.code.is_loaded()
+    }
+
+    /// Whether it started unloaded because the same code with the same
+    /// settings passed its pre-traffic check on this engine before (a
+    /// marker kept with the compile-cache entry, written by
+    /// [`AppVersion::instantiate_once`]): it need not be checked again.
+    pub fn was_checked(&self) -> bool {
+        self.proven
     }
 
     /// What this version has served; the front door records each response.
@@ -319,19 +340,36 @@ impl AppVersion {
     /// The instance takes one of meshd's instance slots, like a request's,
     /// waiting (up to the app's timeout) while all are busy: the pool's
     /// spare instances belong to the traffic.
+    ///
+    /// Once it instantiated, a marker beside the compile-cache entry says
+    /// so, so that the next start may leave this code unloaded until its
+    /// first request (see `load::unloaded_version`).
     pub async fn instantiate_once(&self) -> anyhow::Result<()> {
+        let pre = self
+            .code
+            .pre(&self.runtime)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let _slot = self.wait_for_instance_slot().await?;
         let mut store = self.new_store()?;
-        let instantiate = self.pre.instantiate_async(&mut store);
+        let instantiate = pre.instantiate_async(&mut store);
         match tokio::time::timeout(self.settings.timeout, instantiate).await {
             Ok(result) => result
                 .map(drop)
-                .map_err(|e| anyhow::anyhow!(describe_trap(&e))),
+                .map_err(|e| anyhow::anyhow!(describe_trap(&e)))?,
             Err(_) => anyhow::bail!(
                 "instantiation did not finish within {:?}",
                 self.settings.timeout
             ),
         }
+        let (runtime, digest) = (self.runtime.clone(), *self.code.digest());
+        let fingerprint = settings_fingerprint(&self.settings);
+        // A small file write, off the async workers; awaited, so that the
+        // marker exists once the version is live.
+        let marked =
+            tokio::task::spawn_blocking(move || runtime.cache.mark_checked(&digest, &fingerprint));
+        let _ = marked.await;
+        Ok(())
     }
 
     /// One of meshd's instance slots, waiting up to the app's timeout.
@@ -393,19 +431,24 @@ impl AppVersion {
         if self.settings.reuse <= 1 {
             return None;
         }
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        self.code
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
     }
 
     /// Parks an instance that just served a request, if it may serve more.
     fn park(&self, store: Store<Host>, proxy: Proxy, served: u32) {
-        if served >= self.settings.reuse || self.cancel.is_cancelled() {
+        // An unloaded version keeps no instances: they hold its code.
+        if served >= self.settings.reuse || self.cancel.is_cancelled() || !self.code.is_loaded() {
             return;
         }
         let max = self.runtime.config.max_instances;
         let Some(slot) = self.runtime.idle_slots.try_enter(max) else {
             return;
         };
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.code.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_PER_VERSION {
             idle.push(IdleInstance {
                 store,
@@ -424,7 +467,7 @@ impl AppVersion {
             return 0;
         }
         let expired: Vec<IdleInstance> = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.code.idle.lock().unwrap_or_else(|e| e.into_inner());
             let (fresh, expired) = idle
                 .drain(..)
                 .partition(|instance| instance.parked_at.elapsed() < ttl);
@@ -452,6 +495,12 @@ impl AppVersion {
         if declared.is_some_and(|len| len > max_body) {
             return Err(ServeError::BodyTooLarge(max_body));
         }
+        // The code, loaded on first use (or after an idle unload).
+        let pre = self
+            .code
+            .pre(&self.runtime)
+            .await
+            .map_err(ServeError::Unavailable)?;
         let app_guard = self
             .app_in_flight
             .try_enter(self.settings.max_concurrency)
@@ -507,6 +556,7 @@ impl AppVersion {
         let mut guest = self.clone().run_guest(GuestRun {
             store,
             proxy,
+            pre,
             served,
             request: wasi_req,
             response_out: out,
@@ -607,6 +657,7 @@ impl AppVersion {
             let GuestRun {
                 mut store,
                 proxy,
+                pre,
                 served,
                 request,
                 response_out,
@@ -621,7 +672,7 @@ impl AppVersion {
                 let call = async {
                     let proxy = match proxy {
                         Some(proxy) => proxy,
-                        None => self.pre.instantiate_async(&mut store).await?,
+                        None => pre.instantiate_async(&mut store).await?,
                     };
                     proxy
                         .wasi_http_incoming_handler()
@@ -709,6 +760,14 @@ impl AppVersion {
             ),
         }
     }
+}
+
+/// A fingerprint of everything a version's instantiation may depend on
+/// besides its code: its settings, hashed (they may hold secrets).
+pub(crate) fn settings_fingerprint(settings: &TenantSettings) -> String {
+    blake3::hash(format!("{settings:?}").as_bytes())
+        .to_hex()
+        .to_string()
 }
 
 /// `now + timeout`, without the panic on overflow: manifests cap durations

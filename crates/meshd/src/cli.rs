@@ -360,6 +360,15 @@ pub struct Args {
     #[arg(long, env = "MESHD_REUSE_IDLE_TIMEOUT", default_value = "30s", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub reuse_idle_timeout: Duration,
 
+    /// Unload an app version's compiled code (its mapped `.cwasm`) and
+    /// pre-instance, and its instances kept for reuse, once it has had no
+    /// request for this long, e.g. "10m"; its next request loads it back
+    /// from the compile cache (a few ms). Off by default: an app then keeps
+    /// its code loaded from its first request on, as before. Also
+    /// `idle_unload` in meshd.toml.
+    #[arg(long, env = "MESHD_IDLE_UNLOAD", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
+    pub idle_unload: Option<Duration>,
+
     /// Threads that serve requests and run guests (default: one per CPU).
     /// Leave a core free when something busy shares the machine (a load
     /// generator, a proxy): more runnable threads than cores make the OS

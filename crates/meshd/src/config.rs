@@ -26,6 +26,10 @@ pub struct DaemonConfig {
     pub tls: TlsConfig,
     /// Automatic certificates from an ACME CA (Let's Encrypt).
     pub acme: Option<AcmeConfig>,
+    /// `idle_unload = "10m"`: as `--idle-unload` (the flag wins). [default:
+    /// off]
+    #[serde(default, with = "humantime_option")]
+    pub idle_unload: Option<std::time::Duration>,
 }
 
 /// `[acme]`: certificates obtained and renewed by meshd from an ACME CA,
@@ -376,6 +380,17 @@ impl DaemonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_unload_is_a_duration_and_off_by_default() {
+        let config: DaemonConfig = toml::from_str("idle_unload = \"10m\"\n[limits]").unwrap();
+        assert_eq!(
+            config.idle_unload,
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(DaemonConfig::default().idle_unload, None);
+        assert!(toml::from_str::<DaemonConfig>("idle_unload = \"soon\"").is_err());
+    }
 
     #[test]
     fn limits_table_parses_and_unknown_keys_fail() {

@@ -323,6 +323,7 @@ async fn run(
             load_parallelism,
             max_compile_time: args.max_compile_time,
             memory_reset: args.memory_reset.chosen(),
+            idle_unload: args.idle_unload.or(daemon_config.idle_unload),
         },
         kv,
     )?;
@@ -453,6 +454,9 @@ async fn run(
     // missed.
     let dir_watch = meshd_reload::DirWatch::start(&args.apps, !args.no_watch);
     let summary = dir_source.sync().await;
+    // Reading and loading every app left freed blocks in the heap (glibc
+    // keeps them): give them back before serving.
+    tokio::task::spawn_blocking(meshd_tenant::release_free_heap);
     // A node of a mesh is ready once it has the mesh's apps too (or, if
     // NATS does not answer, after MESH_READY_TIMEOUT: it serves what it has).
     if mesh.is_none() {

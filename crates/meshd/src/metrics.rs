@@ -102,8 +102,51 @@ impl Collector for MemoryCollector {
             let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric)?;
         }
-        Ok(())
+        encode_resident_code(&self.0, &mut encoder)
     }
+}
+
+/// `meshd_code_loaded_versions` (and `meshd_code_all_versions`), and the counters
+/// `meshd_code_loads` and `meshd_code_unloads`: which versions hold their
+/// compiled code in memory (lazy start and `--idle-unload`).
+fn encode_resident_code(
+    runtime: &Runtime,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let code = runtime.resident_code();
+    for (name, help, value) in [
+        (
+            "meshd_code_loaded_versions",
+            "App versions whose compiled code and pre-instance are in memory",
+            code.loaded,
+        ),
+        (
+            "meshd_code_all_versions",
+            "App versions alive, loaded or not",
+            code.versions,
+        ),
+    ] {
+        let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+        gauge.encode(metric)?;
+    }
+    for (name, help, value) in [
+        (
+            "meshd_code_loads",
+            "Loads of a version's code on its first request (lazy start) or after an idle unload",
+            code.loads,
+        ),
+        (
+            "meshd_code_unloads",
+            "Unloads of a version's code after --idle-unload without a request",
+            code.unloads,
+        ),
+    ] {
+        let counter = ConstCounter::new(value);
+        let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+        counter.encode(metric)?;
+    }
+    Ok(())
 }
 
 /// `meshd_deploys_total{result}`: what the deploy pipeline did.

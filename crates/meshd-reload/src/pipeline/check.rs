@@ -31,6 +31,13 @@ pub(crate) async fn check_all(
             // The semaphore is never closed, so this always gets one.
             let _permit = permits.acquire_owned().await.ok();
             let version = &new.version;
+            // A version that started unloaded passed this check before
+            // (same code, same settings, this engine) and has no health
+            // check: checking it again would load its code at start-up,
+            // which lazy start is there to avoid.
+            if version.was_checked() {
+                return (name, Ok(()));
+            }
             let result = match version.instantiate_once().await {
                 Err(e) => Err(format!("cannot instantiate: {e:#}")),
                 Ok(()) => match &new.manifest.health {

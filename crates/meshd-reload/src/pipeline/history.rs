@@ -119,7 +119,14 @@ impl Pipeline {
             };
             let version = stored(deployed, origin);
             if origin == Origin::Dir {
-                let spec = specs.get(name).cloned().map(Box::new);
+                // Bytes the store holds already are not queued again: a
+                // start-up with thousands of apps would otherwise hold every
+                // app's .wasm in memory until the writer got to it.
+                let spec = specs
+                    .get(name)
+                    .filter(|_| !self.store_holds(deployed))
+                    .cloned()
+                    .map(Box::new);
                 let job = Job {
                     app: name.clone(),
                     kind: JobKind::Record(spec, version),
@@ -151,6 +158,18 @@ impl Pipeline {
                 Err(_) => tracing::warn!(app = %name, "the artifact store writer stopped"),
             }
         }
+    }
+
+    /// Whether the artifact store holds the code and manifest of
+    /// `deployed` (two file lookups).
+    fn store_holds(&self, deployed: &Deployed) -> bool {
+        self.store.as_ref().is_some_and(|store| {
+            store.contains(&deployed.digest)
+                && deployed
+                    .manifest_digest
+                    .as_ref()
+                    .is_none_or(|m| store.contains(m))
+        })
     }
 
     /// Forgets every kept version of `name` (it was removed), in order

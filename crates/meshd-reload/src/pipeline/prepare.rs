@@ -9,7 +9,8 @@ use meshd_artifacts::{ArtifactStore, Digest};
 use meshd_registry::{Origin, Refused};
 use meshd_routes::Route;
 use meshd_tenant::{
-    load_version, AppLedger, AppVersion, LoadError, Preopen, Runtime, TenantSettings,
+    load_version_with_source, unloaded_version, AppLedger, AppVersion, LoadError, Preopen, Runtime,
+    TenantSettings, WasmSource,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,15 +126,68 @@ pub(crate) fn prepare(
         }
         return Ok(deployed(Arc::new(previous.version.with_settings(settings))));
     }
-    let version =
-        load_version(runtime, ledger, &digest.short(), &spec.wasm, settings).map_err(|e| {
+    let source = wasm_source(store, spec, digest);
+    // A new app (not a redeploy: a new version of a running app is proven
+    // before the old one is retired) with no health check, whose code and
+    // settings passed their check before, starts unloaded: its code is
+    // loaded on its first request. Anything else is loaded and checked now.
+    let unloaded = (previous.is_none() && manifest.health.is_none())
+        .then(|| {
+            let (id, wasm) = (digest.short(), &spec.wasm);
+            unloaded_version(
+                runtime,
+                ledger,
+                &id,
+                wasm,
+                settings.clone(),
+                Some(source.clone()),
+            )
+        })
+        .flatten();
+    let version = match unloaded {
+        Some(version) => version,
+        None => load_version_with_source(
+            runtime,
+            ledger,
+            &digest.short(),
+            &spec.wasm,
+            settings,
+            Some(source),
+        )
+        .map_err(|e| {
             let message = format!("{}: {e}", spec.wasm_label);
             match e {
                 LoadError::Compile(_) => Refused::Compile(message),
                 _ => Refused::InvalidComponent(message),
             }
-        })?;
+        })?,
+    };
     Ok(deployed(Arc::new(version)))
+}
+
+/// Where a version's `.wasm` is read again when its code was unloaded and
+/// its compile-cache entry is gone: the artifact store (every version from
+/// the API or the mesh; the directory's once they are kept there), else the
+/// directory's file (only if it still holds the same bytes: the tenant
+/// runtime checks the digest).
+fn wasm_source(store: Option<&ArtifactStore>, spec: &AppSpec, digest: Digest) -> WasmSource {
+    let store = store.cloned();
+    let file = (spec.origin == Origin::Dir).then(|| PathBuf::from(&spec.wasm_label));
+    Arc::new(move || {
+        if let Some(store) = store.as_ref().filter(|s| s.contains(&digest)) {
+            return store
+                .get(&digest)
+                .map_err(|e| anyhow::anyhow!("from the artifact store: {e}"));
+        }
+        match &file {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display())),
+            None => anyhow::bail!(
+                "the artifact store does not hold version {}",
+                digest.short()
+            ),
+        }
+    })
 }
 
 /// Puts the bytes of a version from the API or the mesh in the artifact

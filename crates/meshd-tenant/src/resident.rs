@@ -1,0 +1,375 @@
+//! Which versions have their compiled code in memory (issue #17): a version's
+//! code (its mapped `.cwasm` and pre-instance) is loaded on first use when the
+//! version started unloaded, and dropped again after `--idle-unload` without
+//! a request. The next request loads it back from the compile cache (by
+//! digest), or compiles it from the `.wasm` its [`WasmSource`] gives when the
+//! cache entry is gone.
+//!
+//! The request path pays one atomic load (`ArcSwapOption::load`) to find the
+//! loaded code and one relaxed store to note the time; only a request that
+//! finds the code unloaded takes the version's load lock.
+
+use crate::cache::CacheOutcome;
+use crate::engine::{Runtime, SharedCode};
+use crate::host::Host;
+use crate::version::IdleInstance;
+use arc_swap::ArcSwapOption;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// Gives a version's `.wasm` bytes again, for a reload whose compile-cache
+/// entry is gone (the artifact store, or the file it was read from). The
+/// bytes are checked against the version's digest before they are compiled.
+pub type WasmSource = Arc<dyn Fn() -> anyhow::Result<Vec<u8>> + Send + Sync>;
+
+/// A version's code in memory: the pre-instance, and the compiled component
+/// it was made from (shared by every loaded version of the same bytes).
+pub(crate) struct Loaded {
+    pub(crate) pre: ProxyPre<Host>,
+    /// Keeps the compiled code registered as shared while it is loaded.
+    pub(crate) _code: Arc<SharedCode>,
+}
+
+/// The code half of one version: loaded or not, when it was last used, and
+/// how to load it again.
+pub(crate) struct VersionCode {
+    app: Arc<str>,
+    id: String,
+    /// BLAKE3 of the `.wasm`: the compile cache's key.
+    digest: blake3::Hash,
+    source: Option<WasmSource>,
+    loaded: ArcSwapOption<Loaded>,
+    /// When a request last used the code, in ms of [`Resident::now_ms`].
+    last_used: AtomicU64,
+    /// Taken by a request that must load the code; holds the failure of the
+    /// last attempt, so requests that waited for it fail with it rather than
+    /// each trying again.
+    load_lock: tokio::sync::Mutex<Option<String>>,
+    /// Load attempts finished, to tell whether one ended while a request
+    /// waited for the lock.
+    attempts: AtomicU64,
+    /// Instances that served a request and may serve another (`reuse`);
+    /// dropped with the code when it is unloaded.
+    pub(crate) idle: Mutex<Vec<IdleInstance>>,
+    resident: Arc<Resident>,
+}
+
+impl VersionCode {
+    /// The code of a version, loaded (`Some`) or to be loaded on first use,
+    /// registered with the runtime's sweeper.
+    pub(crate) fn new(
+        runtime: &Runtime,
+        app: Arc<str>,
+        id: String,
+        digest: blake3::Hash,
+        source: Option<WasmSource>,
+        loaded: Option<Arc<Loaded>>,
+    ) -> Arc<Self> {
+        let resident = runtime.resident.clone();
+        if loaded.is_some() {
+            resident.loaded.fetch_add(1, Ordering::Relaxed);
+        }
+        let code = Arc::new(VersionCode {
+            app,
+            id,
+            digest,
+            source,
+            loaded: ArcSwapOption::new(loaded),
+            last_used: AtomicU64::new(resident.now_ms()),
+            load_lock: tokio::sync::Mutex::new(None),
+            attempts: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+            resident: resident.clone(),
+        });
+        let mut versions = resident
+            .versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Forget dropped versions now and then, so redeploys without a
+        // sweeper do not grow the list for ever.
+        if versions.len() % 1024 == 1023 {
+            versions.retain(|v| v.strong_count() > 0);
+        }
+        versions.push(Arc::downgrade(&code));
+        drop(versions);
+        code
+    }
+
+    /// The same code for another version of it (a manifest-only change):
+    /// loaded if this one is, with no idle instances of its own yet.
+    pub(crate) fn sibling(&self, runtime: &Runtime, id: String) -> Arc<Self> {
+        VersionCode::new(
+            runtime,
+            self.app.clone(),
+            id,
+            self.digest,
+            self.source.clone(),
+            self.loaded.load_full(),
+        )
+    }
+
+    /// BLAKE3 of the `.wasm`.
+    pub(crate) fn digest(&self) -> &blake3::Hash {
+        &self.digest
+    }
+
+    /// Whether the code is in memory now.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded.load().is_some()
+    }
+
+    /// The pre-instance to serve a request with, loading the code first if
+    /// it is not in memory. Notes the use, which keeps the code loaded.
+    pub(crate) async fn pre(&self, runtime: &Arc<Runtime>) -> Result<ProxyPre<Host>, String> {
+        self.touch();
+        if let Some(loaded) = &*self.loaded.load() {
+            return Ok(loaded.pre.clone());
+        }
+        self.load(runtime).await
+    }
+
+    fn touch(&self) {
+        self.last_used
+            .store(self.resident.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Loads the code, once for all the requests that wait for it. Loading
+    /// (reading the cache entry, or compiling) blocks, so it runs on a
+    /// blocking thread.
+    async fn load(&self, runtime: &Arc<Runtime>) -> Result<ProxyPre<Host>, String> {
+        let attempts_before = self.attempts.load(Ordering::Acquire);
+        let mut last_failure = self.load_lock.lock().await;
+        if let Some(loaded) = &*self.loaded.load() {
+            return Ok(loaded.pre.clone());
+        }
+        if self.attempts.load(Ordering::Acquire) != attempts_before {
+            if let Some(failure) = &*last_failure {
+                return Err(failure.clone());
+            }
+        }
+        let started = Instant::now();
+        let (runtime_for_load, digest, source) =
+            (runtime.clone(), self.digest, self.source.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            load_code(&runtime_for_load, &digest, source.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the load panicked: {e}")));
+        self.attempts.fetch_add(1, Ordering::Release);
+        match outcome {
+            Ok((loaded, cache)) => {
+                let pre = loaded.pre.clone();
+                self.touch();
+                if self.loaded.swap(Some(Arc::new(loaded))).is_none() {
+                    self.resident.loaded.fetch_add(1, Ordering::Relaxed);
+                }
+                self.resident.loads.fetch_add(1, Ordering::Relaxed);
+                *last_failure = None;
+                if let CacheOutcome::Replaced(reason) = &cache {
+                    tracing::warn!(app = %self.app, version = %self.id, reason = %reason, "discarded an unusable cache entry and recompiled");
+                }
+                tracing::info!(
+                    app = %self.app, version = %self.id, cache = %cache.as_str(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "loaded the app's code on first use"
+                );
+                Ok(pre)
+            }
+            Err(cause) => {
+                let message = format!(
+                    "cannot load the code of app {} version {}: {cause}",
+                    self.app, self.id
+                );
+                tracing::error!(app = %self.app, version = %self.id, error = %cause, "cannot load the app's code; its requests get 503 until a load succeeds");
+                *last_failure = Some(message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    /// Drops the code (and idle instances) if unused since `cutoff_ms`.
+    /// Requests already running keep what they hold. Returns whether it did.
+    fn unload_if_idle(&self, cutoff_ms: u64) -> bool {
+        if self.last_used.load(Ordering::Relaxed) > cutoff_ms || !self.is_loaded() {
+            return false;
+        }
+        let Ok(_load) = self.load_lock.try_lock() else {
+            // A request is loading it right now: it is in use.
+            return false;
+        };
+        let dropped = self.loaded.swap(None);
+        let idle: Vec<IdleInstance> =
+            std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(idle);
+        if dropped.is_some() {
+            self.resident.loaded.fetch_sub(1, Ordering::Relaxed);
+            self.resident.unloads.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(app = %self.app, version = %self.id, "unloaded the app's idle code");
+        }
+        dropped.is_some()
+    }
+}
+
+impl Drop for VersionCode {
+    fn drop(&mut self) {
+        if self.loaded.load().is_some() {
+            self.resident.loaded.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gives the heap's free memory back to the kernel (glibc's `malloc_trim`;
+/// a no-op elsewhere). glibc keeps freed small and medium blocks (such as
+/// the `.wasm` bytes read for each app, about 100 KiB) in its heap, so after
+/// a start-up with thousands of apps, or after unloading many, most of what
+/// was freed still counted as meshd's anonymous memory: 3,000 apps idle held
+/// 369 MB of RssAnon, 32 MB after a trim. Takes a few ms; call it after
+/// such a batch, never per request.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
+    // takes the allocator's own locks and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Reads (or compiles) a version's code and pre-instantiates it. Blocking.
+pub(crate) fn load_code(
+    runtime: &Runtime,
+    digest: &blake3::Hash,
+    source: Option<&WasmSource>,
+) -> Result<(Loaded, CacheOutcome), String> {
+    let wasm = || -> Result<Vec<u8>, crate::compile::CompileError> {
+        let source = source.ok_or_else(|| {
+            crate::compile::CompileError::Invalid(
+                "its compile-cache entry is gone and meshd kept no copy of its .wasm".into(),
+            )
+        })?;
+        let bytes = source().map_err(|e| {
+            crate::compile::CompileError::Invalid(format!(
+                "its compile-cache entry is gone and its .wasm cannot be read again: {e:#}"
+            ))
+        })?;
+        if blake3::hash(&bytes) != *digest {
+            return Err(crate::compile::CompileError::Invalid(
+                "its compile-cache entry is gone and the .wasm read again is not the one deployed (changed since)".into(),
+            ));
+        }
+        Ok(bytes)
+    };
+    let (code, cache) = runtime
+        .component_by_digest(digest, wasm)
+        .map_err(|e| e.to_string())?;
+    let pre = pre_instantiate(runtime, &code).map_err(|e| e.to_string())?;
+    Ok((Loaded { pre, _code: code }, cache))
+}
+
+/// Pre-instantiates compiled code against meshd's linker.
+pub(crate) fn pre_instantiate(
+    runtime: &Runtime,
+    code: &SharedCode,
+) -> Result<ProxyPre<Host>, crate::load::LoadError> {
+    let instance_pre = runtime
+        .linker
+        .instantiate_pre(&code.0)
+        .map_err(|e| crate::load::LoadError::Link(format!("{e:#}")))?;
+    ProxyPre::new(instance_pre).map_err(|e| crate::load::LoadError::NotHttp(format!("{e:#}")))
+}
+
+/// The runtime's view of every version's code: how many are loaded, and the
+/// sweeper that unloads idle ones.
+pub(crate) struct Resident {
+    clock: Instant,
+    versions: Mutex<Vec<Weak<VersionCode>>>,
+    loaded: AtomicUsize,
+    loads: AtomicU64,
+    unloads: AtomicU64,
+}
+
+/// Counts of versions' code in memory, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentStats {
+    /// Versions whose code is loaded now.
+    pub loaded: usize,
+    /// Versions alive (loaded or not).
+    pub versions: usize,
+    /// Loads on first use (or after an unload) since start.
+    pub loads: u64,
+    /// Unloads of idle code since start.
+    pub unloads: u64,
+}
+
+impl Resident {
+    /// The registry, and its sweeper thread when `idle_unload` is set (the
+    /// thread ends soon after the registry is dropped). `None`: code stays
+    /// loaded as long as its version lives.
+    pub(crate) fn start(idle_unload: Option<Duration>) -> std::io::Result<Arc<Self>> {
+        let resident = Arc::new(Resident {
+            clock: Instant::now(),
+            versions: Mutex::new(Vec::new()),
+            loaded: AtomicUsize::new(0),
+            loads: AtomicU64::new(0),
+            unloads: AtomicU64::new(0),
+        });
+        if let Some(idle) = idle_unload {
+            // Looks four times per idle period, so code goes within 1.25x of
+            // it; at most once a second, at least every 10 ms.
+            let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let weak = Arc::downgrade(&resident);
+            std::thread::Builder::new()
+                .name("meshd-unload".into())
+                .spawn(move || loop {
+                    std::thread::sleep(every);
+                    match weak.upgrade() {
+                        Some(resident) => resident.sweep(idle),
+                        None => break,
+                    }
+                })?;
+        }
+        Ok(resident)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Unloads the code of every version unused for `idle`.
+    fn sweep(&self, idle: Duration) {
+        let Some(cutoff) = self
+            .now_ms()
+            .checked_sub(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+        else {
+            return;
+        };
+        let live: Vec<Arc<VersionCode>> = {
+            let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+            versions.retain(|v| v.strong_count() > 0);
+            versions.iter().filter_map(Weak::upgrade).collect()
+        };
+        // Unmapping happens here, outside the registry's lock.
+        let mut unloaded = 0;
+        for code in &live {
+            unloaded += usize::from(code.unload_if_idle(cutoff));
+        }
+        drop(live);
+        if unloaded > 0 {
+            release_free_heap();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ResidentStats {
+        let versions = {
+            let versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
+            versions.iter().filter(|v| v.strong_count() > 0).count()
+        };
+        ResidentStats {
+            loaded: self.loaded.load(Ordering::Relaxed),
+            versions,
+            loads: self.loads.load(Ordering::Relaxed),
+            unloads: self.unloads.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Lazy start and idle unload (issue #17): with a warm compile cache, apps
+//! that passed their check before start unloaded and load on first use;
+//! with `--idle-unload`, code unused for that long is dropped and loaded
+//! back by the next request, which never fails for it.
+
+use crate::support::{cache_entries, guest, metric_sample as sample, AppsDir, Client, Meshd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const HELLO: &str = "Hello from Steelmesh!\n";
+
+/// The metrics text of `meshd`.
+async fn metrics(meshd: &Meshd) -> String {
+    Client::http1().get(&meshd.metrics_url()).await.text()
+}
+
+/// Loaded versions, loads and unloads so far.
+async fn code_counts(meshd: &Meshd) -> (f64, f64, f64) {
+    let text = metrics(meshd).await;
+    (
+        sample(&text, "meshd_code_loaded_versions", &[]),
+        sample(&text, "meshd_code_loads_total", &[]),
+        sample(&text, "meshd_code_unloads_total", &[]),
+    )
+}
+
+/// Waits (at most 20 s) until `unloads` unloads have happened and no
+/// version is loaded.
+async fn wait_for_unloads(meshd: &Meshd, unloads: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (loaded, _, done) = code_counts(meshd).await;
+        if done >= unloads && loaded == 0.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {loaded} versions loaded and {done} unloads, waiting for {unloads}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn start(apps: &AppsDir, cache: &Path, extra: &[&str]) -> Meshd {
+    let mut args = vec!["--metrics-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Meshd::builder(apps.path())
+        .cache_dir(cache)
+        .args(&args)
+        .start()
+}
+
+#[tokio::test]
+async fn idle_code_is_unloaded_and_one_reload_serves_many_first_requests_without_failures() {
+    let apps = AppsDir::with(&["hello"]);
+    let cache = tempfile::tempdir().unwrap();
+    let meshd = start(&apps, cache.path(), &["--idle-unload", "300ms"]);
+    let url = meshd.url("/hello");
+    let client = Client::http1();
+    assert_eq!(client.get(&url).await.text(), HELLO);
+
+    // A client that keeps asking at gaps around the idle period, so that
+    // some requests land just before, at and just after an unload.
+    let racer = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = Client::http1_no_retries();
+            let mut statuses = Vec::new();
+            for gap in [250u64, 290, 300, 310, 350, 280, 320, 400, 305, 295] {
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+                statuses.push(client.get(&url).await.status);
+            }
+            statuses
+        })
+    };
+    let statuses = racer.await.unwrap();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+
+    // Three rounds: wait for the unload, then 32 requests at once. Each
+    // round reloads the code once, whatever the number of first requests.
+    for round in 1..=3 {
+        let (_, _, unloads_before) = code_counts(&meshd).await;
+        wait_for_unloads(&meshd, unloads_before + 1.0).await;
+        let (_, loads_before, _) = code_counts(&meshd).await;
+        let requests: Vec<_> = (0..32)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Client::http1_no_retries().get(&url).await })
+            })
+            .collect();
+        for request in requests {
+            let reply = request.await.unwrap();
+            assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
+            assert_eq!(reply.text(), HELLO);
+        }
+        let (loaded, loads, _) = code_counts(&meshd).await;
+        assert_eq!(loaded, 1.0, "round {round}");
+        assert_eq!(loads, loads_before + 1.0, "round {round}: one reload");
+    }
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=hit",
+    ]);
+}
+
+#[tokio::test]
+async fn a_reload_without_its_cache_entry_compiles_the_kept_bytes_and_a_failed_reload_answers_503_then_retries(
+) {
+    let apps = AppsDir::with(&["hello"]);
+    let cache = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let meshd = Meshd::builder(apps.path())
+        .cache_dir(cache.path())
+        .data_dir(data.path())
+        .args(&[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--idle-unload",
+            "200ms",
+            "--no-watch",
+        ])
+        .start();
+    let url = meshd.url("/hello");
+    let client = Client::http1();
+    assert_eq!(client.get(&url).await.text(), HELLO);
+
+    // The cache entry is gone: the reload compiles the version's bytes.
+    wait_for_unloads(&meshd, 1.0).await;
+    for entry in cache_entries(cache.path()) {
+        std::fs::remove_file(entry).unwrap();
+    }
+    assert_eq!(client.get(&url).await.text(), HELLO);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=miss",
+    ]);
+
+    // Now the entry is gone, the kept copy too, and hello.wasm holds other
+    // code (meshd does not watch the directory): the reload fails with 503
+    // and an error naming the app, and the next request tries again.
+    wait_for_unloads(&meshd, 2.0).await;
+    for entry in cache_entries(cache.path()) {
+        std::fs::remove_file(entry).unwrap();
+    }
+    let artifacts = data.path().join("artifacts");
+    if artifacts.exists() {
+        std::fs::remove_dir_all(&artifacts).unwrap();
+    }
+    let hello = std::fs::read(guest("hello")).unwrap();
+    apps.write("hello.wasm", std::fs::read(guest("echo")).unwrap());
+    let reply = client.get(&url).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(reply.text().contains("app hello"), "{}", reply.text());
+    let line = meshd.wait_for_log(&["cannot load the app's code", "app=hello"]);
+    assert!(line.contains("not the one deployed"), "{line}");
+
+    apps.write("hello.wasm", &hello);
+    assert_eq!(client.get(&url).await.text(), HELLO);
+    assert_eq!(code_counts(&meshd).await.0, 1.0);
+}
+
+#[tokio::test]
+async fn with_a_warm_cache_checked_apps_start_unloaded_and_load_on_first_use() {
+    let apps = AppsDir::with(&["hello", "echo"]);
+    // echo has a health check: it is loaded and checked at every start.
+    apps.write("echo.toml", "health = \"/\"\n");
+    let cache = tempfile::tempdir().unwrap();
+    // A cold start compiles and checks both (and notes hello's check).
+    let meshd = start(&apps, cache.path(), &[]);
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=miss"]);
+    assert_eq!(code_counts(&meshd).await.0, 2.0);
+    drop(meshd);
+
+    let meshd = start(&apps, cache.path(), &[]);
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=unloaded"]);
+    meshd.wait_for_log(&["app deployed", "app=echo", "cache=hit"]);
+    assert_eq!(code_counts(&meshd).await, (1.0, 0.0, 0.0));
+
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=hit",
+    ]);
+    assert_eq!(code_counts(&meshd).await, (2.0, 1.0, 0.0));
+    let reply = client.post(&meshd.url("/echo/x"), "hi").await;
+    assert_eq!(reply.json()["body_length"], 2);
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_entry_of_an_unloaded_app_is_recompiled_on_first_use() {
+    let apps = AppsDir::with(&["hello"]);
+    let cache = tempfile::tempdir().unwrap();
+    drop(start(&apps, cache.path(), &[]));
+    let entry = cache_entries(cache.path()).pop().unwrap();
+    let good = std::fs::read(&entry).unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    std::fs::write(&entry, &flipped).unwrap();
+
+    let meshd = start(&apps, cache.path(), &[]);
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=unloaded"]);
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    meshd.wait_for_log(&["discarded an unusable cache entry", "app=hello"]);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=replaced",
+    ]);
+    // The entry was rewritten and is trusted again.
+    assert_eq!(std::fs::read(&entry).unwrap(), good);
+}
