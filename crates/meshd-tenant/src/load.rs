@@ -81,28 +81,58 @@ pub fn load_version_with_source(
     if let CacheOutcome::Replaced(reason) = &cache {
         tracing::warn!(app = %ledger.app(), version = %id, reason = %reason, "discarded an unusable cache entry and recompiled");
     }
-    let loaded = Loaded { pre, _code: code };
+    let loaded = Arc::new(Loaded { pre, _code: code });
+    let origin = Origin {
+        digest,
+        source,
+        cache,
+        compile_time,
+    };
+    Ok(new_version(
+        runtime,
+        ledger,
+        id,
+        settings,
+        origin,
+        Some(loaded),
+    ))
+}
+
+/// Where a version's code comes from, and how it was got.
+struct Origin {
+    digest: blake3::Hash,
+    source: Option<WasmSource>,
+    cache: CacheOutcome,
+    compile_time: Duration,
+}
+
+/// A version of the app of `ledger` with its code `loaded` now, or (`None`)
+/// to be loaded on first use, in which case it already passed its
+/// pre-traffic check in an earlier run.
+fn new_version(
+    runtime: &Arc<Runtime>,
+    ledger: &Arc<AppLedger>,
+    id: &str,
+    settings: TenantSettings,
+    origin: Origin,
+    loaded: Option<Arc<Loaded>>,
+) -> AppVersion {
+    let proven = loaded.is_none();
     let code = VersionCode::new(
         runtime,
         ledger.app_name(),
         id.to_owned(),
-        digest,
-        source,
-        Some(Arc::new(loaded)),
+        origin.digest,
+        origin.source,
+        loaded,
     );
     let compiled = Compiled {
         code,
-        proven: false,
-        cache,
-        compile_time,
+        proven,
+        cache: origin.cache,
+        compile_time: origin.compile_time,
     };
-    Ok(AppVersion::new(
-        ledger,
-        id.to_owned(),
-        runtime.clone(),
-        compiled,
-        settings,
-    ))
+    AppVersion::new(ledger, id.to_owned(), runtime.clone(), compiled, settings)
 }
 
 /// A version whose code is left unloaded until its first request, if the
@@ -125,27 +155,13 @@ pub fn unloaded_version(
     if !runtime.cache.was_checked(&digest, &fingerprint) {
         return None;
     }
-    let code = VersionCode::new(
-        runtime,
-        ledger.app_name(),
-        id.to_owned(),
+    let origin = Origin {
         digest,
         source,
-        None,
-    );
-    let compiled = Compiled {
-        code,
-        proven: true,
         cache: CacheOutcome::Unloaded,
         compile_time: Duration::ZERO,
     };
-    Some(AppVersion::new(
-        ledger,
-        id.to_owned(),
-        runtime.clone(),
-        compiled,
-        settings,
-    ))
+    Some(new_version(runtime, ledger, id, settings, origin, None))
 }
 
 /// What the bytes are (a component, or why not), and their BLAKE3 digest.
