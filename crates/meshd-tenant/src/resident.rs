@@ -130,9 +130,17 @@ impl VersionCode {
         self.load(runtime).await
     }
 
+    /// Notes the use for the idle sweep. Every request passes here: with no
+    /// sweep it does nothing, and it writes the shared time only when the
+    /// millisecond changed, so requests on other cores do not fight over it.
     fn touch(&self) {
-        self.last_used
-            .store(self.resident.now_ms(), Ordering::Relaxed);
+        if !self.resident.tracks_use {
+            return;
+        }
+        let now = self.resident.now_ms();
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Loads the code, once for all the requests that wait for it. Loading
@@ -282,6 +290,9 @@ pub(crate) fn pre_instantiate(
 /// The runtime's view of every version's code: how many are loaded, and the
 /// sweeper that unloads idle ones.
 pub(crate) struct Resident {
+    /// Whether code is ever unloaded (`--idle-unload` set): only then do
+    /// requests note when they last used it.
+    tracks_use: bool,
     clock: Instant,
     versions: Mutex<Vec<Weak<VersionCode>>>,
     loaded: AtomicUsize,
@@ -308,6 +319,7 @@ impl Resident {
     /// loaded as long as its version lives.
     pub(crate) fn start(idle_unload: Option<Duration>) -> std::io::Result<Arc<Self>> {
         let resident = Arc::new(Resident {
+            tracks_use: idle_unload.is_some(),
             clock: Instant::now(),
             versions: Mutex::new(Vec::new()),
             loaded: AtomicUsize::new(0),
