@@ -2,17 +2,13 @@
 //! settings, short requests go ahead of long ones, and long ones still run
 //! and stop at their deadlines.
 
+use crate::isolation::hello_beside_a_spinner;
 use crate::support::{metric_sample, spawn_get, AppsDir, Client, Meshd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_requests_give_way_to_short_ones_and_still_run_to_their_deadline() {
-    let apps = AppsDir::with(&["hello"]);
-    apps.deploy("spin", "hostile");
     // Only a deadline: no cpu limit, no weight.
-    apps.write("spin.toml", "[limits]\ntimeout = \"2s\"\n");
-    let meshd = Meshd::builder(apps.path())
-        .args(&["--metrics-listen", "127.0.0.1:0"])
-        .start();
+    let (_apps, meshd) = hello_beside_a_spinner("[limits]\ntimeout = \"2s\"\n");
     let metrics_url = meshd.metrics_url();
     let client = Client::http1();
 

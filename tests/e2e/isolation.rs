@@ -47,17 +47,25 @@ async fn spinning_guest_gets_504_at_its_deadline_while_others_are_served() {
     assert_eq!(client.get(&meshd.url("/spin/ok")).await.text(), "ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_app_over_its_cpu_limit_waits_for_its_share_and_others_do_not() {
+/// A meshd with metrics serving `hello` and the hostile fixture as `spin`
+/// (whose `/spin` loops until its deadline), `spin`'s manifest being
+/// `manifest`.
+pub(crate) fn hello_beside_a_spinner(manifest: &str) -> (AppsDir, Meshd) {
     let apps = AppsDir::with(&["hello"]);
     apps.deploy("spin", "hostile");
-    // A twentieth of a core: below the scheduler's floor for long requests
-    // (0.2 of a core on two workers), so what holds the spinners back while
-    // hello is served is the cap, not the scheduler.
-    apps.write("spin.toml", "[limits]\ntimeout = \"2s\"\ncpu = 0.05\n");
+    apps.write("spin.toml", manifest);
     let meshd = Meshd::builder(apps.path())
         .args(&["--metrics-listen", "127.0.0.1:0"])
         .start();
+    (apps, meshd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_over_its_cpu_limit_waits_for_its_share_and_others_do_not() {
+    // A twentieth of a core: below the scheduler's floor for long requests
+    // (0.2 of a core on two workers), so what holds the spinners back while
+    // hello is served is the cap, not the scheduler.
+    let (_apps, meshd) = hello_beside_a_spinner("[limits]\ntimeout = \"2s\"\ncpu = 0.05\n");
     let metrics_url = meshd.metrics_url();
 
     // Two guests spinning until their deadline: without the limit they
