@@ -6,8 +6,9 @@
 //! cache entry is gone.
 //!
 //! The request path pays one atomic load (`ArcSwapOption::load`) to find the
-//! loaded code and one relaxed store to note the time; only a request that
-//! finds the code unloaded takes the version's load lock.
+//! loaded code and, only with `--idle-unload`, a clock read and a relaxed
+//! store of the time when the millisecond changed; only a request that finds
+//! the code unloaded takes the version's load lock.
 
 use crate::cache::CacheOutcome;
 use crate::engine::{Runtime, SharedCode};
