@@ -12,6 +12,9 @@
 #   1. a first meshd compiles every app into the empty cache (or CACHE_DIR),
 #      waits until the artifact store in --data-dir holds every app's bytes
 #      (meshd writes them in the background), and is stopped;
+#      Unless CACHE_DIR was given, `wasmtime compile` then compiles the same
+#      files, as many at once as there are cores, for the cold-cache ratio
+#      (COMPARE_COMPILE=0 skips it);
 #   2. a second meshd (warm cache on disk, its files dropped from the page
 #      cache first; with --idle-unload IDLE_UNLOAD) is measured: start-up
 #      time, VmRSS / RssAnon / RssFile after IDLE seconds, then one GET to
@@ -19,7 +22,10 @@
 #      start unloaded, so this is their first request: its latency p50/p99
 #      is reported), then the memory again, and once more after the idle
 #      unload has dropped the code (meshd_code_loaded_versions back to 0, at
-#      most 3 x IDLE_UNLOAD + 10 s later);
+#      most 3 x IDLE_UNLOAD + 10 s later). Before the idle unload, with
+#      every app loaded, wrk measures /app0000/; a meshd serving app0000
+#      alone (same cache) is measured the same way just before and just
+#      after that run, and the loaded run is compared with their mean;
 #   3. if the cgroup v1 memory controller is writable here (it is on the
 #      build machine, as root), the same as 2 with meshd inside a memory
 #      cgroup limited to LIMIT: the kernel must then reclaim what does not
@@ -34,6 +40,9 @@
 #                without the flag: older builds)           (default 20s)
 #   CACHE_DIR    use (and keep) this compile cache, e.g. one filled by an
 #                earlier run, instead of a fresh one       (default: fresh)
+#   THROUGHPUT   0: skip the throughput of one app with every app loaded
+#                against the same app alone                (default 1)
+#   DURATION, WARMUP, CONNECTIONS  that wrk run             (10s, 2s, 32)
 #   LIMITED      0: skip the run in a memory cgroup        (default 1)
 #   LIMIT        the cgroup's memory limit                 (default 200M)
 #   BENCH_OUT    also write the result tables (markdown) to this file
@@ -50,6 +59,10 @@ IDLE="${IDLE:-2}"
 IDLE_UNLOAD="${IDLE_UNLOAD:-20s}"
 LIMITED="${LIMITED:-1}"
 LIMIT="${LIMIT:-200M}"
+THROUGHPUT="${THROUGHPUT:-1}"
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+CONNECTIONS="${CONNECTIONS:-32}"
 ((TENANTS >= 1 && TENANTS <= 10000)) || die "TENANTS must be 1..10000"
 MEMCG_ROOT=/sys/fs/cgroup/memory
 MEMCG="$MEMCG_ROOT/steelmesh-bench-$$"
@@ -169,6 +182,26 @@ for entry in os.scandir(sys.argv[1]):
 PY
 }
 
+# measure_one_app NAME: wrk on /app0000/ of the running meshd, after a
+# warm-up; the result lands in RPS[NAME], P99[NAME], ...
+measure_one_app() {
+    local url="http://$MESHD_ADDR/app0000/"
+    wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+    MEASURE_PID="$MESHD_PID" measure "$1" "$url" -t1 -c"$CONNECTIONS" -d"$DURATION"
+}
+
+# measure_alone NAME: a meshd serving app0000 alone, from the same cache,
+# measured as above.
+measure_alone() {
+    local dir="$WORK/alone"
+    mkdir -p "$dir/apps"
+    cp "$APPS/app0000.wasm" "$dir/apps/"
+    start_meshd "$WORK/meshd-$1.log" --apps "$dir/apps" --cache-dir "$CACHE" \
+        --data-dir "$dir/data" --no-watch
+    measure_one_app "$1"
+    stop_meshd
+}
+
 # measure_config NAME: start meshd (MESHD may be the cgroup wrapper), read its
 # memory idle, request every app, read it again, stop it.
 measure_config() {
@@ -185,6 +218,9 @@ measure_config() {
     SERVED[$name]="$served"
     RSS_AFTER[$name]="$(rss_mb "$MESHD_PID")"
     LOADED_AFTER[$name]="$(meshd_metric meshd_code_loaded_versions)"
+    if [[ "$name" == free && "$THROUGHPUT" == 1 ]]; then
+        measure_one_app loaded
+    fi
     log "$name: $served of $TENANTS apps answered 200 (first request p50 ${FIRST_P50[$name]} ms, p99 ${FIRST_P99[$name]} ms, max ${FIRST_MAX[$name]} ms); VmRSS/RssAnon/RssFile ${RSS_AFTER[$name]} MB; versions loaded: ${LOADED_AFTER[$name]}"
     if [[ "$IDLE_UNLOAD" != off ]]; then
         LOADED_UNLOADED[$name]="$(wait_for_idle_unload)"
@@ -215,7 +251,25 @@ log "the artifact store holds $stored blobs after ${waited} s more"
 log "cache filled in ${FILL_STARTUP} s ($(du -sh "$CACHE" | cut -f1))"
 stop_meshd
 
+# The same files compiled by `wasmtime compile` (the version meshd embeds,
+# with meshd's codegen setting: epoch interruption), one process per file,
+# as many at once as meshd loads apps at once (--load-parallelism: one per
+# core). Each output overwrites the last of its worker: only the time counts.
+COMPILE_RATIO=""
+if [[ "${COMPARE_COMPILE:-1}" == 1 && -z "${CACHE_DIR:-}" ]]; then
+    need_wasmtime_cli
+    log "wasmtime compile: the same $TENANTS files, $(nproc) at a time"
+    COMPILE_T0="$EPOCHREALTIME"
+    find "$APPS" -name '*.wasm' -print0 |
+        COMPILE_OUT="$WORK" xargs -0 -P "$(nproc)" -n 64 sh -c 'out="$COMPILE_OUT/w$$.cwasm"; for f; do "$0" compile -W epoch-interruption=y "$f" -o "$out" || exit 255; done; rm -f "$out"' "$WASMTIME"
+    WASMTIME_COMPILE="$(awk -v a="$EPOCHREALTIME" -v b="$COMPILE_T0" 'BEGIN { printf "%.3f", a - b }')"
+    COMPILE_RATIO="$(ratio "$FILL_STARTUP" "$WASMTIME_COMPILE")"
+    log "wasmtime compile took ${WASMTIME_COMPILE} s; meshd's cold start ${FILL_STARTUP} s (${COMPILE_RATIO}x)"
+fi
+
+[[ "$THROUGHPUT" == 1 ]] && measure_alone alone1
 measure_config free
+[[ "$THROUGHPUT" == 1 ]] && measure_alone alone2
 
 MEMCG_NOTE=""
 if [[ "$LIMITED" == 0 ]]; then
@@ -244,6 +298,9 @@ fi
 report() {
     machine_lines
     echo "apps: $TENANTS distinct copies of hello.wasm (a custom section each); warm cache; first start (into the cache${CACHE_DIR:+ $CACHE_DIR, given warm}) took ${FILL_STARTUP} s; measured meshd run with --idle-unload $IDLE_UNLOAD"
+    if [[ -n "$COMPILE_RATIO" ]]; then
+        echo "cold cache: meshd compiled and checked every app and listened after ${FILL_STARTUP} s; \`wasmtime compile -W epoch-interruption=y\` of the same files, $(nproc) at a time, took ${WASMTIME_COMPILE} s (${COMPILE_RATIO}x)"
+    fi
     echo
     echo "| meshd | start-up (s) | VmRSS / RssAnon / RssFile idle (MB) | apps answering 200 | first request p50 / p99 / max (ms) | VmRSS / RssAnon / RssFile after (MB), versions loaded | after the idle unload (MB), versions loaded | then every app again: answering 200, reload p50 / p99 / max (ms) |"
     echo "|---|---:|---|---:|---|---|---|---|"
@@ -261,12 +318,21 @@ report() {
         echo "| $label | ${STARTUP[$name]} | ${RSS_IDLE[$name]// / \/ } | ${SERVED[$name]} of $TENANTS | ${FIRST_P50[$name]} / ${FIRST_P99[$name]} / ${FIRST_MAX[$name]} | ${RSS_AFTER[$name]// / \/ }, ${LOADED_AFTER[$name]} | $unloaded_cell | ${RELOAD_SERVED[$name]:-n/a}${RELOAD_SERVED[$name]:+, ${RELOAD_P50[$name]} / ${RELOAD_P99[$name]} / ${RELOAD_MAX[$name]}} |"
     done
     echo
+    if [[ "$THROUGHPUT" == 1 ]]; then
+        echo "one app (/app0000/, wrk -t1 -c$CONNECTIONS -d$DURATION after a $WARMUP warm-up) with all $TENANTS apps loaded: $(thousands "${RPS[loaded]}") req/s, p99 ${P99[loaded]} ms; alone, before and after: $(thousands "${RPS[alone1]}") and $(thousands "${RPS[alone2]}") req/s, p99 ${P99[alone1]} and ${P99[alone2]} ms; ratio to their mean ${LOADED_RATIO}x"
+        echo
+    fi
     if [[ -n "${STARTUP[limited]:-}" ]]; then
         echo "cgroup: limit $LIMIT, peak usage ${MEMCG_PEAK} MB (page cache included), limit hit ${MEMCG_FAILCNT} times, OOM kills ${MEMCG_OOM}"
     else
         echo "$MEMCG_NOTE"
     fi
 }
+
+LOADED_RATIO=""
+if [[ "$THROUGHPUT" == 1 ]]; then
+    LOADED_RATIO="$(ratio "${RPS[loaded]}" "$(((RPS[alone1] + RPS[alone2]) / 2))")"
+fi
 
 echo
 report
@@ -283,6 +349,12 @@ summary_row "$TENANTS apps, warm cache: start-up until listening" "${STARTUP[fre
 summary_row "$TENANTS apps idle: RssAnon" "$IDLE_ANON MB" "<= 300 MB" "$(met "$IDLE_ANON" 300)"
 summary_row "$TENANTS apps idle: VmRSS" "$IDLE_RSS MB" "<= 1000 MB" "$(met "$IDLE_RSS" 1000)"
 summary_row "first request to a not-yet-loaded app: p99 (p50 ${FIRST_P50[free]} ms)" "${FIRST_P99[free]} ms" "<= 5 ms" "$(met "${FIRST_P99[free]}" 5)"
+if [[ -n "$COMPILE_RATIO" ]]; then
+    summary_row "$TENANTS apps, cold cache: meshd start-up / wasmtime compile (${FILL_STARTUP} s / ${WASMTIME_COMPILE} s, $(nproc) at a time)" "${COMPILE_RATIO}x" "<= 1.1x" "$(met "$COMPILE_RATIO" 1.1)"
+fi
+if [[ -n "$LOADED_RATIO" ]]; then
+    summary_row "req/s of one app with all $TENANTS loaded / alone" "${LOADED_RATIO}x" ">= 0.95x" "$(met 0.95 "$LOADED_RATIO")"
+fi
 summary_row "every app answered its first request" "${SERVED[free]} of $TENANTS" "all" "$([[ "${SERVED[free]}" == "$TENANTS" ]] && echo yes || echo no)"
 if [[ -n "${RELOAD_SERVED[free]:-}" ]]; then
     summary_row "request that reloads after --idle-unload: p99 (p50 ${RELOAD_P50[free]} ms)" "${RELOAD_P99[free]} ms" "-" "-"
@@ -293,4 +365,7 @@ if [[ -n "${RSS_UNLOADED[free]:-}" ]]; then
     read -r UNLOADED_RSS _ _ <<<"${RSS_UNLOADED[free]}"
     summary_row "VmRSS after serving every app -> after --idle-unload $IDLE_UNLOAD" "$AFTER_RSS -> $UNLOADED_RSS MB" "falls" \
         "$(awk -v a="$AFTER_RSS" -v b="$UNLOADED_RSS" 'BEGIN { print (b < a) ? "yes" : "no" }')"
+fi
+if [[ "$THROUGHPUT" == 1 ]]; then
+    check_results alone1 loaded alone2 || exit 1
 fi

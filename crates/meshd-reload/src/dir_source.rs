@@ -143,14 +143,9 @@ impl DirSource {
         }
         for batch in batches {
             let max = self.max_wasm_size;
-            let read = tokio::task::spawn_blocking(move || {
-                batch
-                    .into_iter()
-                    .map(|(files, stamp)| read_app(files, stamp, max))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
+            let read = tokio::task::spawn_blocking(move || read_all(batch, max))
+                .await
+                .unwrap_or_default();
             let mut changed = Vec::new();
             let mut unreadable = Vec::new();
             let mut stamps = BTreeMap::new();
@@ -233,6 +228,48 @@ fn batches(apps: Vec<(AppFiles, Stamp)>) -> Vec<Vec<(AppFiles, Stamp)>> {
     batches
 }
 
+/// Reads a batch of apps, on one thread per core: reading (and copying) the
+/// code of thousands of apps at a start-up is otherwise one core's work
+/// while the others wait for it.
+fn read_all(batch: Vec<(AppFiles, Stamp)>, max: u64) -> Vec<Read> {
+    let read_chunk = |chunk: Vec<(AppFiles, Stamp)>| -> Vec<Read> {
+        chunk
+            .into_iter()
+            .map(|(files, stamp)| read_app(files, stamp, max))
+            .collect()
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(batch.len().div_ceil(MIN_APPS_PER_READER));
+    if threads <= 1 {
+        return read_chunk(batch);
+    }
+    let per_thread = batch.len().div_ceil(threads);
+    let mut chunks = Vec::with_capacity(threads);
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(per_thread));
+        chunks.push(rest);
+        rest = tail;
+    }
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || read_chunk(chunk)))
+            .collect();
+        // A reader that panicked loses its apps for this pass, as a panic
+        // of the whole read did before; the next pass reads them again.
+        readers
+            .into_iter()
+            .flat_map(|reader| reader.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Fewer apps than this per thread are read on one: a thread costs more
+/// than reading a few files.
+const MIN_APPS_PER_READER: usize = 64;
+
 /// Reads one app's files, stamped `stamp` just before: at most `max` bytes
 /// of code (a larger or still growing file is never read whole), and its
 /// manifest.
@@ -263,7 +300,10 @@ fn read_app(files: AppFiles, stamp: Stamp, max: u64) -> Read {
 fn read_wasm(path: &Path, max: u64) -> Result<Vec<u8>, Refused> {
     use std::io::Read as _;
     let file = std::fs::File::open(path).map_err(|e| Refused::Unreadable(describe(path, e)))?;
-    let mut wasm = Vec::new();
+    // Sized from the file's length: one read and no regrowing for a file
+    // that is not growing (one byte more, to see the end without a probe).
+    let expected = file.metadata().map_or(0, |m| m.len()).min(max);
+    let mut wasm = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).saturating_add(1));
     file.take(max.saturating_add(1))
         .read_to_end(&mut wasm)
         .map_err(|e| Refused::Unreadable(describe(path, e)))?;

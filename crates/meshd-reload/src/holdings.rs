@@ -8,23 +8,26 @@
 //! ignored: holdings then fall back to the running table, as before.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The routes and directories held after a pass, by app name. A route is
 /// kept as it is shown (`/api`, `shop.example.com/api`), host included.
+/// Sets, so that every app of a pass asks in O(log n) whether it held its
+/// route (a start-up asks for thousands); on disk, JSON arrays.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Holdings {
-    routes: Vec<RouteHolding>,
-    dirs: Vec<DirHolding>,
+    routes: BTreeSet<RouteHolding>,
+    dirs: BTreeSet<DirHolding>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct RouteHolding {
     route: String,
     app: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 struct DirHolding {
     dir: PathBuf,
     app: String,
@@ -33,12 +36,12 @@ struct DirHolding {
 impl Holdings {
     /// Records that `app` holds `route` and, if it has one, `dir`.
     pub(crate) fn add(&mut self, app: &str, route: &str, dir: Option<&Path>) {
-        self.routes.push(RouteHolding {
+        self.routes.insert(RouteHolding {
             route: route.to_owned(),
             app: app.to_owned(),
         });
         if let Some(dir) = dir {
-            self.dirs.push(DirHolding {
+            self.dirs.insert(DirHolding {
                 dir: dir.to_owned(),
                 app: app.to_owned(),
             });
@@ -47,12 +50,18 @@ impl Holdings {
 
     /// Whether `app` held `route`.
     pub(crate) fn holds_route(&self, app: &str, route: &str) -> bool {
-        self.routes.iter().any(|h| h.app == app && h.route == route)
+        self.routes.contains(&RouteHolding {
+            route: route.to_owned(),
+            app: app.to_owned(),
+        })
     }
 
     /// Whether `app` held `dir`.
     pub(crate) fn holds_dir(&self, app: &str, dir: &Path) -> bool {
-        self.dirs.iter().any(|h| h.app == app && h.dir == dir)
+        self.dirs.contains(&DirHolding {
+            dir: dir.to_owned(),
+            app: app.to_owned(),
+        })
     }
 
     /// The holdings saved at `path`; none if there is no file (a first
@@ -110,6 +119,18 @@ mod tests {
         assert!(!loaded.holds_route("aaa", "/shop"));
         assert!(loaded.holds_dir("shop", Path::new("/srv/apps/shop-data")));
         assert!(!loaded.holds_dir("hello", Path::new("/srv/apps/shop-data")));
+    }
+
+    #[test]
+    fn a_file_saved_as_arrays_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("holdings.json");
+        let text = r#"{"routes":[{"route":"/shop","app":"shop"},{"route":"/hello","app":"hello"}],"dirs":[]}"#;
+        std::fs::write(&path, text).unwrap();
+        let loaded = Holdings::load(&path);
+        assert!(loaded.holds_route("shop", "/shop"));
+        assert!(loaded.holds_route("hello", "/hello"));
+        assert!(!loaded.holds_route("hello", "/shop"));
     }
 
     #[test]

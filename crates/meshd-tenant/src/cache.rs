@@ -11,9 +11,11 @@
 //! change to the entry cannot reach the running code.
 
 use anyhow::{Context as _, Result};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
@@ -59,6 +61,12 @@ const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 pub struct ArtifactCache {
     dir: PathBuf,
     engine_key: String,
+    /// Which entries passed their pre-traffic check, and with which settings
+    /// (see [`ArtifactCache::was_checked`]), as `DIGEST/FINGERPRINT`. Read
+    /// from one listing of the directory at the first question: a start-up
+    /// asks for every app, and a read of a marker file per app cost one disk
+    /// read each on a cold page cache.
+    checked: OnceLock<Mutex<HashSet<String>>>,
 }
 
 impl ArtifactCache {
@@ -72,6 +80,7 @@ impl ArtifactCache {
         Ok(ArtifactCache {
             dir: dir.to_owned(),
             engine_key,
+            checked: OnceLock::new(),
         })
     }
 
@@ -261,35 +270,111 @@ impl ArtifactCache {
     /// Whether the `.wasm` of `wasm_digest` is cached and passed its
     /// pre-traffic check with settings of `fingerprint` (see
     /// [`ArtifactCache::mark_checked`]): such a version may start unloaded.
+    ///
+    /// Answered from the listing taken at the first call (and the markers
+    /// written since): an entry removed since then is found on first use
+    /// and compiled again; a marker another process wrote since is missed,
+    /// and the version is checked again. Both are safe.
     pub(crate) fn was_checked(&self, wasm_digest: &blake3::Hash, fingerprint: &str) -> bool {
-        let path = self.entry_path(wasm_digest);
-        path.is_file()
-            && std::fs::read_to_string(checked_path(&path)).is_ok_and(|text| text == fingerprint)
+        self.checked_set()
+            .contains(&checked_key(&wasm_digest.to_hex(), fingerprint))
     }
 
-    /// Notes beside the entry (`KEY.cwasm.checked`) that the `.wasm` of
-    /// `wasm_digest` instantiated with settings of `fingerprint`. Only
-    /// saves work: a missing or different marker means the next start
+    /// Notes beside the entry (`KEY.cwasm.checked-FINGERPRINT`, empty) that
+    /// the `.wasm` of `wasm_digest` instantiated with settings of
+    /// `fingerprint`. Only saves work: a missing marker means the next start
     /// loads and checks the version as usual.
     pub(crate) fn mark_checked(&self, wasm_digest: &blake3::Hash, fingerprint: &str) {
-        let path = checked_path(&self.entry_path(wasm_digest));
-        if std::fs::read_to_string(&path).is_ok_and(|text| text == fingerprint) {
+        let key = checked_key(&wasm_digest.to_hex(), fingerprint);
+        if self.checked_set().contains(&key) {
             return;
         }
-        let written = tempfile::NamedTempFile::new_in(&self.dir).and_then(|mut tmp| {
-            tmp.write_all(fingerprint.as_bytes())?;
-            tmp.persist(&path).map_err(|e| e.error)
-        });
-        if let Err(e) = written {
-            tracing::debug!(path = %path.display(), error = %e, "cannot write the checked marker of a cache entry");
+        let entry = self.entry_path(wasm_digest);
+        if !entry.is_file() {
+            // The entry could not be stored: nothing to start from unloaded.
+            return;
         }
+        let path = checked_path(&entry, fingerprint);
+        let written = std::fs::File::create(&path).and_then(|file| file.sync_all());
+        match written {
+            Ok(()) => {
+                self.checked_set().insert(key);
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot write the checked marker of a cache entry")
+            }
+        }
+    }
+
+    fn checked_set(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.checked
+            .get_or_init(|| Mutex::new(self.list_checked()))
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The `DIGEST/FINGERPRINT` of every marker in the directory whose entry
+    /// is there too, for this engine. Markers of the old form are read.
+    fn list_checked(&self) -> HashSet<String> {
+        let entry_suffix = format!("-{}.cwasm", self.engine_key);
+        let mut entries = HashSet::new();
+        let mut markers = Vec::new();
+        let Ok(listing) = std::fs::read_dir(&self.dir) else {
+            return HashSet::new();
+        };
+        for dirent in listing.flatten() {
+            let name = dirent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((digest, rest)) = name.split_once(&entry_suffix) else {
+                continue;
+            };
+            match rest {
+                "" => {
+                    entries.insert(digest.to_owned());
+                }
+                ".checked" => {
+                    // The old form, holding the fingerprint: read once and
+                    // renamed to the new form, so later starts list it.
+                    let legacy = dirent.path();
+                    if let Ok(fingerprint) = std::fs::read_to_string(&legacy) {
+                        let entry = self.dir.join(format!("{digest}{entry_suffix}"));
+                        let _ = std::fs::rename(&legacy, checked_path(&entry, &fingerprint));
+                        markers.push((digest.to_owned(), fingerprint));
+                    }
+                }
+                _ => {
+                    if let Some(fingerprint) = rest.strip_prefix(".checked-") {
+                        markers.push((digest.to_owned(), fingerprint.to_owned()));
+                    }
+                }
+            }
+        }
+        markers
+            .into_iter()
+            .filter(|(digest, _)| entries.contains(digest))
+            .map(|(digest, fingerprint)| checked_key(&digest, &fingerprint))
+            .collect()
     }
 }
 
-/// `<entry>.cwasm.checked`: the fingerprint of the settings the `.wasm`
-/// passed its pre-traffic check with.
-fn checked_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
+fn checked_key(digest_hex: &str, fingerprint: &str) -> String {
+    format!("{digest_hex}/{fingerprint}")
+}
+
+/// `<entry>.cwasm.checked-FINGERPRINT`: the `.wasm` passed its pre-traffic
+/// check with settings of that fingerprint. Empty: the name says it all, so
+/// one listing of the directory answers for every app.
+fn checked_path(entry: &Path, fingerprint: &str) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".checked-");
+    name.push(fingerprint);
+    PathBuf::from(name)
+}
+
+/// `<entry>.cwasm.checked` holding the fingerprint: the marker's old form.
+#[cfg(test)]
+fn legacy_checked_path(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
     name.push(".checked");
     PathBuf::from(name)
 }
@@ -337,11 +422,47 @@ mod tests {
         cache
             .load_or_compile(&engine, &digest, || Component::new(&engine, "(component)"))
             .expect("load");
+        assert!(
+            !cache.was_checked(&digest, "settings-a"),
+            "marked before the entry existed"
+        );
+        cache.mark_checked(&digest, "settings-a");
         assert!(cache.was_checked(&digest, "settings-a"));
         assert!(!cache.was_checked(&digest, "settings-b"));
         cache.mark_checked(&digest, "settings-b");
         assert!(cache.was_checked(&digest, "settings-b"));
-        assert!(!cache.was_checked(&digest, "settings-a"));
+        assert!(cache.was_checked(&digest, "settings-a"), "both passed");
+
+        // The next process finds the markers in one listing of the directory.
+        let next = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        assert!(next.was_checked(&digest, "settings-a"));
+        assert!(next.was_checked(&digest, "settings-b"));
+        assert!(!next.was_checked(&digest, "settings-c"));
+        // ...but not once the entry is gone.
+        std::fs::remove_file(next.entry_path(&digest)).expect("remove the entry");
+        let after = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        assert!(!after.was_checked(&digest, "settings-a"));
+    }
+
+    /// A marker of the old form (`KEY.cwasm.checked` holding the settings'
+    /// fingerprint) still counts, and is renamed to the new form.
+    #[test]
+    fn a_marker_of_the_old_form_counts_and_is_renamed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let digest = blake3::hash(b"(component)");
+        let cache = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        cache
+            .load_or_compile(&engine, &digest, || Component::new(&engine, "(component)"))
+            .expect("load");
+        let legacy = legacy_checked_path(&cache.entry_path(&digest));
+        std::fs::write(&legacy, "settings-a").expect("old marker");
+        let next = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        assert!(next.was_checked(&digest, "settings-a"));
+        assert!(!next.was_checked(&digest, "settings-b"));
+        assert!(!legacy.exists(), "renamed to the new form");
+        let last = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        assert!(last.was_checked(&digest, "settings-a"));
     }
 
     /// Two loads of one new `.wasm` at once (as two processes sharing the

@@ -185,29 +185,44 @@ impl LogRing {
 /// are freed with it.
 #[derive(Debug, Default)]
 pub struct LogRings {
-    rings: Mutex<HashMap<Arc<str>, Weak<LogRing>>>,
+    rings: Mutex<Rings>,
 }
 
+#[derive(Debug, Default)]
+struct Rings {
+    by_app: HashMap<Arc<str>, Weak<LogRing>>,
+    /// The map's size at which the rings of removed apps are next forgotten:
+    /// twice its size after the last sweep, so adding n apps sweeps about
+    /// log n times, not n times (a start-up adds thousands).
+    sweep_at: usize,
+}
+
+/// The smallest [`Rings::sweep_at`].
+const MIN_SWEEP_AT: usize = 64;
+
 impl LogRings {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Weak<LogRing>>> {
+    fn lock(&self) -> MutexGuard<'_, Rings> {
         self.rings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The ring of `app`, made if it has none.
     pub(crate) fn ring_for(&self, app: &Arc<str>) -> Arc<LogRing> {
         let mut rings = self.lock();
-        if let Some(ring) = rings.get(app).and_then(Weak::upgrade) {
+        if let Some(ring) = rings.by_app.get(app).and_then(Weak::upgrade) {
             return ring;
         }
-        rings.retain(|_, ring| ring.strong_count() > 0);
+        if rings.by_app.len() >= rings.sweep_at {
+            rings.by_app.retain(|_, ring| ring.strong_count() > 0);
+            rings.sweep_at = rings.by_app.len().saturating_mul(2).max(MIN_SWEEP_AT);
+        }
         let ring = Arc::new(LogRing::default());
-        rings.insert(app.clone(), Arc::downgrade(&ring));
+        rings.by_app.insert(app.clone(), Arc::downgrade(&ring));
         ring
     }
 
     /// The ring of `app`, if meshd knows the app.
     pub fn get(&self, app: &str) -> Option<Arc<LogRing>> {
-        self.lock().get(app).and_then(Weak::upgrade)
+        self.lock().by_app.get(app).and_then(Weak::upgrade)
     }
 }
 
@@ -284,6 +299,21 @@ mod tests {
         assert_eq!(rings.get("hello").unwrap().after(0, 10).lines.len(), 1);
         drop(ring);
         assert!(rings.get("hello").is_none());
+    }
+
+    #[test]
+    fn the_rings_of_removed_apps_are_forgotten_as_apps_come_and_go() {
+        let rings = LogRings::default();
+        let kept: Vec<Arc<LogRing>> = (0..1000)
+            .map(|i| rings.ring_for(&Arc::from(format!("kept{i}"))))
+            .collect();
+        // Apps that come and go (redeployed under new names, removed).
+        for i in 0..10_000 {
+            drop(rings.ring_for(&Arc::from(format!("gone{i}"))));
+        }
+        let size = rings.lock().by_app.len();
+        assert!(size <= 2 * kept.len() + MIN_SWEEP_AT, "{size} entries");
+        assert!(rings.get("kept999").is_some());
     }
 
     #[tokio::test]

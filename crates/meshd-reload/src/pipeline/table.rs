@@ -16,7 +16,7 @@ use super::prepare::Deployed;
 use crate::holdings::Holdings;
 use meshd_registry::Refused;
 use meshd_routes::Route;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 /// Where each app ends up.
@@ -49,13 +49,16 @@ pub(crate) fn place(wants: &BTreeMap<String, Vec<&Deployed>>, holdings: &Holding
             }
         }
     }
-    let is_holder = |name: &str| {
-        held_routes.values().any(|holder| *holder == name)
-            || held_dirs.iter().any(|(_, holder)| *holder == name)
-    };
+    // A set, not a scan per app: with thousands of apps in one change (a
+    // start-up), a scan of every holding per app was quadratic.
+    let holders: HashSet<&str> = held_routes
+        .values()
+        .copied()
+        .chain(held_dirs.iter().map(|(_, holder)| *holder))
+        .collect();
     let mut order: Vec<&String> = wants.keys().collect();
     // Holders first, then the rest by name (BTreeMap order, stable sort).
-    order.sort_by_key(|name| !is_holder(name));
+    order.sort_by_key(|name| !holders.contains(name.as_str()));
     let label_of = |holder: &str, route: Option<&Route>| {
         let options = wants.get(holder).map(Vec::as_slice).unwrap_or_default();
         options
@@ -90,10 +93,19 @@ pub(crate) fn place(wants: &BTreeMap<String, Vec<&Deployed>>, holdings: &Holding
                     dir.as_ref()
                         .is_some_and(|dir| other.starts_with(dir) || dir.starts_with(other))
                 };
-                if let Some((held, holder)) = held_dirs
-                    .iter()
-                    .find(|(other, holder)| *holder != name.as_str() && overlaps(other))
-                {
+                // Only an option with a directory scans the others' (an
+                // app without one would make the pass quadratic for nothing).
+                let (held_overlap, placed_overlap) = match dir {
+                    Some(_) => (
+                        held_dirs
+                            .iter()
+                            .find(|(other, holder)| overlaps(other) && *holder != name.as_str()),
+                        dirs.iter()
+                            .find(|(other, owner, _)| overlaps(other) && *owner != name.as_str()),
+                    ),
+                    None => (None, None),
+                };
+                if let Some((held, holder)) = held_overlap {
                     Some(Refused::DirConflict {
                         message: format!(
                             "[files] dir of app {name} ({}) overlaps {}, the directory held by app {holder} ({})",
@@ -103,10 +115,7 @@ pub(crate) fn place(wants: &BTreeMap<String, Vec<&Deployed>>, holdings: &Holding
                         ),
                         holder: holder.to_string(),
                     })
-                } else if let Some((other, owner, owner_label)) = dirs
-                    .iter()
-                    .find(|(other, owner, _)| *owner != name.as_str() && overlaps(other))
-                {
+                } else if let Some((other, owner, owner_label)) = placed_overlap {
                     Some(Refused::DirConflict {
                         message: format!(
                             "[files] dir of {} overlaps {}, the directory of {owner_label}",
