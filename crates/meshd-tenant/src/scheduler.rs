@@ -13,16 +13,19 @@
 //! app on an idle machine; this favours little CPU used over a lot, as a
 //! kernel's scheduler favours interactive tasks.
 //!
-//! The state is two atomics shared daemon-wide: when a short request last
-//! ran (written at most every [`SEEN_EVERY`]), and a GCRA meter of the
-//! floor. A short request reads the clock as the `cpu` meter already does
+//! While short work runs, long requests also run on at most as many workers
+//! at once as the floor rounds up to (one on a machine of up to ten).
+//!
+//! The state is three atomics shared daemon-wide: when a short request last
+//! ran (written at most every [`SEEN_EVERY`]), a GCRA meter of the floor,
+//! and how many long requests are in a poll. A short request reads the clock as the `cpu` meter already does
 //! and does at most one relaxed load and store more; only long requests
 //! ever wait, and only they pay for a timer.
 
 use crate::cpu_budget::CpuBudget;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -65,6 +68,12 @@ const MAX_COUNTED_POLL: Duration = Duration::from_millis(2);
 /// it runs soon after short work has stopped.
 const MAX_PAUSE: Duration = Duration::from_millis(2);
 
+/// How long a long request waits when as many long requests as may run at
+/// once while short work runs are already running (see
+/// [`Scheduler::max_long_polls`]). Below tokio's timer tick (1 ms), so it
+/// is one tick.
+const LONG_POLL_WAIT: Duration = Duration::from_micros(500);
+
 /// The daemon-wide state: shared by every request of every app.
 pub struct Scheduler {
     /// Share of the processor long requests keep while short ones run, in
@@ -78,14 +87,25 @@ pub struct Scheduler {
     /// Theoretical arrival time of the floor meter: when long requests
     /// will have paid for what they ran, at the floor's rate.
     floor_paid_until: AtomicU64,
+    /// Polls of long requests running right now.
+    long_polls: AtomicUsize,
+    /// The most long requests that run at once while short work runs: the
+    /// floor's share rounded up to whole workers. The meter bounds their
+    /// average, not how many run together: two spinning guests on two
+    /// workers could take both for a slice each and leave short requests
+    /// none (their p99 beside two spinners: docs/benchmarks.md).
+    max_long_polls: usize,
 }
 
 impl Scheduler {
     /// The scheduler of a daemon with `workers` threads running guests.
     pub fn new(workers: usize) -> Self {
         let tenth = u32::try_from(workers.saturating_mul(100)).unwrap_or(u32::MAX);
+        let floor = tenth.max(MIN_FLOOR);
         Scheduler {
-            floor: tenth.max(MIN_FLOOR),
+            floor,
+            long_polls: AtomicUsize::new(0),
+            max_long_polls: usize::try_from(floor.div_ceil(1000)).unwrap_or(1).max(1),
             origin: Instant::now(),
             short_seen_at: AtomicU64::new(0),
             floor_paid_until: AtomicU64::new(0),
@@ -139,6 +159,11 @@ impl Scheduler {
         let seen = self.short_seen_at.load(Ordering::Relaxed);
         if seen == 0 || now.saturating_sub(seen) > nanos(SHORT_RECENT) {
             return None;
+        }
+        // Checked, then counted when the poll starts: two requests that
+        // look at once may both run, one slice over the limit at most.
+        if self.long_polls.load(Ordering::Relaxed) >= self.max_long_polls {
+            return Some(LONG_POLL_WAIT);
         }
         let paid = self.floor_paid_until.load(Ordering::Relaxed);
         let allowed = now.saturating_add(nanos(FLOOR_BURST));
@@ -216,9 +241,16 @@ impl Turn {
                 None => break,
             }
         }
+        let long = self.is_long();
+        if long {
+            scheduler.long_polls.fetch_add(1, Ordering::Relaxed);
+        }
         let start = Instant::now();
         let result = poll(cx);
         let end = Instant::now();
+        if long {
+            scheduler.long_polls.fetch_sub(1, Ordering::Relaxed);
+        }
         budget.charge_poll(start, end);
         let (start, end) = (scheduler.nanos(start), scheduler.nanos(end));
         if self.is_long() {
@@ -395,5 +427,20 @@ mod tests {
         assert_eq!(outcome, ());
         assert_eq!(polled, 1);
         assert!(budget.gave_way_total() > Duration::ZERO);
+    }
+
+    #[test]
+    fn while_short_work_runs_long_requests_run_on_at_most_the_floor_s_workers() {
+        let scheduler = Scheduler::new(2);
+        assert_eq!(scheduler.max_long_polls, 1);
+        assert_eq!(Scheduler::new(16).max_long_polls, 2);
+        let now = 10 * MS;
+        // One long request is in a poll; the floor is not spent.
+        scheduler.long_polls.store(1, Ordering::Relaxed);
+        assert_eq!(scheduler.wait_at(now), None, "no short work: no limit");
+        scheduler.saw_short(now);
+        assert_eq!(scheduler.wait_at(now), Some(LONG_POLL_WAIT));
+        scheduler.long_polls.store(0, Ordering::Relaxed);
+        assert_eq!(scheduler.wait_at(now), None);
     }
 }
