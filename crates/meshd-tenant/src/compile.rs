@@ -9,6 +9,7 @@
 //! finished or abandoned, so a tenant whose app compiles forever costs at
 //! most its slots' worth of cores, not an unbounded number of threads.
 
+use crate::sweep::SweepWhenDoubled;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -153,22 +154,18 @@ pub(crate) struct SharedByKey<K, V> {
 
 struct Entries<K, V> {
     by_key: HashMap<K, Arc<Mutex<Weak<V>>>>,
-    /// The map's size at which keys whose value is gone are next forgotten:
-    /// twice its size after the last sweep. Sweeping at every call cost a
-    /// pass over every key per load (with 10,000 apps loading on first use,
-    /// 14% of the CPU of a pass over them).
-    sweep_at: usize,
+    /// Keys whose value is gone are forgotten when the map has doubled:
+    /// sweeping at every call cost a pass over every key per load (with
+    /// 10,000 apps loading on first use, 14% of the CPU of a pass over them).
+    sweep: SweepWhenDoubled,
 }
-
-/// The smallest [`Entries::sweep_at`].
-const MIN_SWEEP_AT: usize = 64;
 
 impl<K: Hash + Eq + Clone, V> Default for SharedByKey<K, V> {
     fn default() -> Self {
         SharedByKey {
             entries: Mutex::new(Entries {
                 by_key: HashMap::new(),
-                sweep_at: MIN_SWEEP_AT,
+                sweep: SweepWhenDoubled::default(),
             }),
         }
     }
@@ -184,7 +181,7 @@ impl<K: Hash + Eq + Clone, V> SharedByKey<K, V> {
     ) -> Result<(Arc<V>, bool), E> {
         let entry = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-            if entries.by_key.len() >= entries.sweep_at {
+            if entries.sweep.is_due(entries.by_key.len()) {
                 // Forget keys whose value is gone and that nobody is making.
                 entries.by_key.retain(|_, entry| {
                     Arc::strong_count(entry) > 1
@@ -193,7 +190,8 @@ impl<K: Hash + Eq + Clone, V> SharedByKey<K, V> {
                             Err(_) => true,
                         }
                 });
-                entries.sweep_at = entries.by_key.len().saturating_mul(2).max(MIN_SWEEP_AT);
+                let left = entries.by_key.len();
+                entries.sweep.swept(left);
             }
             entries.by_key.entry(key.clone()).or_default().clone()
         };
@@ -306,7 +304,10 @@ mod tests {
             drop(value);
         }
         let size = shared.entries.lock().unwrap().by_key.len();
-        assert!(size <= 2 * kept.len() + MIN_SWEEP_AT, "{size} keys");
+        assert!(
+            size <= 2 * kept.len() + crate::sweep::MIN_SWEEP_AT,
+            "{size} keys"
+        );
         // A value still held is found, not made again.
         let (again, found) = shared.get_or_make(&7, || Ok::<_, ()>(0)).unwrap();
         assert!(found && Arc::ptr_eq(&again, &kept[7]));

@@ -29,6 +29,7 @@ mod resident;
 mod scheduler;
 mod settings;
 mod stats;
+mod sweep;
 mod version;
 
 pub use body::ResponseBody;

@@ -15,6 +15,7 @@
 //! pushed out of the ring, and is told how many (a gap) by their sequence
 //! numbers.
 
+use crate::sweep::SweepWhenDoubled;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::SystemTime;
@@ -191,14 +192,10 @@ pub struct LogRings {
 #[derive(Debug, Default)]
 struct Rings {
     by_app: HashMap<Arc<str>, Weak<LogRing>>,
-    /// The map's size at which the rings of removed apps are next forgotten:
-    /// twice its size after the last sweep, so adding n apps sweeps about
-    /// log n times, not n times (a start-up adds thousands).
-    sweep_at: usize,
+    /// The rings of removed apps are forgotten when the map has doubled, not
+    /// at every new app (a start-up adds thousands).
+    sweep: SweepWhenDoubled,
 }
-
-/// The smallest [`Rings::sweep_at`].
-const MIN_SWEEP_AT: usize = 64;
 
 impl LogRings {
     fn lock(&self) -> MutexGuard<'_, Rings> {
@@ -211,9 +208,10 @@ impl LogRings {
         if let Some(ring) = rings.by_app.get(app).and_then(Weak::upgrade) {
             return ring;
         }
-        if rings.by_app.len() >= rings.sweep_at {
+        if rings.sweep.is_due(rings.by_app.len()) {
             rings.by_app.retain(|_, ring| ring.strong_count() > 0);
-            rings.sweep_at = rings.by_app.len().saturating_mul(2).max(MIN_SWEEP_AT);
+            let left = rings.by_app.len();
+            rings.sweep.swept(left);
         }
         let ring = Arc::new(LogRing::default());
         rings.by_app.insert(app.clone(), Arc::downgrade(&ring));
@@ -312,7 +310,10 @@ mod tests {
             drop(rings.ring_for(&Arc::from(format!("gone{i}"))));
         }
         let size = rings.lock().by_app.len();
-        assert!(size <= 2 * kept.len() + MIN_SWEEP_AT, "{size} entries");
+        assert!(
+            size <= 2 * kept.len() + crate::sweep::MIN_SWEEP_AT,
+            "{size} entries"
+        );
         assert!(rings.get("kept999").is_some());
     }
 
