@@ -602,6 +602,21 @@ async fn the_directory_and_the_api_do_not_take_each_others_apps() {
     let hello_digest = sha256_file(&guest("hello"));
     let echo_digest = sha256_file(&guest("echo"));
     assert_eq!(admin.app("hello").await["origin"], "dir");
+    // A directory version is kept in the background; its kept list comes
+    // back to the listing shortly after.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let app = admin.app("hello").await;
+        if kept(&app) == [hello_digest.as_str()] {
+            assert_eq!(app["kept"][0]["origin"], "dir", "{app:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directory version is never listed as kept: {app:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A directory app cannot be replaced, rolled back or deleted through the API.
     for (what, reply) in [

@@ -404,7 +404,7 @@ mod tests {
     fn an_app_without_a_live_version_shows_its_refusal() {
         let mut status = AppStatus::new("hello", Origin::Api);
         status.route = Some(meshd_routes::Route::parse("/hello").unwrap());
-        status.kept = vec![stored(b"v1", None, 10)];
+        status.kept = vec![stored(b"v1", None, 10)].into();
         status.last_error = Some((Refused::HealthCheck("GET / answered 500".into()), at(60)));
         let value = serde_json::to_value(AppJson::from_status(&status)).unwrap();
         assert_eq!(

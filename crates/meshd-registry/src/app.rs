@@ -114,7 +114,7 @@ pub struct AppStatus {
     pub canary_sticky_header: Option<http::HeaderName>,
     /// The versions kept for rollback, oldest first (the artifact store's
     /// list; the live one is among them).
-    pub kept: Vec<StoredVersion>,
+    pub kept: Arc<[StoredVersion]>,
     /// Why its last change was refused, and when; cleared by a success.
     pub last_error: Option<(Refused, SystemTime)>,
     /// Whether a change of it is being compiled or checked right now.
@@ -134,7 +134,7 @@ impl AppStatus {
             live: None,
             canary: None,
             canary_sticky_header: None,
-            kept: Vec::new(),
+            kept: Arc::new([]),
             last_error: None,
             deploying: false,
             draining: Vec::new(),

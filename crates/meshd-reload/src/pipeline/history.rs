@@ -34,21 +34,29 @@ pub(super) type KeptUpdate = (String, Vec<StoredVersion>);
 /// are collected, besides at start-up.
 const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// At most this many queued jobs run in one blocking call, and their kept
+/// lists come back in one message. A start-up queues a job per app: one
+/// thread hand-off and one publish of the whole registry per job made that
+/// quadratic in the number of apps.
+const MAX_JOBS_AT_ONCE: usize = 1024;
+
 /// Runs the store's writes one after another until the pipeline goes away,
 /// and collects unnamed blobs at start and every hour.
 pub(super) async fn write_history(
     store: ArtifactStore,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    updates: mpsc::UnboundedSender<KeptUpdate>,
+    updates: mpsc::UnboundedSender<Vec<KeptUpdate>>,
 ) {
     let mut collect = tokio::time::interval(COLLECT_EVERY);
     collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::new();
     loop {
-        let job = tokio::select! {
-            job = jobs.recv() => match job {
-                Some(job) => job,
-                None => return,
-            },
+        tokio::select! {
+            received = jobs.recv_many(&mut batch, MAX_JOBS_AT_ONCE) => {
+                if received == 0 {
+                    return;
+                }
+            }
             _ = collect.tick() => {
                 let store = store.clone();
                 match tokio::task::spawn_blocking(move || store.collect_garbage()).await {
@@ -59,43 +67,59 @@ pub(super) async fn write_history(
                 continue;
             }
         };
-        write(&store, job, &updates).await;
+        write(&store, std::mem::take(&mut batch), &updates).await;
     }
 }
 
-/// Runs one job.
+/// Runs `jobs` in order, in one blocking call.
 async fn write(
     store: &ArtifactStore,
-    Job { app, kind, done }: Job,
-    updates: &mpsc::UnboundedSender<KeptUpdate>,
+    jobs: Vec<Job>,
+    updates: &mpsc::UnboundedSender<Vec<KeptUpdate>>,
 ) {
     let store = store.clone();
-    let name = app.clone();
-    let outcome = tokio::task::spawn_blocking(move || match kind {
-        JobKind::Record(spec, version) => {
-            if let Some(spec) = &spec {
-                put_spec(&store, spec, &version.wasm, version.manifest.as_ref())?;
-            }
-            record(&store, &name, version)
-        }
-        JobKind::Forget => store.forget(&name).map(|()| Vec::new()),
+    let (jobs, outcomes) = tokio::task::spawn_blocking(move || {
+        let outcomes: Vec<Result<Vec<StoredVersion>, String>> =
+            jobs.iter().map(|job| run(&store, job)).collect();
+        (jobs, outcomes)
     })
     .await
-    .map_err(|e| e.to_string())
-    .and_then(|written| written.map_err(|e| e.to_string()));
-    match done {
-        Some(done) => {
-            let _ = done.send(outcome);
+    .unwrap_or_else(|e| {
+        // Unreachable unless a write panicked: nothing of the batch is known.
+        tracing::error!(error = %e, "the artifact store writer panicked");
+        (Vec::new(), Vec::new())
+    });
+    let mut kept_lists = Vec::new();
+    for (Job { app, done, .. }, outcome) in jobs.into_iter().zip(outcomes) {
+        match done {
+            Some(done) => {
+                let _ = done.send(outcome);
+            }
+            None => match outcome {
+                Ok(kept) => kept_lists.push((app, kept)),
+                Err(e) => {
+                    tracing::warn!(app = %app, error = %e, "cannot keep the version in the artifact store; it serves, but cannot be rolled back to");
+                }
+            },
         }
-        None => match outcome {
-            Ok(kept) => {
-                let _ = updates.send((app, kept));
-            }
-            Err(e) => {
-                tracing::warn!(app = %app, error = %e, "cannot keep the version in the artifact store; it serves, but cannot be rolled back to");
-            }
-        },
     }
+    if !kept_lists.is_empty() {
+        let _ = updates.send(kept_lists);
+    }
+}
+
+/// Runs one job: the app's kept list after it, or why it failed.
+fn run(store: &ArtifactStore, Job { app, kind, .. }: &Job) -> Result<Vec<StoredVersion>, String> {
+    let written = match kind {
+        JobKind::Record(spec, version) => spec
+            .as_deref()
+            .map_or(Ok(()), |spec| {
+                put_spec(store, spec, &version.wasm, version.manifest.as_ref())
+            })
+            .and_then(|()| record(store, app, version.clone())),
+        JobKind::Forget => store.forget(app).map(|()| Vec::new()),
+    };
+    written.map_err(|e| e.to_string())
 }
 
 impl Pipeline {
@@ -149,7 +173,7 @@ impl Pipeline {
             match outcome.await {
                 Ok(Ok(kept)) => {
                     if let Some(entry) = self.apps.get_mut(&name) {
-                        entry.kept = kept;
+                        entry.kept = kept.into();
                     }
                 }
                 Ok(Err(e)) => {
@@ -188,7 +212,7 @@ impl Pipeline {
     pub(super) fn take_kept(&mut self, (name, kept): KeptUpdate) {
         if let Some(entry) = self.apps.get_mut(&name) {
             if entry.live.is_some() {
-                entry.kept = kept;
+                entry.kept = kept.into();
             }
         }
     }
@@ -266,7 +290,7 @@ impl Pipeline {
             apps = specs.len(),
             "restoring the apps deployed through the admin API or the mesh"
         );
-        for batch in specs.chunks(super::MAX_BATCH_APPS) {
+        for batch in specs.chunks(super::MAX_RESTORE_BATCH) {
             self.deploy(batch.to_vec()).await;
         }
     }

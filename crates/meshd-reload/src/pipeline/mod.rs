@@ -26,16 +26,25 @@ use meshd_registry::{Origin, Refused, Registry};
 use meshd_tenant::{AppLedger, InFlight, Runtime};
 use prepare::Deployed;
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 /// How many changes may wait for the pipeline before senders wait too.
 const QUEUE: usize = 64;
 
-/// Apps are prepared in batches of at most this many at once...
-const MAX_BATCH_APPS: usize = 1024;
+/// Apps restored from the artifact store at start are deployed in batches
+/// of at most this many.
+const MAX_RESTORE_BATCH: usize = 1024;
+
+/// Kept lists written in the background are published this long after the
+/// first of them comes back, together with those that come meanwhile: each
+/// publish rebuilds every app's status, and a start-up with thousands of
+/// apps brings their lists back in many batches. Only the admin API shows
+/// them, so a moment late costs nothing.
+const KEPT_PUBLISH_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What all changes so far did, for the metrics endpoint.
 #[derive(Debug, Default)]
@@ -97,7 +106,8 @@ struct Entry {
     last_error: Option<(Refused, SystemTime)>,
     deploying: bool,
     draining: Vec<Arc<InFlight>>,
-    kept: Vec<StoredVersion>,
+    /// Shared with each published status: a publish copies no list.
+    kept: Arc<[StoredVersion]>,
     /// The route its last attempt asked for (shown while it is not live).
     asked_route: Option<meshd_routes::Route>,
 }
@@ -112,7 +122,7 @@ impl Entry {
             last_error: None,
             deploying: false,
             draining: Vec::new(),
-            kept: Vec::new(),
+            kept: Arc::new([]),
             asked_route: None,
         }
     }
@@ -157,11 +167,11 @@ pub struct Pipeline {
     /// The queue of writes to the artifact store (`None`: no store).
     history: Option<mpsc::UnboundedSender<history::Job>>,
     /// Kept lists written in the background, coming back.
-    kept_updates: mpsc::UnboundedReceiver<history::KeptUpdate>,
+    kept_updates: mpsc::UnboundedReceiver<Vec<history::KeptUpdate>>,
     /// The writer's ends of those two queues, until `run` starts it.
     writer: Option<(
         mpsc::UnboundedReceiver<history::Job>,
-        mpsc::UnboundedSender<history::KeptUpdate>,
+        mpsc::UnboundedSender<Vec<history::KeptUpdate>>,
     )>,
 }
 
@@ -211,7 +221,15 @@ impl Pipeline {
             tokio::spawn(history::write_history(store, jobs, updates));
         }
         self.restore().await;
+        // When kept lists that came back are published (`None`: none wait).
+        let mut publish_kept: Option<tokio::time::Instant> = None;
         loop {
+            let kept_due = async {
+                match publish_kept {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 request = self.requests.recv() => {
                     let Some(Request { change, reply }) = request else { return };
@@ -219,12 +237,12 @@ impl Pipeline {
                     // The sender may have given up waiting: no matter.
                     let _ = reply.send(outcome);
                 }
-                Some(update) = self.kept_updates.recv() => {
-                    self.take_kept(update);
-                    // Take in all that came, then publish once.
-                    while let Ok(update) = self.kept_updates.try_recv() {
-                        self.take_kept(update);
-                    }
+                Some(updates) = self.kept_updates.recv() => {
+                    updates.into_iter().for_each(|update| self.take_kept(update));
+                    publish_kept.get_or_insert_with(|| tokio::time::Instant::now() + KEPT_PUBLISH_DELAY);
+                }
+                () = kept_due => {
+                    publish_kept = None;
                     self.publish();
                 }
             }
@@ -452,50 +470,66 @@ impl Pipeline {
             })
     }
 
-    /// Prepares every spec, at most `load_parallelism` at a time, off the
-    /// async workers.
+    /// Prepares every spec on `load_parallelism` blocking threads, each
+    /// taking the next spec when it is done with one: a thread hand-off per
+    /// app made a start-up with thousands of apps spend a tenth of its time
+    /// switching threads.
     async fn prepare_all(&self, specs: &[AppSpec]) -> BTreeMap<String, Result<Deployed, Refused>> {
-        let permits = Arc::new(Semaphore::new(self.config.load_parallelism.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut names = HashMap::new();
-        for spec in specs {
-            let Some(entry) = self.apps.get(&spec.name) else {
-                continue;
-            };
-            let (previous, ledger) = (entry.live.clone(), entry.ledger.clone());
+        let work: Vec<_> = specs
+            .iter()
+            .filter_map(|spec| {
+                let entry = self.apps.get(&spec.name)?;
+                Some((spec.clone(), entry.live.clone(), entry.ledger.clone()))
+            })
+            .collect();
+        let total = work.len();
+        let queue = Arc::new(Mutex::new(work.into_iter()));
+        let (done, mut results) = mpsc::unbounded_channel();
+        for _ in 0..self.config.load_parallelism.clamp(1, total.max(1)) {
+            let (queue, done) = (queue.clone(), done.clone());
             let (runtime, config, store) = (
                 self.runtime.clone(),
                 self.config.clone(),
                 self.store.clone(),
             );
-            let name = spec.name.clone();
-            let (spec, permits) = (spec.clone(), permits.clone());
-            let task = tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let name = spec.name.clone();
-                let prepared = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || loop {
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                let Some((spec, previous, ledger)) = next else {
+                    return;
+                };
+                // A spec whose preparation panicked is refused; the others
+                // go on.
+                let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     let store = store.as_ref();
                     prepare::prepare(&runtime, &ledger, &config, store, &spec, previous.as_ref())
-                })
-                .await
-                .unwrap_or_else(|e| Err(Refused::Internal(format!("loading panicked: {e}"))));
-                (name, Ok::<_, String>(prepared))
+                }))
+                .unwrap_or_else(|panic| {
+                    tracing::error!(app = %spec.name, "loading the app panicked: {}", panic_message(&panic));
+                    Err(Refused::Internal("loading the new version panicked".into()))
+                });
+                if done.send((spec.name, prepared)).is_err() {
+                    return; // The deploy was dropped (meshd is stopping).
+                }
             });
-            names.insert(task.id(), name);
         }
+        drop(done);
         let mut prepared = BTreeMap::new();
-        let mut progress = LoadProgress::new(names.len());
-        while let Some(joined) = tasks.join_next().await {
-            // A task that panicked refuses its app's new version.
-            let Some((name, outcome)) = check::outcome(joined, &names) else {
-                continue;
-            };
-            let outcome = outcome.map_err(Refused::Internal).and_then(|inner| inner);
+        let mut progress = LoadProgress::new(total);
+        while let Some((name, outcome)) = results.recv().await {
             progress.record(outcome.as_ref().ok().map(|d| d.version.cache_outcome()));
             prepared.insert(name, outcome);
         }
         prepared
     }
+}
+
+/// The text a panic was raised with, if it was text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// What serves an app after a change, and the outcome to answer (`None`:

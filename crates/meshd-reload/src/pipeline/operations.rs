@@ -1,7 +1,7 @@
 //! The changes other than a plain deploy: removal, a source's snapshot,
 //! rollback, and the canary's start, promotion and abort.
 
-use super::{prepare, Entry, Pipeline, Trial, MAX_BATCH_APPS};
+use super::{prepare, Entry, Pipeline, Trial};
 use crate::change::{Applied, CanarySource, Snapshot};
 use crate::drain::retire;
 use meshd_registry::{Origin, Refused};
@@ -44,7 +44,7 @@ impl Pipeline {
             entry.draining.push(version.in_flight().clone());
             retire(version, self.config.drain_timeout, why);
         }
-        entry.kept.clear();
+        entry.kept = Arc::new([]);
         self.forget_history(name);
     }
 
@@ -85,13 +85,16 @@ impl Pipeline {
             self.totals.count(&Err(refusal.clone()));
             outcomes.insert(name, Err(refusal));
         }
-        let mut changed = changed;
-        while !changed.is_empty() {
-            let rest = changed.split_off(changed.len().min(MAX_BATCH_APPS));
+        // A deploy publishes what it did; removals and refusals are
+        // published here. The changed apps go in one deploy (the source
+        // bounds a snapshot's size): each deploy places and publishes every
+        // app, so batches of 1,024 made a start-up with thousands of apps
+        // quadratic.
+        let removed_or_refused = !gone.is_empty() || !outcomes.is_empty();
+        if !changed.is_empty() {
             outcomes.extend(self.deploy(changed).await);
-            changed = rest;
         }
-        if !gone.is_empty() || !outcomes.is_empty() {
+        if removed_or_refused {
             self.update_holdings();
             self.publish();
         }
