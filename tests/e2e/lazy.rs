@@ -215,3 +215,74 @@ async fn a_corrupt_cache_entry_of_an_unloaded_app_is_recompiled_on_first_use() {
     // The entry was rewritten and is trusted again.
     assert_eq!(std::fs::read(&entry).unwrap(), good);
 }
+
+/// Cache entries left by a meshd from before 2026-11-30, named by the
+/// BLAKE3 of the `.wasm`, are renamed to the SHA-256 name (the version id's)
+/// on the first start after the upgrade, not compiled again: with their
+/// checked marker the app still starts unloaded; without it, it is loaded
+/// from the renamed entry and checked.
+#[tokio::test]
+async fn cache_entries_of_the_old_name_are_renamed_not_compiled_again() {
+    let apps = AppsDir::with(&["hello"]);
+    let cache = tempfile::tempdir().unwrap();
+    let meshd = start(&apps, cache.path(), &[]);
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=miss"]);
+    drop(meshd);
+    let sha256 = crate::support::admin::sha256_file(&guest("hello"));
+    let entry = cache_entries(cache.path()).pop().unwrap();
+    let entry_name = entry.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(
+        entry_name.starts_with(&sha256),
+        "entries are named by the SHA-256 of the .wasm: {entry_name}"
+    );
+    let old = blake3::hash(&std::fs::read(guest("hello")).unwrap())
+        .to_hex()
+        .to_string();
+    // Gives the entry, its checksum and (with `marker`) its checked marker
+    // the old name, as the old meshd left them.
+    let make_old = |marker: bool| {
+        for file in std::fs::read_dir(cache.path()).unwrap() {
+            let name = file.unwrap().file_name().into_string().unwrap();
+            let Some(rest) = name.strip_prefix(&sha256) else {
+                continue;
+            };
+            // Lock files are not part of an entry; markers only if asked.
+            let keep = !rest.ends_with(".lock") && (marker || !rest.contains(".checked-"));
+            let target = keep.then(|| cache.path().join(format!("{old}{rest}")));
+            match target {
+                Some(target) => std::fs::rename(cache.path().join(&name), target).unwrap(),
+                None => std::fs::remove_file(cache.path().join(&name)).unwrap(),
+            }
+        }
+        assert!(
+            !entry.exists()
+                && cache
+                    .path()
+                    .join(entry_name.replace(&sha256, &old))
+                    .exists()
+        );
+    };
+    let client = Client::http1();
+
+    make_old(true);
+    let meshd = start(&apps, cache.path(), &[]);
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=unloaded"]);
+    assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    meshd.wait_for_log(&[
+        "loaded the app's code on first use",
+        "app=hello",
+        "cache=hit",
+    ]);
+    assert!(entry.exists(), "renamed to the SHA-256 name");
+    drop(meshd);
+
+    make_old(false);
+    let meshd = start(&apps, cache.path(), &[]);
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=hit"]);
+    assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    assert!(entry.exists(), "renamed to the SHA-256 name");
+    assert!(
+        !meshd.log().iter().any(|line| line.contains("cache=miss")),
+        "compiled again"
+    );
+}

@@ -1,8 +1,11 @@
 //! The on-disk cache of compiled components.
 //!
-//! An entry is keyed by the BLAKE3 hash of the `.wasm` and a hash of the
-//! engine's compilation settings, so a changed app or a changed engine is a
-//! miss, never a wrong hit. Beside each entry (`KEY.cwasm`) lies the BLAKE3
+//! An entry is keyed by the SHA-256 digest of the `.wasm` (the digest the
+//! artifact store and the logs name a version by, so a deploy hashes its
+//! bytes once) and a hash of the engine's compilation settings, so a changed
+//! app or a changed engine is a miss, never a wrong hit. Entries of meshd
+//! before 2026-11-30, named by the BLAKE3 hash of the `.wasm`, are renamed
+//! on their first use. Beside each entry (`KEY.cwasm`) lies the BLAKE3
 //! hash of the artifact (`KEY.cwasm.b3`): loading native code from disk must
 //! never trust the bytes blindly, so a truncated, corrupt or foreign entry is
 //! detected, recompiled and replaced. The bytes that were verified are the
@@ -11,6 +14,7 @@
 //! change to the entry cannot reach the running code.
 
 use anyhow::{Context as _, Result};
+use meshd_artifacts::Digest;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
@@ -84,16 +88,18 @@ impl ArtifactCache {
         })
     }
 
-    fn entry_path(&self, wasm_digest: &blake3::Hash) -> PathBuf {
-        self.dir.join(format!(
-            "{}-{}.cwasm",
-            wasm_digest.to_hex(),
-            self.engine_key
-        ))
+    fn entry_path(&self, wasm_digest: &Digest) -> PathBuf {
+        self.entry_path_of(&wasm_digest.to_hex())
     }
 
-    /// Returns the compiled form of the `.wasm` whose hash is `wasm_digest`:
-    /// from the cache when a valid entry exists, otherwise from `compile`,
+    /// The entry named by `hex` (the digest of its `.wasm`, in hex).
+    fn entry_path_of(&self, hex: &str) -> PathBuf {
+        self.dir.join(format!("{hex}-{}.cwasm", self.engine_key))
+    }
+
+    /// Returns the compiled form of the `.wasm` whose digest is
+    /// `wasm_digest`: from the cache when a valid entry exists, otherwise
+    /// from `compile` of the bytes `wasm` gives (only called on a miss),
     /// storing the result. Blocking: call it off the async worker threads.
     ///
     /// A miss takes the entry's lock file first, so processes sharing the
@@ -103,8 +109,9 @@ impl ArtifactCache {
     pub fn load_or_compile<E>(
         &self,
         engine: &Engine,
-        wasm_digest: &blake3::Hash,
-        compile: impl FnOnce() -> Result<Component, E>,
+        wasm_digest: &Digest,
+        wasm: impl FnOnce() -> Result<Vec<u8>, E>,
+        compile: impl FnOnce(&[u8]) -> Result<Component, E>,
     ) -> Result<(Component, CacheOutcome), E> {
         let path = self.entry_path(wasm_digest);
         if let Ok(component) = self.read_entry(engine, &path) {
@@ -115,7 +122,13 @@ impl ArtifactCache {
             Ok(component) => return Ok((component, CacheOutcome::Hit)),
             Err(outcome) => outcome,
         };
-        let component = compile()?;
+        let wasm = wasm()?;
+        if outcome == CacheOutcome::Miss && self.adopt_old_entry(&wasm, wasm_digest, None) {
+            if let Ok(component) = self.read_entry(engine, &path) {
+                return Ok((component, CacheOutcome::Hit));
+            }
+        }
+        let component = compile(&wasm)?;
         match self.store_entry(&path, &component) {
             // Load the stored bytes from a private file, so this process too
             // keeps the code file-backed rather than in anonymous memory.
@@ -275,7 +288,7 @@ impl ArtifactCache {
     /// written since): an entry removed since then is found on first use
     /// and compiled again; a marker another process wrote since is missed,
     /// and the version is checked again. Both are safe.
-    pub(crate) fn was_checked(&self, wasm_digest: &blake3::Hash, fingerprint: &str) -> bool {
+    pub(crate) fn was_checked(&self, wasm_digest: &Digest, fingerprint: &str) -> bool {
         self.checked_set()
             .contains(&checked_key(&wasm_digest.to_hex(), fingerprint))
     }
@@ -284,7 +297,7 @@ impl ArtifactCache {
     /// the `.wasm` of `wasm_digest` instantiated with settings of
     /// `fingerprint`. Only saves work: a missing marker means the next start
     /// loads and checks the version as usual.
-    pub(crate) fn mark_checked(&self, wasm_digest: &blake3::Hash, fingerprint: &str) {
+    pub(crate) fn mark_checked(&self, wasm_digest: &Digest, fingerprint: &str) {
         let key = checked_key(&wasm_digest.to_hex(), fingerprint);
         if self.checked_set().contains(&key) {
             return;
@@ -304,6 +317,52 @@ impl ArtifactCache {
                 tracing::debug!(path = %path.display(), error = %e, "cannot write the checked marker of a cache entry")
             }
         }
+    }
+
+    /// Renames the entry of `wasm` that a meshd from before 2026-11-30 left
+    /// under the BLAKE3 hash of the `.wasm` to its name now (by
+    /// `wasm_digest`), with its checksum and, given `fingerprint`, its
+    /// checked marker of those settings: an upgrade neither recompiles nor
+    /// checks again what it had. Whether an entry was adopted (it is then
+    /// verified like any other when it is loaded). Blocking (a hash of
+    /// `wasm` and a few renames); only called for a version the cache does
+    /// not know by its digest.
+    pub(crate) fn adopt_old_entry(
+        &self,
+        wasm: &[u8],
+        wasm_digest: &Digest,
+        fingerprint: Option<&str>,
+    ) -> bool {
+        let old_hex = blake3::hash(wasm).to_hex();
+        let (old, new) = (self.entry_path_of(&old_hex), self.entry_path(wasm_digest));
+        if !old.is_file() || new.exists() {
+            return false;
+        }
+        // The checksum before the entry: a crash in between leaves either
+        // the old entry without its checksum or the new one without it, both
+        // found unusable on load and compiled again, never trusted.
+        let moved = std::fs::rename(checksum_path(&old), checksum_path(&new))
+            .and_then(|()| std::fs::rename(&old, &new));
+        if let Err(e) = moved {
+            tracing::debug!(entry = %old.display(), error = %e, "cannot rename a cache entry of the old name; compiling it again");
+            return false;
+        }
+        if let Some(fingerprint) = fingerprint {
+            let was_checked = self
+                .checked_set()
+                .remove(&checked_key(&old_hex, fingerprint));
+            if was_checked
+                && std::fs::rename(
+                    checked_path(&old, fingerprint),
+                    checked_path(&new, fingerprint),
+                )
+                .is_ok()
+            {
+                self.checked_set()
+                    .insert(checked_key(&wasm_digest.to_hex(), fingerprint));
+            }
+        }
+        true
     }
 
     fn checked_set(&self) -> MutexGuard<'_, HashSet<String>> {
@@ -409,6 +468,76 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
 
+    /// The bytes every test "compiles" (text, which `Component::new` takes).
+    fn wat() -> Result<Vec<u8>, wasmtime::Error> {
+        Ok(b"(component)".to_vec())
+    }
+
+    /// An entry, its checksum and its checked marker left by a meshd that
+    /// named entries by the BLAKE3 of the `.wasm` are renamed on first use:
+    /// the version is neither compiled nor checked again.
+    #[test]
+    fn an_entry_of_the_old_name_is_adopted_not_compiled_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let cache = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        let old_hex = blake3::hash(b"(component)").to_hex();
+        let old = cache.entry_path_of(&old_hex);
+        let artifact = Component::new(&engine, "(component)")
+            .and_then(|c| c.serialize())
+            .expect("artifact");
+        std::fs::write(&old, &artifact).expect("old entry");
+        std::fs::write(checksum_path(&old), blake3::hash(&artifact).as_bytes())
+            .expect("old checksum");
+        std::fs::write(checked_path(&old, "settings-a"), "").expect("old marker");
+
+        // A start finds it by the settings it was checked with...
+        let digest = Digest::of(b"(component)");
+        let next = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        assert!(!next.was_checked(&digest, "settings-a"));
+        assert!(next.adopt_old_entry(b"(component)", &digest, Some("settings-a")));
+        assert!(next.was_checked(&digest, "settings-a"));
+        assert!(!old.exists(), "renamed");
+        // ...and its load is a hit, with no compile.
+        let (_, outcome) = next
+            .load_or_compile(
+                &engine,
+                &digest,
+                wat,
+                |_| -> Result<Component, wasmtime::Error> {
+                    panic!("an adopted entry is not compiled again")
+                },
+            )
+            .expect("load");
+        assert_eq!(outcome, CacheOutcome::Hit);
+        let later = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        assert!(
+            later.was_checked(&digest, "settings-a"),
+            "the marker moved too"
+        );
+
+        // A load that misses adopts an old entry too (no fingerprint: its
+        // marker stays behind, the version is checked again).
+        let other = dir.path().join("other");
+        let cache = ArtifactCache::open(&other, &engine).expect("cache");
+        let old = cache.entry_path_of(&old_hex);
+        std::fs::write(&old, &artifact).expect("old entry");
+        std::fs::write(checksum_path(&old), blake3::hash(&artifact).as_bytes())
+            .expect("old checksum");
+        let (_, outcome) = cache
+            .load_or_compile(
+                &engine,
+                &digest,
+                wat,
+                |_| -> Result<Component, wasmtime::Error> {
+                    panic!("an adopted entry is not compiled again")
+                },
+            )
+            .expect("load");
+        assert_eq!(outcome, CacheOutcome::Hit);
+        assert!(cache.entry_path(&digest).is_file() && !old.exists());
+    }
+
     /// A version may start unloaded only if its entry exists and it was
     /// checked with the same settings.
     #[test]
@@ -416,11 +545,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Engine::default();
         let cache = ArtifactCache::open(dir.path(), &engine).expect("cache");
-        let digest = blake3::hash(b"(component)");
+        let digest = Digest::of(b"(component)");
         cache.mark_checked(&digest, "settings-a");
         assert!(!cache.was_checked(&digest, "settings-a"), "no entry yet");
         cache
-            .load_or_compile(&engine, &digest, || Component::new(&engine, "(component)"))
+            .load_or_compile(&engine, &digest, wat, |wasm| Component::new(&engine, wasm))
             .expect("load");
         assert!(
             !cache.was_checked(&digest, "settings-a"),
@@ -450,10 +579,10 @@ mod tests {
     fn a_marker_of_the_old_form_counts_and_is_renamed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Engine::default();
-        let digest = blake3::hash(b"(component)");
+        let digest = Digest::of(b"(component)");
         let cache = ArtifactCache::open(dir.path(), &engine).expect("cache");
         cache
-            .load_or_compile(&engine, &digest, || Component::new(&engine, "(component)"))
+            .load_or_compile(&engine, &digest, wat, |wasm| Component::new(&engine, wasm))
             .expect("load");
         let legacy = legacy_checked_path(&cache.entry_path(&digest));
         std::fs::write(&legacy, "settings-a").expect("old marker");
@@ -472,7 +601,7 @@ mod tests {
     fn a_new_wasm_is_compiled_once_by_loads_sharing_the_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Engine::default();
-        let digest = blake3::hash(b"(component)");
+        let digest = Digest::of(b"(component)");
         let compiles = Arc::new(AtomicUsize::new(0));
         let start = Arc::new(Barrier::new(2));
         let loads: Vec<_> = (0..2)
@@ -483,11 +612,11 @@ mod tests {
                     let cache = ArtifactCache::open(&dir, &engine).expect("cache");
                     start.wait();
                     let (_, outcome) = cache
-                        .load_or_compile(&engine, &digest, || {
+                        .load_or_compile(&engine, &digest, wat, |wasm| {
                             compiles.fetch_add(1, Ordering::SeqCst);
                             // Long enough for the other load to find the lock taken.
                             std::thread::sleep(std::time::Duration::from_millis(300));
-                            Component::new(&engine, "(component)")
+                            Component::new(&engine, wasm)
                         })
                         .expect("load");
                     outcome

@@ -11,6 +11,7 @@ use crate::log_ring::LogRings;
 use crate::outbound::{OutboundLimits, Resolver, ResolverSettings};
 use crate::scheduler::Scheduler;
 use anyhow::{Context as _, Result};
+use meshd_artifacts::Digest;
 use meshd_keyvalue::KvStore;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,7 +121,7 @@ pub struct Runtime {
     pub(crate) cache: ArtifactCache,
     /// Compiled code shared by every version with the same `.wasm` bytes,
     /// so identical apps hold one copy in memory.
-    pub(crate) shared_code: SharedByKey<blake3::Hash, SharedCode>,
+    pub(crate) shared_code: SharedByKey<Digest, SharedCode>,
     /// Runs compiles, in parallel and within `max_compile_time`.
     compiler: Compiler,
     pub(crate) kv: KvStore,
@@ -272,7 +273,7 @@ impl Runtime {
     pub(crate) fn component(
         &self,
         wasm: &[u8],
-        digest: &blake3::Hash,
+        digest: &Digest,
     ) -> Result<(Arc<SharedCode>, CacheOutcome), CompileError> {
         self.component_by_digest(digest, || Ok(wasm.to_vec()))
     }
@@ -281,14 +282,16 @@ impl Runtime {
     /// (by `wasm`) if the code must be compiled: a reload after an unload.
     pub(crate) fn component_by_digest(
         &self,
-        digest: &blake3::Hash,
+        digest: &Digest,
         wasm: impl FnOnce() -> Result<Vec<u8>, CompileError>,
     ) -> Result<(Arc<SharedCode>, CacheOutcome), CompileError> {
         let mut outcome = CacheOutcome::Shared;
         let (code, _) = self.shared_code.get_or_make(digest, || {
-            let (component, how) = self.cache.load_or_compile(&self.engine, digest, || {
-                self.compiler.compile(&self.engine, &wasm()?)
-            })?;
+            let (component, how) =
+                self.cache
+                    .load_or_compile(&self.engine, digest, wasm, |bytes| {
+                        self.compiler.compile(&self.engine, bytes)
+                    })?;
             outcome = how;
             Ok::<_, CompileError>(SharedCode(component))
         })?;

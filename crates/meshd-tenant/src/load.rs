@@ -10,6 +10,7 @@ use crate::ledger::AppLedger;
 use crate::resident::{pre_instantiate, Loaded, VersionCode, WasmSource};
 use crate::settings::TenantSettings;
 use crate::version::{AppVersion, Compiled};
+use meshd_artifacts::Digest;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,20 +58,26 @@ pub fn load_version(
     wasm: &[u8],
     settings: TenantSettings,
 ) -> Result<AppVersion, LoadError> {
-    load_version_with_source(runtime, ledger, id, wasm, settings, None)
+    let digest = Digest::of(wasm);
+    load_version_with_source(runtime, ledger, id, wasm, &digest, settings, None)
 }
 
-/// [`load_version`], with where to read the `.wasm` again if its code is
-/// unloaded and its compile-cache entry is gone by the next request.
+/// [`load_version`] of `wasm` whose SHA-256 the caller computed already
+/// (`digest`: it names the compiled code in the cache, so it must be the
+/// digest of exactly these bytes), with where to read the `.wasm` again if
+/// its code is unloaded and its compile-cache entry is gone by the next
+/// request.
 pub fn load_version_with_source(
     runtime: &Arc<Runtime>,
     ledger: &Arc<AppLedger>,
     id: &str,
     wasm: &[u8],
+    digest: &Digest,
     settings: TenantSettings,
     source: Option<WasmSource>,
 ) -> Result<AppVersion, LoadError> {
-    let digest = check_bytes(wasm)?;
+    check_bytes(wasm)?;
+    let digest = *digest;
     let started = Instant::now();
     let (code, cache) = runtime.component(wasm, &digest).map_err(|e| match e {
         CompileError::Invalid(why) => LoadError::Invalid(why),
@@ -100,7 +107,7 @@ pub fn load_version_with_source(
 
 /// Where a version's code comes from, and how it was got.
 struct Origin {
-    digest: blake3::Hash,
+    digest: Digest,
     source: Option<WasmSource>,
     cache: CacheOutcome,
     compile_time: Duration,
@@ -140,19 +147,26 @@ fn new_version(
 /// engine before (a marker beside its compile-cache entry, which
 /// [`AppVersion::instantiate_once`] writes) and its cache entry is there:
 /// start-up then reads no compiled code. `None`: load it with
-/// [`load_version_with_source`] (and check it) as usual. Blocking (a few
-/// file reads).
+/// [`load_version_with_source`] (and check it) as usual. `digest` is the
+/// SHA-256 of `wasm`, as there. Blocking (a few file reads).
 pub fn unloaded_version(
     runtime: &Arc<Runtime>,
     ledger: &Arc<AppLedger>,
     id: &str,
     wasm: &[u8],
+    digest: &Digest,
     settings: TenantSettings,
     source: Option<WasmSource>,
 ) -> Option<AppVersion> {
-    let digest = check_bytes(wasm).ok()?;
+    check_bytes(wasm).ok()?;
+    let digest = *digest;
     let fingerprint = crate::version::settings_fingerprint(&settings);
-    if !runtime.cache.was_checked(&digest, &fingerprint) {
+    let checked = runtime.cache.was_checked(&digest, &fingerprint)
+        || (runtime
+            .cache
+            .adopt_old_entry(wasm, &digest, Some(&fingerprint))
+            && runtime.cache.was_checked(&digest, &fingerprint));
+    if !checked {
         return None;
     }
     let origin = Origin {
@@ -164,8 +178,8 @@ pub fn unloaded_version(
     Some(new_version(runtime, ledger, id, settings, origin, None))
 }
 
-/// What the bytes are (a component, or why not), and their BLAKE3 digest.
-fn check_bytes(wasm: &[u8]) -> Result<blake3::Hash, LoadError> {
+/// Whether the bytes are a component, or why not.
+fn check_bytes(wasm: &[u8]) -> Result<(), LoadError> {
     if wasm.is_empty() {
         return Err(LoadError::Empty);
     }
@@ -175,5 +189,5 @@ fn check_bytes(wasm: &[u8]) -> Result<blake3::Hash, LoadError> {
     if wasmparser::Parser::is_core_wasm(wasm) {
         return Err(LoadError::CoreModule);
     }
-    Ok(blake3::hash(wasm))
+    Ok(())
 }

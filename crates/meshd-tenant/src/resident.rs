@@ -15,6 +15,7 @@ use crate::engine::{Runtime, SharedCode};
 use crate::host::Host;
 use crate::version::IdleInstance;
 use arc_swap::ArcSwapOption;
+use meshd_artifacts::Digest;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ pub(crate) struct VersionCode {
     app: Arc<str>,
     id: String,
     /// BLAKE3 of the `.wasm`: the compile cache's key.
-    digest: blake3::Hash,
+    digest: Digest,
     source: Option<WasmSource>,
     loaded: ArcSwapOption<Loaded>,
     /// When a request last used the code, in ms of [`Resident::now_ms`].
@@ -64,7 +65,7 @@ impl VersionCode {
         runtime: &Runtime,
         app: Arc<str>,
         id: String,
-        digest: blake3::Hash,
+        digest: Digest,
         source: Option<WasmSource>,
         loaded: Option<Arc<Loaded>>,
     ) -> Arc<Self> {
@@ -112,7 +113,7 @@ impl VersionCode {
     }
 
     /// BLAKE3 of the `.wasm`.
-    pub(crate) fn digest(&self) -> &blake3::Hash {
+    pub(crate) fn digest(&self) -> &Digest {
         &self.digest
     }
 
@@ -248,7 +249,7 @@ pub fn release_free_heap() {
 /// Reads (or compiles) a version's code and pre-instantiates it. Blocking.
 pub(crate) fn load_code(
     runtime: &Runtime,
-    digest: &blake3::Hash,
+    digest: &Digest,
     source: Option<&WasmSource>,
 ) -> Result<(Loaded, CacheOutcome), String> {
     let wasm = || -> Result<Vec<u8>, crate::compile::CompileError> {
@@ -262,7 +263,7 @@ pub(crate) fn load_code(
                 "its compile-cache entry is gone and its .wasm cannot be read again: {e:#}"
             ))
         })?;
-        if blake3::hash(&bytes) != *digest {
+        if Digest::of(&bytes) != *digest {
             return Err(crate::compile::CompileError::Invalid(
                 "its compile-cache entry is gone and the .wasm read again is not the one deployed (changed since)".into(),
             ));

@@ -139,6 +139,7 @@ pub(crate) fn prepare(
                 ledger,
                 &id,
                 wasm,
+                &digest,
                 settings.clone(),
                 Some(source.clone()),
             )
@@ -151,6 +152,7 @@ pub(crate) fn prepare(
             ledger,
             &digest.short(),
             &spec.wasm,
+            &digest,
             settings,
             Some(source),
         )
