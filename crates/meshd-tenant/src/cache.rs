@@ -473,6 +473,34 @@ mod tests {
         Ok(b"(component)".to_vec())
     }
 
+    /// Writes the entry of `(component)` and its checksum under the name
+    /// `hex`, as a meshd of the old naming left them; returns the entry.
+    fn leave_old_entry(cache: &ArtifactCache, engine: &Engine, hex: &str) -> PathBuf {
+        let old = cache.entry_path_of(hex);
+        let artifact = Component::new(engine, "(component)")
+            .and_then(|c| c.serialize())
+            .expect("artifact");
+        std::fs::write(&old, &artifact).expect("old entry");
+        std::fs::write(checksum_path(&old), blake3::hash(&artifact).as_bytes())
+            .expect("old checksum");
+        old
+    }
+
+    /// Loads `digest` from `cache`, failing the test if it would compile.
+    fn load_without_compiling(
+        cache: &ArtifactCache,
+        engine: &Engine,
+        digest: &Digest,
+    ) -> CacheOutcome {
+        let never = |_: &[u8]| -> Result<Component, wasmtime::Error> {
+            panic!("an adopted entry is not compiled again")
+        };
+        cache
+            .load_or_compile(engine, digest, wat, never)
+            .expect("load")
+            .1
+    }
+
     /// An entry, its checksum and its checked marker left by a meshd that
     /// named entries by the BLAKE3 of the `.wasm` are renamed on first use:
     /// the version is neither compiled nor checked again.
@@ -482,13 +510,7 @@ mod tests {
         let engine = Engine::default();
         let cache = ArtifactCache::open(dir.path(), &engine).expect("cache");
         let old_hex = blake3::hash(b"(component)").to_hex();
-        let old = cache.entry_path_of(&old_hex);
-        let artifact = Component::new(&engine, "(component)")
-            .and_then(|c| c.serialize())
-            .expect("artifact");
-        std::fs::write(&old, &artifact).expect("old entry");
-        std::fs::write(checksum_path(&old), blake3::hash(&artifact).as_bytes())
-            .expect("old checksum");
+        let old = leave_old_entry(&cache, &engine, &old_hex);
         std::fs::write(checked_path(&old, "settings-a"), "").expect("old marker");
 
         // A start finds it by the settings it was checked with...
@@ -499,17 +521,10 @@ mod tests {
         assert!(next.was_checked(&digest, "settings-a"));
         assert!(!old.exists(), "renamed");
         // ...and its load is a hit, with no compile.
-        let (_, outcome) = next
-            .load_or_compile(
-                &engine,
-                &digest,
-                wat,
-                |_| -> Result<Component, wasmtime::Error> {
-                    panic!("an adopted entry is not compiled again")
-                },
-            )
-            .expect("load");
-        assert_eq!(outcome, CacheOutcome::Hit);
+        assert_eq!(
+            load_without_compiling(&next, &engine, &digest),
+            CacheOutcome::Hit
+        );
         let later = ArtifactCache::open(dir.path(), &engine).expect("cache");
         assert!(
             later.was_checked(&digest, "settings-a"),
@@ -520,21 +535,11 @@ mod tests {
         // marker stays behind, the version is checked again).
         let other = dir.path().join("other");
         let cache = ArtifactCache::open(&other, &engine).expect("cache");
-        let old = cache.entry_path_of(&old_hex);
-        std::fs::write(&old, &artifact).expect("old entry");
-        std::fs::write(checksum_path(&old), blake3::hash(&artifact).as_bytes())
-            .expect("old checksum");
-        let (_, outcome) = cache
-            .load_or_compile(
-                &engine,
-                &digest,
-                wat,
-                |_| -> Result<Component, wasmtime::Error> {
-                    panic!("an adopted entry is not compiled again")
-                },
-            )
-            .expect("load");
-        assert_eq!(outcome, CacheOutcome::Hit);
+        let old = leave_old_entry(&cache, &engine, &old_hex);
+        assert_eq!(
+            load_without_compiling(&cache, &engine, &digest),
+            CacheOutcome::Hit
+        );
         assert!(cache.entry_path(&digest).is_file() && !old.exists());
     }
 
