@@ -2,7 +2,8 @@
 //! or starve another.
 
 use crate::support::{
-    empty, generated, metric_sample, peak_rss, request, spawn_get, AppsDir, Client, Meshd,
+    empty, generated, metric_sample, peak_rss, request, spawn_get, wait_until_no_request_in_flight,
+    AppsDir, Client, Meshd,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -793,7 +794,12 @@ async fn no_secret_survives_a_request(memory_reset: &str) {
     apps.deploy("warm", "hostile");
     apps.write("warm.toml", "reuse = 2\n");
     let meshd = Meshd::builder(apps.path())
-        .args(&["--memory-reset", memory_reset])
+        .args(&[
+            "--memory-reset",
+            memory_reset,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .start();
     let client = Client::http1();
     for round in 0..6 {
@@ -809,6 +815,8 @@ async fn no_secret_survives_a_request(memory_reset: &str) {
                 planted.text()
             );
             assert_eq!(planted.text(), "planted", "round {round}, {app}");
+            // The hunt goes to the instance just used only once it is parked.
+            wait_until_no_request_in_flight(&meshd, app).await;
             let hunt = client
                 .get(&meshd.url(&format!("/{app}/hunt?mask={mask}")))
                 .await;

@@ -22,17 +22,65 @@ pub use pebble::{Pebble, PebbleOptions};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (free when asked; the server binds it next).
+/// A free TCP port on 127.0.0.1 for a server a test starts next.
+///
+/// The port is free when asked, and a server binds it a moment later. A
+/// port from the kernel's ephemeral range (`bind` to port 0) may be taken
+/// in that moment as the local port of some outgoing connection (a NATS
+/// route dialling a member that is not up yet, a test's client), and the
+/// server then fails with "address already in use". So ports come from
+/// below that range, which the kernel never hands out by itself, starting
+/// at a random place, and never the same one twice in a process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let (low, high) = ports_outside_the_ephemeral_range();
+    let span = high - low;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut candidate = next.unwrap_or_else(|| low + random_below(span));
+    for _ in 0..span {
+        let port = candidate;
+        candidate = if candidate + 1 >= high {
+            low
+        } else {
+            candidate + 1
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(candidate);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// Ports `low..high` for tests' servers: from 10,000 up to the start of the
+/// ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`, 32768 when
+/// it cannot be read).
+fn ports_outside_the_ephemeral_range() -> (u16, u16) {
+    const LOW: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral_start > LOW + 1_000,
+        "the ephemeral port range starts at {ephemeral_start}: too low to keep tests' ports out of it"
+    );
+    (LOW, ephemeral_start)
+}
+
+/// A number below `bound`, different in each test process (two test
+/// binaries running at once start at different places).
+fn random_below(bound: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    (hasher.finish() % u64::from(bound)) as u16
 }
 
 /// One nats-server process with JetStream, on a loopback port.
@@ -306,6 +354,16 @@ mod tests {
         let server = NatsServer::start_current();
         assert!(server.log().contains("Version:  2.1"), "{}", server.log());
         assert!(!server.log().contains("Version:  2.9."), "{}", server.log());
+    }
+
+    /// Ports handed out are outside the ephemeral range and never repeat.
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let (low, high) = ports_outside_the_ephemeral_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        assert!(ports.iter().all(|p| (low..high).contains(p)), "{ports:?}");
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
     }
 
     /// Three members start and elect a JetStream leader.

@@ -32,6 +32,37 @@ pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .unwrap_or_else(|e| panic!("{value:?} is not a number ({e}) in {}", lines[0]))
 }
 
+/// Waits until no request of `app` is in flight on `meshd` (started with
+/// `--metrics-listen`), its guest's side included.
+///
+/// A client has the whole response once the guest finishes the body, a
+/// moment before the guest returns and its instance is parked for reuse. A
+/// test whose next request must find that instance parked waits for this.
+pub async fn wait_until_no_request_in_flight(meshd: &Meshd, app: &str) {
+    let metrics_url = meshd.metrics_url();
+    let label = format!("app=\"{app}\"");
+    let client = Client::http1();
+    let started = std::time::Instant::now();
+    loop {
+        let text = client.get(&metrics_url).await.text();
+        let samples: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with("meshd_requests_in_flight{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .collect();
+        // No sample: the app is not mounted (yet), which is not "idle".
+        if !samples.is_empty() && samples.iter().all(|&n| n == 0.0) {
+            return;
+        }
+        assert!(
+            started.elapsed() < meshd::WAIT,
+            "{app}: requests in flight {samples:?} after {:?} in:\n{text}",
+            meshd::WAIT
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The compiled artifacts (`*.cwasm`) in a compile cache directory.
 pub fn cache_entries(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
