@@ -78,17 +78,23 @@ async fn write(
     updates: &mpsc::UnboundedSender<Vec<KeptUpdate>>,
 ) {
     let store = store.clone();
-    let (jobs, outcomes) = tokio::task::spawn_blocking(move || {
+    let written = tokio::task::spawn_blocking(move || {
         let outcomes: Vec<Result<Vec<StoredVersion>, String>> =
             jobs.iter().map(|job| run(&store, job)).collect();
         (jobs, outcomes)
     })
-    .await
-    .unwrap_or_else(|e| {
-        // Unreachable unless a write panicked: nothing of the batch is known.
-        tracing::error!(error = %e, "the artifact store writer panicked");
-        (Vec::new(), Vec::new())
-    });
+    .await;
+    let (jobs, outcomes) = match written {
+        Ok(written) => written,
+        // meshd is stopping: the runtime dropped the call before it ran.
+        // What was not written is written again from the source next time.
+        Err(e) if e.is_cancelled() => return,
+        Err(e) => {
+            // Only a write that panicked: nothing of the batch is known.
+            tracing::error!(error = %e, "the artifact store writer panicked");
+            return;
+        }
+    };
     let mut kept_lists = Vec::new();
     for (Job { app, done, .. }, outcome) in jobs.into_iter().zip(outcomes) {
         match done {
