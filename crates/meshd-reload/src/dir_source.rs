@@ -228,47 +228,10 @@ fn batches(apps: Vec<(AppFiles, Stamp)>) -> Vec<Vec<(AppFiles, Stamp)>> {
     batches
 }
 
-/// Reads a batch of apps, on one thread per core: reading (and copying) the
-/// code of thousands of apps at a start-up is otherwise one core's work
-/// while the others wait for it.
+/// Reads a batch of apps (see [`crate::readers`]: on a few threads).
 fn read_all(batch: Vec<(AppFiles, Stamp)>, max: u64) -> Vec<Read> {
-    let read_chunk = |chunk: Vec<(AppFiles, Stamp)>| -> Vec<Read> {
-        chunk
-            .into_iter()
-            .map(|(files, stamp)| read_app(files, stamp, max))
-            .collect()
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(batch.len().div_ceil(MIN_APPS_PER_READER));
-    if threads <= 1 {
-        return read_chunk(batch);
-    }
-    let per_thread = batch.len().div_ceil(threads);
-    let mut chunks = Vec::with_capacity(threads);
-    let mut rest = batch;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(per_thread));
-        chunks.push(rest);
-        rest = tail;
-    }
-    std::thread::scope(|scope| {
-        let readers: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| scope.spawn(move || read_chunk(chunk)))
-            .collect();
-        // A reader that panicked loses its apps for this pass, as a panic
-        // of the whole read did before; the next pass reads them again.
-        readers
-            .into_iter()
-            .flat_map(|reader| reader.join().unwrap_or_default())
-            .collect()
-    })
+    crate::readers::read_all(batch, |(files, stamp)| read_app(files, stamp, max))
 }
-
-/// Fewer apps than this per thread are read on one: a thread costs more
-/// than reading a few files.
-const MIN_APPS_PER_READER: usize = 64;
 
 /// Reads one app's files, stamped `stamp` just before: at most `max` bytes
 /// of code (a larger or still growing file is never read whole), and its

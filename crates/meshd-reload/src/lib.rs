@@ -23,6 +23,7 @@ mod holdings;
 mod idle;
 mod pipeline;
 mod progress;
+mod readers;
 mod watch;
 
 pub use change::{AppSpec, Applied, CanarySource, Change, PipelineHandle, Request, Snapshot};

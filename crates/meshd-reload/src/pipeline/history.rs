@@ -370,10 +370,15 @@ fn restorable(store: &ArtifactStore, origins: &[Origin]) -> Vec<AppSpec> {
             return Vec::new();
         }
     };
+    // One small file per app, read on a few threads (see `readers`).
+    let newest_of_each = crate::readers::read_all(apps, |app| {
+        let newest = store.versions(&app).map(|kept| kept.last().cloned());
+        (app, newest)
+    });
     let mut specs = Vec::new();
-    for app in apps {
-        let newest = match store.versions(&app) {
-            Ok(kept) => kept.last().cloned(),
+    for (app, newest) in newest_of_each {
+        let newest = match newest {
+            Ok(newest) => newest,
             Err(e) => {
                 tracing::error!(app = %app, error = %e, "cannot read the app's kept versions; not restored");
                 continue;
