@@ -293,6 +293,19 @@ impl ArtifactCache {
             .contains(&checked_key(&wasm_digest.to_hex(), fingerprint))
     }
 
+    /// Whether the `.wasm` of `wasm_digest` is known to have passed its
+    /// check with settings of `fingerprint`, asking only what is in memory:
+    /// never lists the directory, so an async task may ask. `false` when
+    /// not known yet, which only costs a [`ArtifactCache::mark_checked`]
+    /// that finds the marker there.
+    pub(crate) fn is_known_checked(&self, wasm_digest: &Digest, fingerprint: &str) -> bool {
+        self.checked.get().is_some_and(|set| {
+            set.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&checked_key(&wasm_digest.to_hex(), fingerprint))
+        })
+    }
+
     /// Notes beside the entry (`KEY.cwasm.checked-FINGERPRINT`, empty) that
     /// the `.wasm` of `wasm_digest` instantiated with settings of
     /// `fingerprint`. Only saves work: a missing marker means the next start
@@ -560,15 +573,20 @@ mod tests {
             !cache.was_checked(&digest, "settings-a"),
             "marked before the entry existed"
         );
+        assert!(!cache.is_known_checked(&digest, "settings-a"));
         cache.mark_checked(&digest, "settings-a");
         assert!(cache.was_checked(&digest, "settings-a"));
+        assert!(cache.is_known_checked(&digest, "settings-a"));
         assert!(!cache.was_checked(&digest, "settings-b"));
+        assert!(!cache.is_known_checked(&digest, "settings-b"));
         cache.mark_checked(&digest, "settings-b");
         assert!(cache.was_checked(&digest, "settings-b"));
         assert!(cache.was_checked(&digest, "settings-a"), "both passed");
 
-        // The next process finds the markers in one listing of the directory.
+        // The next process finds the markers in one listing of the directory,
+        // and knows of none before it.
         let next = ArtifactCache::open(dir.path(), &engine).expect("cache");
+        assert!(!next.is_known_checked(&digest, "settings-a"));
         assert!(next.was_checked(&digest, "settings-a"));
         assert!(next.was_checked(&digest, "settings-b"));
         assert!(!next.was_checked(&digest, "settings-c"));

@@ -364,6 +364,12 @@ impl AppVersion {
         }
         let (runtime, digest) = (self.runtime.clone(), *self.code.digest());
         let fingerprint = settings_fingerprint(&self.settings);
+        // Known marked (a check of the same code and settings passed
+        // before): no trip to a blocking thread, which cost more than the
+        // instantiation itself.
+        if runtime.cache.is_known_checked(&digest, &fingerprint) {
+            return Ok(());
+        }
         // A small file write, off the async workers; awaited, so that the
         // marker exists once the version is live.
         let marked =
