@@ -45,18 +45,13 @@ pub async fn wait_until_no_request_in_flight(meshd: &Meshd, app: &str) {
     let started = std::time::Instant::now();
     loop {
         let text = client.get(&metrics_url).await.text();
-        let samples: Vec<f64> = text
-            .lines()
-            .filter(|l| l.starts_with("meshd_requests_in_flight{") && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .collect();
-        // No sample: the app is not mounted (yet), which is not "idle".
-        if !samples.is_empty() && samples.iter().all(|&n| n == 0.0) {
+        let in_flight = metric_sample(&text, "meshd_requests_in_flight{", &[&label]);
+        if in_flight == 0.0 {
             return;
         }
         assert!(
             started.elapsed() < meshd::WAIT,
-            "{app}: requests in flight {samples:?} after {:?} in:\n{text}",
+            "{app}: {in_flight} requests in flight after {:?}",
             meshd::WAIT
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
