@@ -286,3 +286,63 @@ async fn cache_entries_of_the_old_name_are_renamed_not_compiled_again() {
         "compiled again"
     );
 }
+
+/// The apps directory's index in the data directory: a restart reads only
+/// the `.wasm` files whose stamps changed, and an app known by its stamp
+/// still starts unloaded and serves. A file rewritten in place with the
+/// same size and its old modified time is read again (its changed time
+/// moved), never taken for the code it held.
+#[tokio::test]
+async fn a_restart_reads_only_the_files_that_changed() {
+    let apps = AppsDir::with(&["hello", "echo"]);
+    let (cache, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = || {
+        Meshd::builder(apps.path())
+            .cache_dir(cache.path())
+            .data_dir(data.path())
+            .start()
+    };
+    // The index keeps only files left alone for 2 s before they were read.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let meshd = start();
+    meshd.wait_for_log(&["apps directory:", "unread=0", "read=2"]);
+    let index = data.path().join("apps-dir-index.json");
+    wait_until(|| std::fs::read_to_string(&index).is_ok_and(|t| t.matches("sha256").count() == 2));
+    drop(meshd);
+
+    let meshd = start();
+    meshd.wait_for_log(&["apps directory:", "unread=2", "read=0"]);
+    meshd.wait_for_log(&["app deployed", "app=hello", "cache=unloaded"]);
+    let client = Client::http1();
+    assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+    let reply = client.post(&meshd.url("/echo/x"), "hi").await;
+    assert_eq!(reply.json()["body_length"], 2);
+    drop(meshd);
+
+    // hello.wasm overwritten in place by as many other bytes, its modified
+    // time set back: size, inode and mtime are the indexed ones.
+    let path = apps.path().join("hello.wasm");
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.reverse();
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+
+    let meshd = start();
+    meshd.wait_for_log(&["apps directory:", "unread=1", "read=1"]);
+    meshd.wait_for_log(&["app=hello", "not a WebAssembly file"]);
+    assert_eq!(client.get(&meshd.url("/hello")).await.status, 404);
+    let reply = client.post(&meshd.url("/echo/x"), "hi").await;
+    assert_eq!(reply.json()["body_length"], 2);
+}
+
+/// Polls `done` every 20 ms for at most 10 s.
+fn wait_until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not met within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -256,7 +256,7 @@ fn spec(name: &str, upload: &Upload) -> AppSpec {
     AppSpec {
         name: name.to_owned(),
         origin: Origin::Api,
-        wasm: upload.wasm.clone(),
+        wasm: upload.wasm.clone().into(),
         manifest_label: upload.manifest.as_ref().map(|_| MANIFEST_LABEL.to_owned()),
         manifest: upload.manifest.clone(),
         wasm_label: WASM_LABEL.to_owned(),

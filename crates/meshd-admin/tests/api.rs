@@ -425,7 +425,10 @@ async fn a_wasm_body_is_deployed_as_an_api_upsert_of_exactly_those_bytes() {
     };
     assert_eq!(spec.name, "hello");
     assert_eq!(spec.origin, Origin::Api);
-    assert_eq!(&spec.wasm[..], b"\0asm\x0d\0\x01\0 bytes");
+    assert_eq!(
+        &spec.wasm.in_memory().unwrap()[..],
+        b"\0asm\x0d\0\x01\0 bytes"
+    );
     assert_eq!(spec.manifest, None);
     assert_eq!(spec.wasm_label, "upload");
     assert_eq!(spec.manifest_label, None);
@@ -458,7 +461,7 @@ async fn a_multipart_upload_carries_the_wasm_and_the_manifest() {
         panic!("{changes:?}")
     };
     assert_eq!(spec.origin, Origin::Api);
-    assert_eq!(&spec.wasm[..], b"\0asm\r\n--x");
+    assert_eq!(&spec.wasm.in_memory().unwrap()[..], b"\0asm\r\n--x");
     assert_eq!(spec.manifest.as_deref(), Some(manifest));
     assert_eq!(spec.wasm_label, "upload");
     assert_eq!(spec.manifest_label.as_deref(), Some("uploaded manifest"));
@@ -852,11 +855,11 @@ async fn a_canary_upload_takes_its_share_from_the_query() {
     };
     assert_eq!(sticky.as_str(), "x-session");
     assert_eq!(
-        (&first.wasm[..], first.origin),
+        (&first.wasm.in_memory().unwrap()[..], first.origin),
         (&b"\0asm v2"[..], Origin::Api)
     );
     assert_eq!(first.manifest, None);
-    assert_eq!(&second.wasm[..], b"\0asm v3");
+    assert_eq!(&second.wasm.in_memory().unwrap()[..], b"\0asm v3");
     assert_eq!(second.manifest.as_deref(), Some(manifest));
 }
 

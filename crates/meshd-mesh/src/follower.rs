@@ -275,7 +275,7 @@ impl Follower {
             }
             match self.spec(buckets, name, &app.live).await {
                 Ok(spec) => {
-                    batch_bytes += spec.wasm.len() as u64;
+                    batch_bytes += spec.wasm.len();
                     batch.push(spec);
                 }
                 Err(e) => unreadable.push((name.clone(), e)),

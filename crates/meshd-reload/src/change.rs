@@ -7,8 +7,11 @@
 //! atomic switch, the drain) is the pipeline's alone.
 
 use bytes::Bytes;
+use meshd_artifacts::Digest;
 use meshd_registry::{Origin, Refused};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use tokio::sync::{mpsc, oneshot};
 
 /// One version of an app, as a source hands it over.
@@ -18,8 +21,8 @@ pub struct AppSpec {
     pub name: String,
     /// The source it comes from.
     pub origin: Origin,
-    /// The `.wasm` bytes.
-    pub wasm: Bytes,
+    /// The `.wasm` code: its bytes, or a file known to hold them.
+    pub wasm: Wasm,
     /// The manifest text (`NAME.toml`), if any.
     pub manifest: Option<String>,
     /// How messages name the code: a file path for the directory, `upload`
@@ -27,6 +30,116 @@ pub struct AppSpec {
     pub wasm_label: String,
     /// How messages name the manifest (`None`: it has none).
     pub manifest_label: Option<String>,
+}
+
+/// An app version's code: its bytes in memory, or a file of the apps
+/// directory that the directory's index knows unchanged since it was read
+/// and hashed (`dir_index`). A start-up then stats such a file instead of
+/// reading and hashing it; its bytes are read only if they must be compiled
+/// or stored.
+#[derive(Debug, Clone)]
+pub struct Wasm(Code);
+
+#[derive(Debug, Clone)]
+enum Code {
+    /// The bytes, and their SHA-256 once someone asked for it.
+    InMemory {
+        bytes: Bytes,
+        digest: OnceLock<Digest>,
+    },
+    /// A file of `len` bytes whose SHA-256 is `digest`.
+    Unread {
+        path: PathBuf,
+        len: u64,
+        digest: Digest,
+    },
+}
+
+impl Wasm {
+    /// Bytes in memory whose SHA-256 the caller computed already.
+    pub fn hashed(bytes: Bytes, digest: Digest) -> Wasm {
+        Wasm(Code::InMemory {
+            bytes,
+            digest: OnceLock::from(digest),
+        })
+    }
+
+    /// The file at `path`, of `len` bytes and SHA-256 `digest`, not read.
+    pub fn unread(path: PathBuf, len: u64, digest: Digest) -> Wasm {
+        Wasm(Code::Unread { path, len, digest })
+    }
+
+    /// The size of the code in bytes.
+    pub fn len(&self) -> u64 {
+        match &self.0 {
+            Code::InMemory { bytes, .. } => bytes.len() as u64,
+            Code::Unread { len, .. } => *len,
+        }
+    }
+
+    /// Whether the code is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The SHA-256 of the code (computed on first use for bytes in memory:
+    /// call it on a blocking thread).
+    pub fn digest(&self) -> Digest {
+        match &self.0 {
+            Code::InMemory { bytes, digest } => *digest.get_or_init(|| Digest::of(bytes)),
+            Code::Unread { digest, .. } => *digest,
+        }
+    }
+
+    /// The bytes, if they are in memory.
+    pub fn in_memory(&self) -> Option<&Bytes> {
+        match &self.0 {
+            Code::InMemory { bytes, .. } => Some(bytes),
+            Code::Unread { .. } => None,
+        }
+    }
+
+    /// The bytes: those in memory, or the file's, which must still have the
+    /// digest it was known by. Blocking for a file.
+    pub fn read(&self) -> Result<Bytes, String> {
+        match &self.0 {
+            Code::InMemory { bytes, .. } => Ok(bytes.clone()),
+            Code::Unread { path, len, digest } => {
+                use std::io::Read as _;
+                let cannot_read =
+                    |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+                let file = std::fs::File::open(path).map_err(cannot_read)?;
+                // One byte past the known length at most: a file that grew
+                // is not read whole.
+                let mut bytes = Vec::with_capacity(usize::try_from(*len).unwrap_or(0));
+                file.take(len.saturating_add(1))
+                    .read_to_end(&mut bytes)
+                    .map_err(cannot_read)?;
+                if bytes.len() as u64 != *len || Digest::of(&bytes) != *digest {
+                    return Err(format!(
+                        "{} changed since it was listed; it is read again at the next pass",
+                        path.display()
+                    ));
+                }
+                Ok(bytes.into())
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Wasm {
+    fn from(bytes: Bytes) -> Wasm {
+        Wasm(Code::InMemory {
+            bytes,
+            digest: OnceLock::new(),
+        })
+    }
+}
+
+impl From<Vec<u8>> for Wasm {
+    fn from(bytes: Vec<u8>) -> Wasm {
+        Wasm::from(Bytes::from(bytes))
+    }
 }
 
 /// Where a canary's version comes from.
@@ -150,5 +263,39 @@ impl PipelineHandle {
             .await
             .map_err(|_| Refused::Stopped)?;
         outcome.await.unwrap_or(Err(Refused::Stopped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unread_file_is_read_only_while_it_has_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hello.wasm");
+        std::fs::write(&path, b"\0asm first").unwrap();
+        let wasm = Wasm::unread(path.clone(), 10, Digest::of(b"\0asm first"));
+        assert_eq!(wasm.len(), 10);
+        assert_eq!(wasm.digest(), Digest::of(b"\0asm first"));
+        assert!(wasm.in_memory().is_none());
+        assert_eq!(&wasm.read().unwrap()[..], b"\0asm first");
+
+        // Rewritten since it was listed: same length, other bytes; then
+        // longer. Neither is taken for the code of the digest.
+        std::fs::write(&path, b"\0asm other").unwrap();
+        let error = wasm.read().unwrap_err();
+        assert!(error.contains("changed since it was listed"), "{error}");
+        std::fs::write(&path, b"\0asm first and more").unwrap();
+        assert!(wasm.read().is_err());
+    }
+
+    #[test]
+    fn bytes_in_memory_are_hashed_once_when_asked() {
+        let wasm = Wasm::from(b"\0asm code".to_vec());
+        assert_eq!(wasm.len(), 9);
+        assert_eq!(wasm.digest(), Digest::of(b"\0asm code"));
+        assert_eq!(&wasm.read().unwrap()[..], b"\0asm code");
+        assert!(wasm.in_memory().is_some());
     }
 }

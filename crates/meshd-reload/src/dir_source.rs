@@ -1,9 +1,16 @@
 //! The apps directory as a source of apps: it scans the directory, notices
-//! which apps' files changed (by size, mtime and inode), reads those, and
-//! sends the pipeline a [`Snapshot`] of the directory.
+//! which apps' files changed (by their stamps: size, inode, modified and
+//! changed times), reads those, and sends the pipeline a [`Snapshot`] of the
+//! directory.
+//!
+//! At start, a `.wasm` whose stamp is the one the saved index
+//! (`dir_index`) knows is not read: the pipeline gets its digest, and reads
+//! the file only if it must compile or store the code.
 
-use crate::change::{AppSpec, Applied, Change, PipelineHandle, Snapshot};
+use crate::change::{AppSpec, Applied, Change, PipelineHandle, Snapshot, Wasm};
+use crate::dir_index::{self, FileStamp, Known};
 use meshd_apps::{scan, AppFiles};
+use meshd_artifacts::Digest;
 use meshd_registry::{Origin, Refused, Registry};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -37,27 +44,45 @@ pub struct DirSource {
     max_wasm_size: u64,
     /// The files and stamps of each app whose last read the pipeline
     /// accepted; apps not here (new, or refused) are read again next pass.
-    accepted: BTreeMap<String, (AppFiles, Stamp)>,
+    accepted: BTreeMap<String, Accepted>,
+    /// Where the index of the directory's files is saved (`None`: it is not).
+    index_file: Option<PathBuf>,
+    /// Whether the first pass has read the saved index (only it uses it:
+    /// later passes know every accepted file's stamp already).
+    index_used: bool,
+    /// The last save of the index, which the next one waits for.
+    saving: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Cheap change detection: size, mtime and inode of each file. Only when it
-/// changes are the files read.
+/// Cheap change detection: the stamps of an app's files. Only when they
+/// change are the files read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Stamp {
     wasm: FileStamp,
     manifest: Option<FileStamp>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
+/// An app's files as the pipeline last accepted them.
+struct Accepted {
+    files: AppFiles,
+    stamp: Stamp,
+    digest: Digest,
+    /// Whether its `.wasm` was left alone long enough before it was read
+    /// for the index to keep it (see `dir_index`).
+    settled: bool,
+}
+
+/// One app to read in a pass: its files, their stamps, and the digest of
+/// its `.wasm` if the index knows the file unchanged.
+struct ToRead {
+    files: AppFiles,
+    stamp: Stamp,
+    known: Option<Digest>,
 }
 
 /// One app's files as read in a pass.
 enum Read {
-    Spec(Box<AppSpec>, Stamp, AppFiles),
+    Spec(Box<AppSpec>, ToRead),
     Unreadable(String, Refused),
 }
 
@@ -75,7 +100,17 @@ impl DirSource {
             registry,
             max_wasm_size,
             accepted: BTreeMap::new(),
+            index_file: None,
+            index_used: false,
+            saving: None,
         }
+    }
+
+    /// Keeps an index of the directory's files at `path` (in the data
+    /// directory), so that the next start reads only the files that changed.
+    pub fn with_index(mut self, path: PathBuf) -> Self {
+        self.index_file = Some(path);
+        self
     }
 
     /// The directory.
@@ -94,6 +129,8 @@ impl DirSource {
     /// (serving or not): their files are still being written, so they are
     /// neither loaded nor removed in this pass.
     pub async fn sync_holding(&mut self, held: &BTreeSet<String>) -> Summary {
+        // Before any file is stamped: see `FileStamp::settled_at`.
+        let pass_started = SystemTime::now();
         let dir = self.dir.clone();
         let found = match tokio::task::spawn_blocking(move || scan(&dir)).await {
             Ok(Ok((found, errors))) => {
@@ -119,10 +156,13 @@ impl DirSource {
             .filter(|name| !present.contains(*name))
             .count();
         self.accepted.retain(|name, _| present.contains(name));
+        let mut index_changed = removed > 0;
+        let first_with_index = self.index_file.is_some() && !self.index_used;
+        let known = self.load_index().await;
         // An app whose files vanish between the scan and the stamp is seen
         // by the next pass. The stamp is taken before the read, so a file
         // changed in between is read again next pass, never missed.
-        let to_read: Vec<(AppFiles, Stamp)> = found
+        let to_read: Vec<ToRead> = found
             .into_iter()
             .filter(|(name, _)| !held.contains(name))
             .filter_map(|(name, files)| {
@@ -130,10 +170,30 @@ impl DirSource {
                 let same = self
                     .accepted
                     .get(&name)
-                    .is_some_and(|(f, s)| *f == files && *s == stamp);
-                (!same).then_some((files, stamp))
+                    .is_some_and(|a| a.files == files && a.stamp == stamp);
+                if same {
+                    return None;
+                }
+                let known = known
+                    .get(&files.wasm)
+                    .filter(|(known, _)| *known == stamp.wasm)
+                    .map(|(_, digest)| *digest);
+                Some(ToRead {
+                    files,
+                    stamp,
+                    known,
+                })
             })
             .collect();
+        drop(known);
+        if first_with_index {
+            let unread = to_read.iter().filter(|app| app.known.is_some()).count();
+            tracing::info!(
+                unread,
+                read = to_read.len() - unread,
+                "apps directory: {unread} apps' code known unchanged by the index (not read)"
+            );
+        }
 
         let mut outcomes = BTreeMap::new();
         let mut batches = batches(to_read);
@@ -151,8 +211,8 @@ impl DirSource {
             let mut stamps = BTreeMap::new();
             for read in read {
                 match read {
-                    Read::Spec(spec, stamp, files) => {
-                        stamps.insert(spec.name.clone(), (files, stamp));
+                    Read::Spec(spec, app) => {
+                        stamps.insert(spec.name.clone(), (app, spec.wasm.digest()));
                         changed.push(*spec);
                     }
                     Read::Unreadable(name, refusal) => unreadable.push((name, refusal)),
@@ -177,17 +237,61 @@ impl DirSource {
             };
             for (name, outcome) in applied {
                 match (&outcome, stamps.remove(&name)) {
-                    (Ok(_), Some(stamped)) => {
-                        self.accepted.insert(name.clone(), stamped);
+                    (Ok(_), Some((app, digest))) => {
+                        let accepted = Accepted {
+                            settled: app.stamp.wasm.settled_at(pass_started),
+                            files: app.files,
+                            stamp: app.stamp,
+                            digest,
+                        };
+                        self.accepted.insert(name.clone(), accepted);
+                        index_changed = true;
                     }
                     _ => {
-                        self.accepted.remove(&name);
+                        index_changed |= self.accepted.remove(&name).is_some();
                     }
                 }
                 outcomes.insert(name, outcome);
             }
         }
+        if index_changed {
+            self.save_index().await;
+        }
         self.summary_of(&outcomes, removed)
+    }
+
+    /// The saved index, at the first pass; empty after it, or without one.
+    async fn load_index(&mut self) -> Known {
+        let path = match &self.index_file {
+            Some(path) if !self.index_used => path.clone(),
+            _ => return Known::new(),
+        };
+        self.index_used = true;
+        tokio::task::spawn_blocking(move || dir_index::load(&path))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Saves the index of the accepted files that had settled, in the
+    /// background (after the previous save, so the newest always lands
+    /// last): a pass does not wait for the disk.
+    async fn save_index(&mut self) {
+        let Some(path) = self.index_file.clone() else {
+            return;
+        };
+        if let Some(previous) = self.saving.take() {
+            let _ = previous.await;
+        }
+        let entries: Vec<(PathBuf, FileStamp, Digest)> = self
+            .accepted
+            .values()
+            .filter(|a| a.settled)
+            .map(|a| (a.files.wasm.clone(), a.stamp.wasm.clone(), a.digest))
+            .collect();
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            let entries = entries.iter().map(|(p, s, d)| (p.as_path(), s, d));
+            dir_index::save(&path, entries);
+        }));
     }
 
     fn summary_of(
@@ -208,12 +312,16 @@ impl DirSource {
 }
 
 /// Splits the apps to read into batches of at most [`MAX_SNAPSHOT_BYTES`]
-/// of code (by the size in their stamps; at least one app each).
-fn batches(apps: Vec<(AppFiles, Stamp)>) -> Vec<Vec<(AppFiles, Stamp)>> {
-    let mut batches: Vec<Vec<(AppFiles, Stamp)>> = Vec::new();
+/// of code (by the size in their stamps, none for code not read; at least
+/// one app each).
+fn batches(apps: Vec<ToRead>) -> Vec<Vec<ToRead>> {
+    let mut batches: Vec<Vec<ToRead>> = Vec::new();
     let mut bytes = 0u64;
     for app in apps {
-        let size = app.1.wasm.len;
+        let size = match app.known {
+            Some(_) => 0,
+            None => app.stamp.wasm.len(),
+        };
         match batches.last_mut() {
             Some(batch) if bytes + size <= MAX_SNAPSHOT_BYTES => {
                 bytes += size;
@@ -229,18 +337,25 @@ fn batches(apps: Vec<(AppFiles, Stamp)>) -> Vec<Vec<(AppFiles, Stamp)>> {
 }
 
 /// Reads a batch of apps (see [`crate::readers`]: on a few threads).
-fn read_all(batch: Vec<(AppFiles, Stamp)>, max: u64) -> Vec<Read> {
-    crate::readers::read_all(batch, |(files, stamp)| read_app(files, stamp, max))
+fn read_all(batch: Vec<ToRead>, max: u64) -> Vec<Read> {
+    crate::readers::read_all(batch, |app| read_app(app, max))
 }
 
-/// Reads one app's files, stamped `stamp` just before: at most `max` bytes
-/// of code (a larger or still growing file is never read whole), and its
-/// manifest.
-fn read_app(files: AppFiles, stamp: Stamp, max: u64) -> Read {
+/// Reads one app's files, stamped just before: at most `max` bytes of code
+/// (a larger or still growing file is never read whole) and its SHA-256,
+/// unless the index knows them, and its manifest.
+fn read_app(app: ToRead, max: u64) -> Read {
+    let files = &app.files;
     let name = files.name.clone();
-    let wasm = match read_wasm(&files.wasm, max) {
-        Ok(wasm) => wasm,
-        Err(refusal) => return Read::Unreadable(name, refusal),
+    let wasm = match app.known {
+        Some(digest) => Wasm::unread(files.wasm.clone(), app.stamp.wasm.len(), digest),
+        None => match read_wasm(&files.wasm, max) {
+            Ok(bytes) => {
+                let digest = Digest::of(&bytes);
+                Wasm::hashed(bytes.into(), digest)
+            }
+            Err(refusal) => return Read::Unreadable(name, refusal),
+        },
     };
     let manifest = match &files.manifest {
         Some(path) => match std::fs::read_to_string(path) {
@@ -252,12 +367,12 @@ fn read_app(files: AppFiles, stamp: Stamp, max: u64) -> Read {
     let spec = AppSpec {
         name,
         origin: Origin::Dir,
-        wasm: wasm.into(),
+        wasm,
         manifest,
         wasm_label: files.wasm.display().to_string(),
         manifest_label: files.manifest.as_ref().map(|p| p.display().to_string()),
     };
-    Read::Spec(Box::new(spec), stamp, files)
+    Read::Spec(Box::new(spec), app)
 }
 
 fn read_wasm(path: &Path, max: u64) -> Result<Vec<u8>, Refused> {
@@ -286,20 +401,7 @@ fn describe(path: &Path, e: std::io::Error) -> String {
 
 fn stamp(files: &AppFiles) -> std::io::Result<Stamp> {
     Ok(Stamp {
-        wasm: file_stamp(&files.wasm)?,
-        manifest: files.manifest.as_deref().map(file_stamp).transpose()?,
-    })
-}
-
-fn file_stamp(path: &Path) -> std::io::Result<FileStamp> {
-    let meta = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Ok(FileStamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode,
+        wasm: FileStamp::of(&files.wasm)?,
+        manifest: files.manifest.as_deref().map(FileStamp::of).transpose()?,
     })
 }

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod change;
+mod dir_index;
 mod dir_source;
 mod drain;
 mod health;
@@ -26,7 +27,8 @@ mod progress;
 mod readers;
 mod watch;
 
-pub use change::{AppSpec, Applied, CanarySource, Change, PipelineHandle, Request, Snapshot};
+pub use change::{AppSpec, Applied, CanarySource, Change, PipelineHandle, Request, Snapshot, Wasm};
+pub use dir_index::INDEX_FILE;
 pub use dir_source::{DirSource, Summary};
 pub use idle::expire_idle_instances;
 pub use pipeline::{DeployTotals, Pipeline, Totals};

@@ -148,24 +148,31 @@ fn new_version(
 /// [`AppVersion::instantiate_once`] writes) and its cache entry is there:
 /// start-up then reads no compiled code. `None`: load it with
 /// [`load_version_with_source`] (and check it) as usual. `digest` is the
-/// SHA-256 of `wasm`, as there. Blocking (a few file reads).
+/// SHA-256 of `wasm`, as there. `wasm` may be left unread (`None`) when the
+/// digest is known: code that passed its check needs no bytes to start
+/// unloaded (only an entry of the old cache name does, to be adopted).
+/// Blocking (a few file reads).
 pub fn unloaded_version(
     runtime: &Arc<Runtime>,
     ledger: &Arc<AppLedger>,
     id: &str,
-    wasm: &[u8],
+    wasm: Option<&[u8]>,
     digest: &Digest,
     settings: TenantSettings,
     source: Option<WasmSource>,
 ) -> Option<AppVersion> {
-    check_bytes(wasm).ok()?;
+    if let Some(wasm) = wasm {
+        check_bytes(wasm).ok()?;
+    }
     let digest = *digest;
     let fingerprint = crate::version::settings_fingerprint(&settings);
     let checked = runtime.cache.was_checked(&digest, &fingerprint)
-        || (runtime
-            .cache
-            .adopt_old_entry(wasm, &digest, Some(&fingerprint))
-            && runtime.cache.was_checked(&digest, &fingerprint));
+        || wasm.is_some_and(|wasm| {
+            runtime
+                .cache
+                .adopt_old_entry(wasm, &digest, Some(&fingerprint))
+                && runtime.cache.was_checked(&digest, &fingerprint)
+        });
     if !checked {
         return None;
     }

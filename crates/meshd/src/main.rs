@@ -399,7 +399,8 @@ async fn run(
         deploys.clone(),
         registry.clone(),
         args.max_wasm_size.as_u64(),
-    );
+    )
+    .with_index(args.data_dir().join(meshd_reload::INDEX_FILE));
     // The mesh's connection, shared by the follower and the admin API; it
     // connects in the background (NATS may be down at start).
     let mesh = match &args.mesh {

@@ -116,16 +116,18 @@ async fn write(
 
 /// Runs one job: the app's kept list after it, or why it failed.
 fn run(store: &ArtifactStore, Job { app, kind, .. }: &Job) -> Result<Vec<StoredVersion>, String> {
-    let written = match kind {
-        JobKind::Record(spec, version) => spec
-            .as_deref()
-            .map_or(Ok(()), |spec| {
-                put_spec(store, spec, &version.wasm, version.manifest.as_ref())
-            })
-            .and_then(|()| record(store, app, version.clone())),
-        JobKind::Forget => store.forget(app).map(|()| Vec::new()),
-    };
-    written.map_err(|e| e.to_string())
+    match kind {
+        JobKind::Record(spec, version) => {
+            if let Some(spec) = spec.as_deref() {
+                put_spec(store, spec, &version.wasm, version.manifest.as_ref())?;
+            }
+            record(store, app, version.clone()).map_err(|e| e.to_string())
+        }
+        JobKind::Forget => store
+            .forget(app)
+            .map(|()| Vec::new())
+            .map_err(|e| e.to_string()),
+    }
 }
 
 impl Pipeline {

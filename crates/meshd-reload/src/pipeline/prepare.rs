@@ -58,7 +58,7 @@ pub(crate) fn prepare(
     spec: &AppSpec,
     previous: Option<&Deployed>,
 ) -> Result<Deployed, Refused> {
-    if spec.wasm.len() as u64 > config.max_wasm_size {
+    if spec.wasm.len() > config.max_wasm_size {
         return Err(Refused::TooLarge(format!(
             "{} is larger than --max-wasm-size ({}); not read",
             spec.wasm_label,
@@ -96,7 +96,7 @@ pub(crate) fn prepare(
         Refused::InvalidManifest(e) => Refused::InvalidManifest(format!("{label}: {e}")),
         other => other,
     })?;
-    let digest = Digest::of(&spec.wasm);
+    let digest = spec.wasm.digest();
     let manifest_digest = spec.manifest.as_deref().map(|m| Digest::of(m.as_bytes()));
     keep_bytes(store, spec, &digest, manifest_digest.as_ref())?;
     let deployed = |version| Deployed {
@@ -133,11 +133,11 @@ pub(crate) fn prepare(
     // loaded on its first request. Anything else is loaded and checked now.
     let unloaded = (previous.is_none() && manifest.health.is_none())
         .then(|| {
-            let (id, wasm) = (digest.short(), &spec.wasm);
+            let wasm = spec.wasm.in_memory().map(|bytes| &bytes[..]);
             unloaded_version(
                 runtime,
                 ledger,
-                &id,
+                &digest.short(),
                 wasm,
                 &digest,
                 settings.clone(),
@@ -151,7 +151,7 @@ pub(crate) fn prepare(
             runtime,
             ledger,
             &digest.short(),
-            &spec.wasm,
+            &spec.wasm.read().map_err(Refused::Unreadable)?,
             &digest,
             settings,
             Some(source),
@@ -205,26 +205,30 @@ fn keep_bytes(
 ) -> Result<(), Refused> {
     match store {
         Some(store) if spec.origin != Origin::Dir => {
-            put_spec(store, spec, wasm, manifest).map_err(|e| Refused::Store(e.to_string()))
+            put_spec(store, spec, wasm, manifest).map_err(Refused::Store)
         }
         _ => Ok(()),
     }
 }
 
 /// Stores the code and manifest of `spec` unless they are stored already.
+/// Code the directory did not read is read from its file now, and stored
+/// only if it still has its digest.
 pub(crate) fn put_spec(
     store: &ArtifactStore,
     spec: &AppSpec,
     wasm: &Digest,
     manifest: Option<&Digest>,
-) -> Result<(), meshd_artifacts::StoreError> {
+) -> Result<(), String> {
     let put = |digest: &Digest, bytes: &[u8]| {
         if store.contains(digest) {
             return Ok(());
         }
-        store.put(bytes).map(drop)
+        store.put(bytes).map(drop).map_err(|e| e.to_string())
     };
-    put(wasm, &spec.wasm)?;
+    if !store.contains(wasm) {
+        put(wasm, &spec.wasm.read()?)?;
+    }
     match (manifest, &spec.manifest) {
         (Some(digest), Some(text)) => put(digest, text.as_bytes()),
         _ => Ok(()),
