@@ -845,3 +845,56 @@ async fn a_request_never_finds_what_an_earlier_one_left_in_memory_reset_in_place
 async fn a_request_never_finds_what_an_earlier_one_left_in_memory_given_back() {
     no_secret_survives_a_request("give-back").await;
 }
+
+/// The thread of `pid` named `name` (its `comm`).
+fn thread_named(pid: u32, name: &str) -> u32 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    tasks
+        .filter_map(|task| task.ok())
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .and_then(|task| task.file_name().to_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("meshd has no thread named {name}"))
+}
+
+/// How often thread `tid` of `pid` has gone to sleep so far.
+fn voluntary_switches(pid: u32, tid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// The epoch ticker sleeps while no guest runs (an idle meshd does not wake
+/// a thousand times a second), and a guest that starts after a quiet spell
+/// wakes it: it ticks every millisecond while the guest spins, and the
+/// spinner is stopped at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_epoch_ticker_sleeps_while_idle_and_wakes_for_a_guest() {
+    let apps = AppsDir::new();
+    apps.deploy("spin", "hostile");
+    apps.write("spin.toml", "[limits]\ntimeout = \"1s\"\n");
+    let meshd = Meshd::start(apps.path());
+    let ticker = thread_named(meshd.pid(), "meshd-epoch");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = voluntary_switches(meshd.pid(), ticker);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = voluntary_switches(meshd.pid(), ticker) - before;
+    // Asleep, it ticks once per 100 ms; awake, a thousand times a second.
+    assert!(
+        idle <= 50,
+        "the epoch thread woke {idle} times in 1 s without a guest"
+    );
+
+    let before = voluntary_switches(meshd.pid(), ticker);
+    let reply = Client::http1().get(&meshd.url("/spin/spin")).await;
+    let spinning = voluntary_switches(meshd.pid(), ticker) - before;
+    assert_eq!(reply.status, 504);
+    assert!(
+        spinning >= 200,
+        "the epoch thread woke only {spinning} times in the 1 s a guest spun"
+    );
+}

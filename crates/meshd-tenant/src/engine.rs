@@ -1,9 +1,10 @@
 //! The one wasmtime `Engine` every tenant shares, its `Linker`, and the epoch
-//! ticker that lets meshd interrupt guests.
+//! ticker (`epoch.rs`) that lets meshd interrupt guests.
 
 use crate::cache::{ArtifactCache, CacheOutcome};
 use crate::compile::{CompileError, Compiler, SharedByKey};
 use crate::descriptors::DescriptorLimits;
+use crate::epoch::EpochTicker;
 use crate::host::Host;
 use crate::in_flight::InFlight;
 use crate::limiter::MemoryCeiling;
@@ -14,20 +15,11 @@ use anyhow::{Context as _, Result};
 use meshd_artifacts::Digest;
 use meshd_keyvalue::KvStore;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-
-/// How often the engine's epoch advances. A running guest yields to the async
-/// runtime at every tick, so this bounds how long one guest can hold a worker
-/// thread before another request gets it. At 10 ms, two spinning guests on
-/// two cores cut a neighbour's throughput to 6% of its solo figure; at 1 ms
-/// to about 40% (bench/noisy.sh, docs/benchmarks.md).
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// How much of a freed linear memory may stay resident to be reused by the
 /// next instance in that slot. With PAGEMAP_SCAN only the pages a request
@@ -148,7 +140,8 @@ pub struct Runtime {
     pub(crate) resident: Arc<crate::resident::Resident>,
     pooling: bool,
     memory_reset: MemoryReset,
-    _ticker: EpochTicker,
+    /// Advances the engine's epoch while guests run.
+    pub(crate) epoch: EpochTicker,
 }
 
 impl Runtime {
@@ -223,7 +216,7 @@ impl Runtime {
             config,
             pooling,
             memory_reset,
-            _ticker: ticker,
+            epoch: ticker,
         }))
     }
 
@@ -338,48 +331,6 @@ fn engine_config(config: &RuntimeConfig, pooling: Option<MemoryReset>) -> Config
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
-}
-
-/// A dedicated OS thread that advances the engine's epoch every
-/// [`EPOCH_TICK`]. It must not be a tokio task: with every worker busy running
-/// wasm, a task would never get to tick.
-struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    fn start(engine: &Engine) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("meshd-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        match weak.upgrade() {
-                            Some(engine) => engine.increment_epoch(),
-                            None => break,
-                        }
-                    }
-                })?
-        };
-        Ok(EpochTicker {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 #[cfg(test)]

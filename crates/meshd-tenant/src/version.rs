@@ -352,7 +352,13 @@ impl AppVersion {
             .map_err(anyhow::Error::msg)?;
         let _slot = self.wait_for_instance_slot().await?;
         let mut store = self.new_store()?;
-        let instantiate = pre.instantiate_async(&mut store);
+        let mut instantiate = std::pin::pin!(pre.instantiate_async(&mut store));
+        // A start function is guest code: the epoch must advance while it runs.
+        let epoch = &self.runtime.epoch;
+        let instantiate = std::future::poll_fn(|cx| {
+            epoch.guest_runs();
+            instantiate.as_mut().poll(cx)
+        });
         match tokio::time::timeout(self.settings.timeout, instantiate).await {
             Ok(result) => result
                 .map(drop)
@@ -691,10 +697,16 @@ impl AppVersion {
                 let mut call = std::pin::pin!(call);
                 // Every poll of the guest is charged to the app's `cpu`; once
                 // the request is long it gives way to short ones (scheduler.rs).
+                // The epoch ticker sleeps while no guest runs: each poll
+                // wakes it.
                 let (cpu, scheduler) = (&self.cpu, &self.runtime.scheduler);
+                let epoch = &self.runtime.epoch;
                 let mut turn = Turn::new(self.settings.cpu_weight);
                 let call = std::future::poll_fn(|cx| {
-                    turn.poll(scheduler, cpu, cx, |cx| call.as_mut().poll(cx))
+                    turn.poll(scheduler, cpu, cx, |cx| {
+                        epoch.guest_runs();
+                        call.as_mut().poll(cx)
+                    })
                 });
                 let mut call = std::pin::pin!(call);
                 // Most guests finish within their first poll (which lasts at most
