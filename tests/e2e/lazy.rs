@@ -296,12 +296,13 @@ async fn cache_entries_of_the_old_name_are_renamed_not_compiled_again() {
 async fn a_restart_reads_only_the_files_that_changed() {
     let apps = AppsDir::with(&["hello", "echo"]);
     let (cache, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let start = || {
-        Meshd::builder(apps.path())
+    let start_in = |apps_dir: &Path| {
+        Meshd::builder(apps_dir)
             .cache_dir(cache.path())
             .data_dir(data.path())
             .start()
     };
+    let start = || start_in(apps.path());
     // The index keeps only files left alone for 2 s before they were read.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let meshd = start();
@@ -310,7 +311,12 @@ async fn a_restart_reads_only_the_files_that_changed() {
     wait_until(|| std::fs::read_to_string(&index).is_ok_and(|t| t.matches("sha256").count() == 2));
     drop(meshd);
 
-    let meshd = start();
+    // The same directory by another path (a symbolic link): the index
+    // names files by name, and their inodes pin them.
+    let link = tempfile::tempdir().unwrap();
+    let linked_apps = link.path().join("apps");
+    std::os::unix::fs::symlink(apps.path(), &linked_apps).unwrap();
+    let meshd = start_in(&linked_apps);
     meshd.wait_for_log(&["apps directory:", "unread=2", "read=0"]);
     meshd.wait_for_log(&["app deployed", "app=hello", "cache=unloaded"]);
     let client = Client::http1();

@@ -107,8 +107,15 @@ impl FileStamp {
     }
 }
 
-/// The saved index: path of each `.wasm` to its stamp and digest.
+/// The saved index: each `.wasm`'s [`key`] to its stamp and digest.
 pub(crate) type Known = HashMap<PathBuf, (FileStamp, Digest)>;
+
+/// How the index names a `.wasm`: its file name, so that the apps directory
+/// spelled another way (relative, through a link) still finds it. The
+/// stamp's device and inode pin the file itself.
+pub(crate) fn key(wasm: &Path) -> &Path {
+    wasm.file_name().map_or(wasm, Path::new)
+}
 
 #[derive(Serialize, Deserialize)]
 struct IndexFile {
@@ -117,6 +124,7 @@ struct IndexFile {
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
+    /// The file's [`key`].
     path: PathBuf,
     stamp: FileStamp,
     sha256: Digest,
@@ -189,10 +197,12 @@ mod tests {
         let stamp = FileStamp::of(&wasm).unwrap();
         let digest = Digest::of(b"\0asm code");
         let path = dir.path().join("data").join(INDEX_FILE);
-        save(&path, std::iter::once((wasm.as_path(), &stamp, &digest)));
+        save(&path, std::iter::once((key(&wasm), &stamp, &digest)));
         let known = load(&path);
         assert_eq!(known.len(), 1);
-        assert_eq!(known.get(&wasm), Some(&(stamp, digest)));
+        // Found by file name, wherever the directory is.
+        let elsewhere = Path::new("/srv/apps/hello.wasm");
+        assert_eq!(known.get(key(elsewhere)), Some(&(stamp, digest)));
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl DirSource {
                     return None;
                 }
                 let known = known
-                    .get(&files.wasm)
+                    .get(dir_index::key(&files.wasm))
                     .filter(|(known, _)| *known == stamp.wasm)
                     .map(|(_, digest)| *digest);
                 Some(ToRead {
@@ -185,15 +185,18 @@ impl DirSource {
                 })
             })
             .collect();
-        drop(known);
         if first_with_index {
             let unread = to_read.iter().filter(|app| app.known.is_some()).count();
+            // Entries of files gone or changed since: the index is saved
+            // again without them.
+            index_changed |= unread != known.len();
             tracing::info!(
                 unread,
                 read = to_read.len() - unread,
                 "apps directory: {unread} apps' code known unchanged by the index (not read)"
             );
         }
+        drop(known);
 
         let mut outcomes = BTreeMap::new();
         let mut batches = batches(to_read);
@@ -238,6 +241,9 @@ impl DirSource {
             for (name, outcome) in applied {
                 match (&outcome, stamps.remove(&name)) {
                     (Ok(_), Some((app, digest))) => {
+                        // Code the index knew leaves it as it was: a
+                        // restart of an unchanged directory writes nothing.
+                        index_changed |= app.known.is_none();
                         let accepted = Accepted {
                             settled: app.stamp.wasm.settled_at(pass_started),
                             files: app.files,
@@ -245,7 +251,6 @@ impl DirSource {
                             digest,
                         };
                         self.accepted.insert(name.clone(), accepted);
-                        index_changed = true;
                     }
                     _ => {
                         index_changed |= self.accepted.remove(&name).is_some();
@@ -286,7 +291,10 @@ impl DirSource {
             .accepted
             .values()
             .filter(|a| a.settled)
-            .map(|a| (a.files.wasm.clone(), a.stamp.wasm.clone(), a.digest))
+            .map(|a| {
+                let key = dir_index::key(&a.files.wasm).to_owned();
+                (key, a.stamp.wasm.clone(), a.digest)
+            })
             .collect();
         self.saving = Some(tokio::task::spawn_blocking(move || {
             let entries = entries.iter().map(|(p, s, d)| (p.as_path(), s, d));
