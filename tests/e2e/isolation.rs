@@ -893,8 +893,10 @@ async fn the_epoch_ticker_sleeps_while_idle_and_wakes_for_a_guest() {
     let reply = Client::http1().get(&meshd.url("/spin/spin")).await;
     let spinning = voluntary_switches(meshd.pid(), ticker) - before;
     assert_eq!(reply.status, 504);
+    // A thousand a second when each sleep takes its millisecond; a loaded
+    // machine oversleeps, and without the wake-up it ticks ten times.
     assert!(
-        spinning >= 200,
+        spinning >= 100,
         "the epoch thread woke only {spinning} times in the 1 s a guest spun"
     );
 }

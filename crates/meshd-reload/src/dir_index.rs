@@ -175,14 +175,8 @@ pub(crate) fn save<'a>(
 }
 
 fn try_save(path: &Path, index: &IndexFile) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec(index).map_err(std::io::Error::other)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, &json)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::atomic_file::replace(path, &json)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! long.
 #![deny(missing_docs)]
 
+mod atomic_file;
 mod change;
 mod dir_index;
 mod dir_source;
