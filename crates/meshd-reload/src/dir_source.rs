@@ -157,7 +157,6 @@ impl DirSource {
             .count();
         self.accepted.retain(|name, _| present.contains(name));
         let mut index_changed = removed > 0;
-        let first_with_index = self.index_file.is_some() && !self.index_used;
         let known = self.load_index().await;
         // An app whose files vanish between the scan and the stamp is seen
         // by the next pass. The stamp is taken before the read, so a file
@@ -175,7 +174,8 @@ impl DirSource {
                     return None;
                 }
                 let known = known
-                    .get(dir_index::key(&files.wasm))
+                    .as_ref()
+                    .and_then(|known| known.get(dir_index::key(&files.wasm)))
                     .filter(|(known, _)| *known == stamp.wasm)
                     .map(|(_, digest)| *digest);
                 Some(ToRead {
@@ -185,7 +185,7 @@ impl DirSource {
                 })
             })
             .collect();
-        if first_with_index {
+        if let Some(known) = known {
             let unread = to_read.iter().filter(|app| app.known.is_some()).count();
             // Entries of files gone or changed since: the index is saved
             // again without them.
@@ -196,7 +196,6 @@ impl DirSource {
                 "apps directory: {unread} apps' code known unchanged by the index (not read)"
             );
         }
-        drop(known);
 
         let mut outcomes = BTreeMap::new();
         let mut batches = batches(to_read);
@@ -265,16 +264,15 @@ impl DirSource {
         self.summary_of(&outcomes, removed)
     }
 
-    /// The saved index, at the first pass; empty after it, or without one.
-    async fn load_index(&mut self) -> Known {
+    /// The saved index, at the first pass; `None` after it, or without one.
+    async fn load_index(&mut self) -> Option<Known> {
         let path = match &self.index_file {
             Some(path) if !self.index_used => path.clone(),
-            _ => return Known::new(),
+            _ => return None,
         };
         self.index_used = true;
-        tokio::task::spawn_blocking(move || dir_index::load(&path))
-            .await
-            .unwrap_or_default()
+        let known = tokio::task::spawn_blocking(move || dir_index::load(&path)).await;
+        Some(known.unwrap_or_default())
     }
 
     /// Saves the index of the accepted files that had settled, in the

@@ -220,17 +220,13 @@ pub(crate) fn put_spec(
     wasm: &Digest,
     manifest: Option<&Digest>,
 ) -> Result<(), String> {
-    let put = |digest: &Digest, bytes: &[u8]| {
-        if store.contains(digest) {
-            return Ok(());
-        }
-        store.put(bytes).map(drop).map_err(|e| e.to_string())
-    };
+    let put = |bytes: &[u8]| store.put(bytes).map(drop).map_err(|e| e.to_string());
+    // Asked before the bytes are got: an unread file is read only if needed.
     if !store.contains(wasm) {
-        put(wasm, &spec.wasm.read()?)?;
+        put(&spec.wasm.read()?)?;
     }
     match (manifest, &spec.manifest) {
-        (Some(digest), Some(text)) => put(digest, text.as_bytes()),
+        (Some(digest), Some(text)) if !store.contains(digest) => put(text.as_bytes()),
         _ => Ok(()),
     }
 }
