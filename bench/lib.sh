@@ -180,7 +180,7 @@ start_meshd() {
     MESHD_PID=$!
     local line="" i
     for ((i = 0; i < ${START_TIMEOUT:-300} * 100; i++)); do
-        line="$(grep -m1 'meshd listening on http://' "$log_file" || true)"
+        line="$(grep -m1 'meshd listening on http://' "$log_file" 2>/dev/null || true)"
         [[ -n "$line" ]] && break
         kill -0 "$MESHD_PID" 2>/dev/null || { cat "$log_file" >&2; die "meshd exited before listening"; }
         sleep 0.01
