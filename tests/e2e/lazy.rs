@@ -344,6 +344,51 @@ async fn a_restart_reads_only_the_files_that_changed() {
     assert_eq!(reply.json()["body_length"], 2);
 }
 
+#[tokio::test]
+async fn max_loaded_keeps_the_most_recently_used_code_and_reloads_the_rest_on_use() {
+    let apps = AppsDir::with(&["hello", "echo"]);
+    let cache = tempfile::tempdir().unwrap();
+    let meshd = start(&apps, cache.path(), &["--max-loaded", "1"]);
+    // Both were compiled and loaded at start: one is unloaded at once.
+    wait_for_loaded(&meshd, 1.0).await;
+    let client = Client::http1();
+    for round in 1..=3 {
+        let (_, loads_before, unloads_before) = code_counts(&meshd).await;
+        assert_eq!(client.get(&meshd.url("/hello")).await.text(), HELLO);
+        let reply = client.post(&meshd.url("/echo/x"), "hi").await;
+        assert_eq!(reply.json()["body_length"], 2, "round {round}");
+        wait_for_loaded(&meshd, 1.0).await;
+        let (_, loads, unloads) = code_counts(&meshd).await;
+        // hello was the one unloaded before the round, or was unloaded for
+        // echo in it: each round loads at least once and unloads as often.
+        assert!(loads > loads_before, "round {round}: no reload");
+        assert!(unloads > unloads_before, "round {round}: nothing unloaded");
+    }
+    // The most recently used (echo) is the one kept.
+    let (_, loads_before, _) = code_counts(&meshd).await;
+    let reply = client.post(&meshd.url("/echo/x"), "hi").await;
+    assert_eq!(reply.json()["body_length"], 2);
+    let (loaded, loads, _) = code_counts(&meshd).await;
+    assert_eq!((loaded, loads), (1.0, loads_before));
+}
+
+/// Waits (at most 10 s) until exactly `loaded` versions have their code
+/// loaded.
+async fn wait_for_loaded(meshd: &Meshd, loaded: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (now, _, _) = code_counts(meshd).await;
+        if now == loaded {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} versions loaded, waiting for {loaded}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `done` every 20 ms for at most 10 s.
 fn wait_until(done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);

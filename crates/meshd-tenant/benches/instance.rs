@@ -62,6 +62,7 @@ fn bench(c: &mut Criterion) {
             max_compile_time: std::time::Duration::from_secs(600),
             memory_reset: None,
             idle_unload: None,
+            max_loaded: None,
         },
         kv,
     )

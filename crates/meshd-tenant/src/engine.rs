@@ -99,6 +99,9 @@ pub struct RuntimeConfig {
     /// How long a version's code may go unused before it is unloaded
     /// (`--idle-unload`); `None`: never.
     pub idle_unload: Option<Duration>,
+    /// Most versions with their code loaded at once (`--max-loaded`); past
+    /// it the least recently used are unloaded. `None`: no bound.
+    pub max_loaded: Option<usize>,
     /// Longest one app's compile may take (`--max-compile-time`).
     pub max_compile_time: Duration,
     /// How freed instance memory is reset (`--memory-reset`); `None`: by
@@ -195,8 +198,11 @@ impl Runtime {
         let resolver = Arc::new(Resolver::new(&config.resolver)?);
         let cache = ArtifactCache::open(&config.cache_dir, &engine)?;
         let ticker = EpochTicker::start(&engine).context("cannot start the epoch thread")?;
-        let resident = crate::resident::Resident::start(config.idle_unload)
-            .context("cannot start the idle-unload thread")?;
+        let resident = crate::resident::Resident::start(crate::resident::UnloadPolicy {
+            idle: config.idle_unload,
+            max_loaded: config.max_loaded,
+        })
+        .context("cannot start the code-unload thread")?;
         Ok(Arc::new(Runtime {
             engine,
             linker,

@@ -1,14 +1,15 @@
 //! Which versions have their compiled code in memory (issue #17): a version's
 //! code (its mapped `.cwasm` and pre-instance) is loaded on first use when the
 //! version started unloaded, and dropped again after `--idle-unload` without
-//! a request. The next request loads it back from the compile cache (by
-//! digest), or compiles it from the `.wasm` its [`WasmSource`] gives when the
-//! cache entry is gone.
+//! a request, or when more than `--max-loaded` versions are loaded (the least
+//! recently used go first). The next request loads it back from the compile
+//! cache (by digest), or compiles it from the `.wasm` its [`WasmSource`]
+//! gives when the cache entry is gone.
 //!
 //! The request path pays one atomic load (`ArcSwapOption::load`) to find the
-//! loaded code and, only with `--idle-unload`, a clock read and a relaxed
-//! store of the time when the millisecond changed; only a request that finds
-//! the code unloaded takes the version's load lock.
+//! loaded code and, only with `--idle-unload` or `--max-loaded`, a clock read
+//! and a relaxed store of the time when the millisecond changed; only a
+//! request that finds the code unloaded takes the version's load lock.
 
 use crate::cache::CacheOutcome;
 use crate::engine::{Runtime, SharedCode};
@@ -17,7 +18,7 @@ use crate::version::IdleInstance;
 use arc_swap::ArcSwapOption;
 use meshd_artifacts::Digest;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
@@ -175,6 +176,7 @@ impl VersionCode {
                 if self.loaded.swap(Some(Arc::new(loaded))).is_none() {
                     self.resident.loaded.fetch_add(1, Ordering::Relaxed);
                 }
+                self.resident.sweep_if_over_capacity();
                 self.resident.loads.fetch_add(1, Ordering::Relaxed);
                 *last_failure = None;
                 if let CacheOutcome::Replaced(reason) = &cache {
@@ -289,12 +291,42 @@ pub(crate) fn pre_instantiate(
     ProxyPre::new(instance_pre).map_err(|e| crate::load::LoadError::NotHttp(format!("{e:#}")))
 }
 
+/// When code is unloaded: the operator's `--idle-unload` and `--max-loaded`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UnloadPolicy {
+    /// Unload a version's code once it has had no request for this long.
+    pub(crate) idle: Option<Duration>,
+    /// Most versions with their code loaded at once; past it the least
+    /// recently used are unloaded.
+    pub(crate) max_loaded: Option<usize>,
+}
+
+impl UnloadPolicy {
+    /// Whether code is ever unloaded.
+    fn unloads(&self) -> bool {
+        self.idle.is_some() || self.max_loaded.is_some()
+    }
+
+    /// How often the sweeper looks: four times per idle period, so code goes
+    /// within 1.25x of it; at most once a second, at least every 10 ms. A
+    /// load past `max_loaded` wakes it at once.
+    fn sweep_every(&self) -> Duration {
+        match self.idle {
+            Some(idle) => (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            None => Duration::from_secs(1),
+        }
+    }
+}
+
 /// The runtime's view of every version's code: how many are loaded, and the
-/// sweeper that unloads idle ones.
+/// sweeper that unloads idle ones and keeps the count under `max_loaded`.
 pub(crate) struct Resident {
-    /// Whether code is ever unloaded (`--idle-unload` set): only then do
-    /// requests note when they last used it.
+    /// Whether code is ever unloaded: only then do requests note when they
+    /// last used it.
     tracks_use: bool,
+    policy: UnloadPolicy,
+    /// The sweeper thread, unparked when a load goes past `max_loaded`.
+    sweeper: OnceLock<std::thread::Thread>,
     clock: Instant,
     versions: Mutex<Vec<Weak<VersionCode>>>,
     loaded: AtomicUsize,
@@ -316,48 +348,56 @@ pub struct ResidentStats {
 }
 
 impl Resident {
-    /// The registry, and its sweeper thread when `idle_unload` is set (the
-    /// thread ends soon after the registry is dropped). `None`: code stays
+    /// The registry, and its sweeper thread when `policy` ever unloads (the
+    /// thread ends soon after the registry is dropped). Otherwise code stays
     /// loaded as long as its version lives.
-    pub(crate) fn start(idle_unload: Option<Duration>) -> std::io::Result<Arc<Self>> {
+    pub(crate) fn start(policy: UnloadPolicy) -> std::io::Result<Arc<Self>> {
         let resident = Arc::new(Resident {
-            tracks_use: idle_unload.is_some(),
+            tracks_use: policy.unloads(),
+            policy,
+            sweeper: OnceLock::new(),
             clock: Instant::now(),
             versions: Mutex::new(Vec::new()),
             loaded: AtomicUsize::new(0),
             loads: AtomicU64::new(0),
             unloads: AtomicU64::new(0),
         });
-        if let Some(idle) = idle_unload {
-            // Looks four times per idle period, so code goes within 1.25x of
-            // it; at most once a second, at least every 10 ms.
-            let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if policy.unloads() {
+            let every = policy.sweep_every();
             let weak = Arc::downgrade(&resident);
-            std::thread::Builder::new()
+            let sweeper = std::thread::Builder::new()
                 .name("meshd-unload".into())
                 .spawn(move || loop {
-                    std::thread::sleep(every);
+                    std::thread::park_timeout(every);
                     match weak.upgrade() {
-                        Some(resident) => resident.sweep(idle),
+                        Some(resident) => resident.sweep(),
                         None => break,
                     }
                 })?;
+            let _ = resident.sweeper.set(sweeper.thread().clone());
         }
         Ok(resident)
+    }
+
+    /// Wakes the sweeper if more versions are loaded than `max_loaded`.
+    fn sweep_if_over_capacity(&self) {
+        let Some(max) = self.policy.max_loaded else {
+            return;
+        };
+        if self.loaded.load(Ordering::Relaxed) > max {
+            if let Some(sweeper) = self.sweeper.get() {
+                sweeper.unpark();
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Unloads the code of every version unused for `idle`.
-    fn sweep(&self, idle: Duration) {
-        let Some(cutoff) = self
-            .now_ms()
-            .checked_sub(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
-        else {
-            return;
-        };
+    /// Unloads the code of every version unused for the idle period, then
+    /// the least recently used ones while more than `max_loaded` are loaded.
+    fn sweep(&self) {
         let live: Vec<Arc<VersionCode>> = {
             let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
             versions.retain(|v| v.strong_count() > 0);
@@ -365,13 +405,57 @@ impl Resident {
         };
         // Unmapping happens here, outside the registry's lock.
         let mut unloaded = 0;
-        for code in &live {
-            unloaded += usize::from(code.unload_if_idle(cutoff));
+        let idle_cutoff = self.policy.idle.and_then(|idle| {
+            self.now_ms()
+                .checked_sub(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX))
+        });
+        if let Some(cutoff) = idle_cutoff {
+            for code in &live {
+                unloaded += usize::from(code.unload_if_idle(cutoff));
+            }
+        }
+        if let Some(max) = self.policy.max_loaded {
+            unloaded += self.unload_least_recently_used(&live, max);
         }
         drop(live);
         if unloaded > 0 {
             release_free_heap();
         }
+    }
+
+    /// Unloads loaded versions, least recently used first, until at most
+    /// `max` are loaded. A version used again since the sweep looked is
+    /// skipped (it is no longer the least recently used). Returns how many
+    /// it unloaded.
+    fn unload_least_recently_used(&self, live: &[Arc<VersionCode>], max: usize) -> usize {
+        let mut excess = self.loaded.load(Ordering::Relaxed).saturating_sub(max);
+        if excess == 0 {
+            return 0;
+        }
+        let mut loaded: Vec<(u64, &Arc<VersionCode>)> = live
+            .iter()
+            .filter(|code| code.is_loaded())
+            .map(|code| (code.last_used.load(Ordering::Relaxed), code))
+            .collect();
+        loaded.sort_unstable_by_key(|(last_used, _)| *last_used);
+        let mut unloaded = 0;
+        for (last_used, code) in loaded {
+            if excess == 0 {
+                break;
+            }
+            if code.unload_if_idle(last_used) {
+                unloaded += 1;
+                excess -= 1;
+            }
+        }
+        if unloaded > 0 {
+            tracing::debug!(
+                unloaded,
+                max_loaded = max,
+                "unloaded the least recently used apps' code"
+            );
+        }
+        unloaded
     }
 
     pub(crate) fn stats(&self) -> ResidentStats {

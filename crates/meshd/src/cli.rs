@@ -369,6 +369,15 @@ pub struct Args {
     #[arg(long, env = "MESHD_IDLE_UNLOAD", value_parser = meshd_apps::parse_duration, value_name = "DURATION")]
     pub idle_unload: Option<Duration>,
 
+    /// Most app versions whose compiled code is in memory at once. Past it
+    /// the least recently used are unloaded (their next request loads them
+    /// back from the compile cache, a few ms). Each loaded version holds
+    /// about 85 KB of memory that cannot be reclaimed without swap, besides
+    /// its mapped code: this bounds it, e.g. to fit a memory cgroup. No
+    /// bound by default. Also `max_loaded` in meshd.toml.
+    #[arg(long, env = "MESHD_MAX_LOADED", value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_loaded: Option<u32>,
+
     /// Threads that serve requests and run guests (default: one per CPU).
     /// Leave a core free when something busy shares the machine (a load
     /// generator, a proxy): more runnable threads than cores make the OS

@@ -30,6 +30,10 @@ pub struct DaemonConfig {
     /// off]
     #[serde(default, with = "humantime_option")]
     pub idle_unload: Option<std::time::Duration>,
+    /// `max_loaded = 2000`: as `--max-loaded` (the flag wins). [default: no
+    /// bound]
+    #[serde(default)]
+    pub max_loaded: Option<std::num::NonZeroU32>,
 }
 
 /// `[acme]`: certificates obtained and renewed by meshd from an ACME CA,
@@ -390,6 +394,15 @@ mod tests {
         );
         assert_eq!(DaemonConfig::default().idle_unload, None);
         assert!(toml::from_str::<DaemonConfig>("idle_unload = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn max_loaded_is_a_positive_count_and_unbounded_by_default() {
+        let config: DaemonConfig = toml::from_str("max_loaded = 2000").unwrap();
+        assert_eq!(config.max_loaded.map(|n| n.get()), Some(2000));
+        assert_eq!(DaemonConfig::default().max_loaded, None);
+        assert!(toml::from_str::<DaemonConfig>("max_loaded = 0").is_err());
+        assert!(toml::from_str::<DaemonConfig>("max_loaded = -1").is_err());
     }
 
     #[test]

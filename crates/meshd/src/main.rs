@@ -324,6 +324,10 @@ async fn run(
             max_compile_time: args.max_compile_time,
             memory_reset: args.memory_reset.chosen(),
             idle_unload: args.idle_unload.or(daemon_config.idle_unload),
+            max_loaded: args
+                .max_loaded
+                .or(daemon_config.max_loaded.map(|n| n.get()))
+                .map(|n| n as usize),
         },
         kv,
     )?;
