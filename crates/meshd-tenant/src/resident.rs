@@ -379,12 +379,16 @@ impl Resident {
         Ok(resident)
     }
 
+    /// Whether more versions are loaded than `max_loaded`.
+    fn over_capacity(&self) -> bool {
+        self.policy
+            .max_loaded
+            .is_some_and(|max| self.loaded.load(Ordering::Relaxed) > max)
+    }
+
     /// Wakes the sweeper if more versions are loaded than `max_loaded`.
     fn sweep_if_over_capacity(&self) {
-        let Some(max) = self.policy.max_loaded else {
-            return;
-        };
-        if self.loaded.load(Ordering::Relaxed) > max {
+        if self.over_capacity() {
             if let Some(sweeper) = self.sweeper.get() {
                 sweeper.unpark();
             }
@@ -398,6 +402,11 @@ impl Resident {
     /// Unloads the code of every version unused for the idle period, then
     /// the least recently used ones while more than `max_loaded` are loaded.
     fn sweep(&self) {
+        // With only a bound, a sweep under it has nothing to do: skip the
+        // walk over every version.
+        if self.policy.idle.is_none() && !self.over_capacity() {
+            return;
+        }
         let live: Vec<Arc<VersionCode>> = {
             let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
             versions.retain(|v| v.strong_count() > 0);
