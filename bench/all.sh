@@ -11,6 +11,8 @@
 #                against native hyper and `wasmtime serve`, plus h2c
 #   rps-reuse    PIN=1 ROUNDS=3 REUSE=1000 bench/rps.sh: the reuse path,
 #                wrk on a core of its own
+#   instructions bench/instructions.sh: instructions per request under
+#                callgrind, native hyper / wasmtime serve / meshd
 #   instance     cargo bench -p meshd-tenant --bench instance (criterion):
 #                one instantiation, median
 #   scale        bench/scale.sh: 1,000 tenants against 1
@@ -32,7 +34,7 @@ set -euo pipefail
 BENCH_NAME=all
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL=(rps-fresh rps-reuse instance scale distinct swap noisy heavy restart)
+ALL=(rps-fresh rps-reuse instructions instance scale distinct swap noisy heavy restart)
 read -r -a RUN <<<"${ONLY:-${ALL[*]}}"
 OUT="$REPO/target/bench/all"
 mkdir -p "$OUT"
@@ -92,6 +94,7 @@ for name in "${RUN[@]}"; do
     case "$name" in
         rps-fresh) run_bench rps-fresh ROUNDS=3 -- "$BENCH_DIR/rps.sh" ;;
         rps-reuse) run_bench rps-reuse PIN=1 ROUNDS=3 REUSE=1000 -- "$BENCH_DIR/rps.sh" ;;
+        instructions) run_bench instructions -- "$BENCH_DIR/instructions.sh" ;;
         instance) run_instance_bench ;;
         scale) run_bench scale -- "$BENCH_DIR/scale.sh" ;;
         distinct) run_bench distinct TENANTS="${TENANTS:-10000}" -- "$BENCH_DIR/distinct.sh" ;;

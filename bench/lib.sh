@@ -156,6 +156,15 @@ need_wasmtime_cli() {
     fi
 }
 
+# need_native_hello: sets NATIVE to bench/native-hello (a hyper server
+# answering the hello greeting), built in release under target/bench.
+need_native_hello() {
+    log "building native-hello (release)"
+    (cd "$REPO" && nice -n 10 cargo build --release --locked \
+        --manifest-path bench/native-hello/Cargo.toml --target-dir "$REPO/target/bench")
+    NATIVE="$REPO/target/bench/release/native-hello"
+}
+
 # A server under measurement other than the one in MESHD_PID (native hyper,
 # wasmtime serve), one at a time, stopped like meshd. A script that uses it
 # sets `trap 'stop_server; cleanup' EXIT`.

@@ -100,7 +100,6 @@ fi
 BENCH_NAME=rps
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-BENCH_TARGET="$REPO/target/bench"
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-32}"
@@ -136,10 +135,7 @@ nice -n 10 cargo build --release --target wasm32-wasip2 \
 HELLO_WASM="$REPO/target/guests/wasm32-wasip2/release/hello.wasm"
 [[ -f "$HELLO_WASM" ]] || die "no $HELLO_WASM after the guest build"
 
-log "building native-hello (release)"
-nice -n 10 cargo build --release --locked --manifest-path bench/native-hello/Cargo.toml \
-    --target-dir "$BENCH_TARGET"
-NATIVE="$BENCH_TARGET/release/native-hello"
+need_native_hello
 
 # --- running one server ------------------------------------------------------
 

@@ -2,7 +2,8 @@
 //! the prefix, and turn every failure into a short plain-text response.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use meshd_registry::{Registry, Side};
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The header that tells an app where it is mounted (absent for `/`).
-pub const FORWARDED_PREFIX: &str = "x-forwarded-prefix";
+pub static FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// Every response meshd sends: a guest's streamed body or a short message of
 /// meshd's own.
@@ -92,9 +93,9 @@ where
 
     // The prefix header is ours to set: a client must not spoof it.
     let headers = req.headers_mut();
-    headers.remove(FORWARDED_PREFIX);
+    headers.remove(&FORWARDED_PREFIX);
     if let Some(prefix) = prefix_header {
-        headers.insert(FORWARDED_PREFIX, prefix);
+        headers.insert(FORWARDED_PREFIX.clone(), prefix);
     }
 
     let started = Instant::now();
@@ -134,7 +135,10 @@ fn rewrite_uri(uri: &Uri, app_path: &str) -> Result<Uri, http::Error> {
         None => app_path.to_owned(),
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(path_and_query.parse()?);
+    // Handed over as it is: parsing a `&str` would copy it once more.
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(
+        path_and_query,
+    ))?);
     Ok(Uri::from_parts(parts)?)
 }
 

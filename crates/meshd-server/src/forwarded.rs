@@ -6,30 +6,66 @@
 //! (`--trusted-proxies`): then meshd appends its own hop to what the proxy
 //! said; from anyone else the headers are replaced.
 
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 
 /// `forwarded` (RFC 7239).
-pub const FORWARDED: &str = "forwarded";
+pub static FORWARDED: HeaderName = http::header::FORWARDED;
 /// The de-facto `x-forwarded-for`.
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The de-facto `x-forwarded-proto`.
-pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The connection a request came on, as its listener saw it; a request
 /// extension set by the front door for every request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConn {
     /// The client's address: the TCP peer, or the address a PROXY protocol
     /// header named.
     pub client: SocketAddr,
     /// Whether the connection is TLS (the scheme the client used).
     pub tls: bool,
+    /// This hop's forwarded values, rendered once for the connection
+    /// rather than for each of its requests (a request's copies share the
+    /// bytes).
+    hop: Hop,
+}
+
+/// What meshd adds to the forwarded headers for one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hop {
+    /// `for=192.0.2.9;proto=http`, the `forwarded` element.
+    element: HeaderValue,
+    /// `192.0.2.9`, the `x-forwarded-for` entry.
+    address: HeaderValue,
 }
 
 impl ClientConn {
+    /// A connection from `client`, over TLS or not.
+    pub fn new(client: SocketAddr, tls: bool) -> Self {
+        let ip = client.ip().to_canonical();
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            // RFC 7239 section 6: an IPv6 address is bracketed and quoted.
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let proto = if tls { "https" } else { "http" };
+        // An address and a scheme: always a valid header value.
+        let valid = |text: String| {
+            HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        };
+        ClientConn {
+            client,
+            tls,
+            hop: Hop {
+                element: valid(format!("for={node};proto={proto}")),
+                address: valid(ip.to_string()),
+            },
+        }
+    }
+
     /// `https` or `http`.
     pub fn proto(&self) -> &'static str {
         if self.tls {
@@ -92,26 +128,23 @@ impl std::fmt::Display for TrustedProxies {
 /// Sets the forwarded headers of a request that came on `conn`: appended
 /// to what a trusted proxy sent, replacing what anyone else sent.
 pub fn set_forwarded(headers: &mut HeaderMap, conn: &ClientConn, trusted: &TrustedProxies) {
-    let ip = conn.ip();
-    let trust = trusted.contains(ip);
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        // RFC 7239 section 6: an IPv6 address is bracketed and quoted.
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let element = format!("for={node};proto={}", conn.proto());
-    append_or_replace(headers, FORWARDED, &element, trust);
-    append_or_replace(headers, X_FORWARDED_FOR, &ip.to_string(), trust);
+    // Most front doors trust no proxy: no need to look at the address.
+    let trust = !trusted.is_empty() && trusted.contains(conn.ip());
+    append_or_replace(headers, &FORWARDED, &conn.hop.element, trust);
+    append_or_replace(headers, &X_FORWARDED_FOR, &conn.hop.address, trust);
     // One value, the scheme the original client used: a trusted proxy's
     // stands, since it saw that client.
-    if !(trust && headers.contains_key(X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.proto()));
+    if !(trust && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(conn.proto()),
+        );
     }
 }
 
 /// Sets `name` to `ours`, after the values already there (all its lines,
 /// joined as one list) when `keep` is true.
-fn append_or_replace(headers: &mut HeaderMap, name: &'static str, ours: &str, keep: bool) {
+fn append_or_replace(headers: &mut HeaderMap, name: &HeaderName, ours: &HeaderValue, keep: bool) {
     let mut value = Vec::new();
     if keep {
         for existing in headers.get_all(name) {
@@ -119,11 +152,17 @@ fn append_or_replace(headers: &mut HeaderMap, name: &'static str, ours: &str, ke
             value.extend_from_slice(b", ");
         }
     }
-    value.extend_from_slice(ours.as_bytes());
-    // Made of valid header values and an address: always valid.
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
-        headers.insert(name, value);
-    }
+    let value = if value.is_empty() {
+        ours.clone()
+    } else {
+        value.extend_from_slice(ours.as_bytes());
+        // Made of valid header values: always valid.
+        match HeaderValue::from_bytes(&value) {
+            Ok(value) => value,
+            Err(_) => ours.clone(),
+        }
+    };
+    headers.insert(name.clone(), value);
 }
 
 #[cfg(test)]
@@ -131,18 +170,15 @@ mod tests {
     use super::*;
 
     fn conn(client: &str, tls: bool) -> ClientConn {
-        ClientConn {
-            client: client.parse().unwrap(),
-            tls,
-        }
+        ClientConn::new(client.parse().unwrap(), tls)
     }
 
     fn spoofed() -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
-        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(&FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         headers
     }
 
@@ -151,10 +187,10 @@ mod tests {
         let mut headers = spoofed();
         let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
         set_forwarded(&mut headers, &conn("192.0.2.9:5000", false), &trusted);
-        assert_eq!(headers[FORWARDED], "for=192.0.2.9;proto=http");
-        assert_eq!(headers.get_all(X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.9");
-        assert_eq!(headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(headers[&FORWARDED], "for=192.0.2.9;proto=http");
+        assert_eq!(headers.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.9");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "http");
     }
 
     #[test]
@@ -166,15 +202,15 @@ mod tests {
             &conn("[::ffff:10.1.2.3]:5000", true),
             &trusted,
         );
-        assert_eq!(headers[FORWARDED], "for=1.1.1.1, for=10.1.2.3;proto=https");
-        assert_eq!(headers[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
-        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&FORWARDED], "for=1.1.1.1, for=10.1.2.3;proto=https");
+        assert_eq!(headers[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
 
         let mut headers = HeaderMap::new();
         set_forwarded(&mut headers, &conn("[::1]:5000", true), &trusted);
-        assert_eq!(headers[FORWARDED], "for=\"[::1]\";proto=https");
-        assert_eq!(headers[X_FORWARDED_FOR], "::1");
-        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&FORWARDED], "for=\"[::1]\";proto=https");
+        assert_eq!(headers[&X_FORWARDED_FOR], "::1");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
     }
 
     #[test]

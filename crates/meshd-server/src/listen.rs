@@ -145,20 +145,20 @@ pub async fn serve(
         let edge = edge.clone();
         async move {
             let arrival = access_log.then(|| Arrival::of(&req));
-            let conn = req.extensions().get::<ClientConn>().copied();
+            let conn = req.extensions().get::<ClientConn>().cloned();
             let challenge = edge
                 .challenges
                 .as_ref()
                 .and_then(|challenges| challenges.respond(&req));
-            let redirect = challenge.or_else(|| match (&edge.redirect, conn) {
+            let redirect = challenge.or_else(|| match (&edge.redirect, &conn) {
                 (Some(redirect), Some(conn)) if !conn.tls => redirect.respond(&req),
                 _ => None,
             });
             let (resp, served_by) = match redirect {
                 Some(resp) => (resp, None),
                 None => {
-                    if let Some(conn) = conn {
-                        set_forwarded(req.headers_mut(), &conn, &edge.trusted_proxies);
+                    if let Some(conn) = &conn {
+                        set_forwarded(req.headers_mut(), conn, &edge.trusted_proxies);
                     }
                     dispatch_to(&registry, req).await
                 }
@@ -415,10 +415,7 @@ async fn begin_connection(
         rest = after;
     }
     let stream = Replay::new(rest, stream);
-    let conn = ClientConn {
-        client,
-        tls: listener.tls.is_some(),
-    };
+    let conn = ClientConn::new(client, listener.tls.is_some());
     match &listener.tls {
         None => Ok((Begun::Plain(stream), conn)),
         Some(acceptor) => {
@@ -455,9 +452,13 @@ where
         let handler = shared.handler.clone();
         let (stopping, http2) = (stopping.clone(), http2.clone());
         service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(conn);
-            req.extensions_mut()
-                .insert(meshd_tenant::ClientScheme { https: conn.tls });
+            let tls = conn.tls;
+            req.extensions_mut().insert(conn.clone());
+            // Absent means plain HTTP: one extension less on most requests.
+            if tls {
+                req.extensions_mut()
+                    .insert(meshd_tenant::ClientScheme { https: true });
+            }
             let is_http1 = req.version() < http::Version::HTTP_2;
             if !is_http1 {
                 http2.store(true, Ordering::Relaxed);

@@ -115,7 +115,23 @@ impl OutboundPolicy {
     }
 }
 
+/// wasmtime-wasi-http's forbidden headers, built once: the crate's own is a
+/// `const` array, made and dropped again at every use.
+static FORBIDDEN_HEADERS: [http::HeaderName; 9] = wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS;
+
+/// Whether a guest may neither see nor send the header `name`.
+fn is_forbidden_header(name: &http::HeaderName) -> bool {
+    FORBIDDEN_HEADERS.contains(name)
+}
+
 impl WasiHttpHooks for OutboundPolicy {
+    /// The crate's default rule, without its cost: the default method asks
+    /// [`WasiHttpHooks::forbidden_header_filter`] for a new `Arc` closure on
+    /// every call, once per header of every request and response.
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        is_forbidden_header(name)
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -190,5 +206,35 @@ impl WasiHttpHooks for OutboundPolicy {
             });
             Ok((response, io))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forbidden_headers_are_wasmtime_wasi_https() {
+        let default_rule = wasmtime_wasi_http::default_hooks().forbidden_header_filter();
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-authorization",
+            "proxy-connection",
+        ]
+        .into_iter()
+        .chain(["transfer-encoding", "upgrade", "host", "http2-settings"])
+        .chain([
+            "proxy-authenticate",
+            "authorization",
+            "content-type",
+            "x-forwarded-for",
+        ]);
+        for name in names {
+            let name = http::HeaderName::from_static(name);
+            assert_eq!(is_forbidden_header(&name), default_rule(&name), "{name}");
+        }
+        assert!(is_forbidden_header(&http::header::HOST));
+        assert!(!is_forbidden_header(&http::header::CONTENT_TYPE));
     }
 }
