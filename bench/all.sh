@@ -2,7 +2,7 @@
 # Every benchmark, one after another, and one table at the end: each figure
 # an issue targets, what was measured, the target, and whether it is met.
 #
-#   bash bench/all.sh            # everything (about 25 minutes on 2 cores)
+#   bash bench/all.sh            # everything (about 30 minutes on 2 cores)
 #   ONLY="rps heavy" bash bench/all.sh
 #
 # The benchmarks (each compares against its own baseline in the same run;
