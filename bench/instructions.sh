@@ -52,16 +52,6 @@ find_meshd
 need_guests hello
 HELLO_WASM="$GUESTS/hello.wasm"
 
-# A loopback port nobody is listening on.
-free_port() {
-    local port="$NEXT_PORT"
-    while (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
-        port=$((port + 1))
-    done
-    NEXT_PORT=$((port + 1))
-    echo "$port"
-}
-
 declare -A PER_REQUEST
 
 # count NAME PORT COMMAND...: runs COMMAND under callgrind, waits until

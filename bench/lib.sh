@@ -165,6 +165,17 @@ need_native_hello() {
     NATIVE="$REPO/target/bench/release/native-hello"
 }
 
+# free_port: a loopback port nobody is listening on, the first from
+# NEXT_PORT up (the script sets NEXT_PORT, from its BENCH_PORT).
+free_port() {
+    local port="${NEXT_PORT:-18080}"
+    while (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
+        port=$((port + 1))
+    done
+    NEXT_PORT=$((port + 1))
+    echo "$port"
+}
+
 # A server under measurement other than the one in MESHD_PID (native hyper,
 # wasmtime serve), one at a time, stopped like meshd. A script that uses it
 # sets `trap 'stop_server; cleanup' EXIT`.

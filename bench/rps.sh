@@ -139,16 +139,6 @@ need_native_hello
 
 # --- running one server ------------------------------------------------------
 
-# A loopback port nobody is listening on.
-free_port() {
-    local port="$NEXT_PORT"
-    while (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; do
-        port=$((port + 1))
-    done
-    NEXT_PORT=$((port + 1))
-    echo "$port"
-}
-
 wait_ready() {
     local url="$1" log_file="$2"
     for _ in $(seq 600); do
