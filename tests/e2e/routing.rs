@@ -57,6 +57,30 @@ async fn client_cannot_spoof_the_forwarded_prefix() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_and_proxy_headers_never_reach_the_guest() {
+    let apps = AppsDir::with(&["echo"]);
+    let meshd = Meshd::start(apps.path());
+    let req = http::Request::builder()
+        .uri(meshd.url("/echo/x"))
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("proxy-connection", "keep-alive")
+        .header("http2-settings", "AAMAAABkAAQAAP__")
+        .header("x-kept", "yes")
+        .body(crate::support::empty())
+        .unwrap();
+    let reply = Client::http1().fetch(req).await.unwrap();
+    assert_eq!(reply.status, 200);
+    let headers = &reply.json()["headers"];
+    for name in ["proxy-authorization", "proxy-connection", "http2-settings"] {
+        assert!(
+            headers.get(name).is_none(),
+            "the guest saw {name}: {headers}"
+        );
+    }
+    assert_eq!(headers["x-kept"], "yes", "{headers}");
+}
+
+#[tokio::test]
 async fn longest_prefix_wins_and_root_catches_the_rest() {
     let apps = AppsDir::new();
     apps.deploy("site", "echo");
