@@ -51,7 +51,7 @@ impl ClientConn {
             // RFC 7239 section 6: an IPv6 address is bracketed and quoted.
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
-        let proto = if tls { "https" } else { "http" };
+        let proto = scheme(tls);
         // An address and a scheme: always a valid header value.
         let valid = |text: String| {
             HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
@@ -68,16 +68,21 @@ impl ClientConn {
 
     /// `https` or `http`.
     pub fn proto(&self) -> &'static str {
-        if self.tls {
-            "https"
-        } else {
-            "http"
-        }
+        scheme(self.tls)
     }
 
     /// The client's IP address, an IPv4-mapped IPv6 address as IPv4.
     pub fn ip(&self) -> IpAddr {
         self.client.ip().to_canonical()
+    }
+}
+
+/// `https` over TLS, else `http`.
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
     }
 }
 
