@@ -134,8 +134,8 @@ impl<'a> RequestHost<'a> {
                 _ => (host, Some(rest.strip_prefix(':').ok_or_else(bad)?)),
             }
         } else {
-            match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
+            match authority.bytes().position(|b| b == b':') {
+                Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
                 None => (authority, None),
             }
         };
@@ -143,17 +143,12 @@ impl<'a> RequestHost<'a> {
             return Err(bad());
         }
         let host = host.strip_suffix('.').unwrap_or(host);
-        if !host.starts_with('[') {
-            let name_chars = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-            let valid = !host.is_empty()
-                && host
-                    .split('.')
-                    .all(|label| !label.is_empty() && label.bytes().all(name_chars));
-            if !valid {
-                return Err(bad());
-            }
-        }
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        let has_upper = if host.starts_with('[') {
+            host.bytes().any(|b| b.is_ascii_uppercase())
+        } else {
+            domain_has_upper(host).ok_or_else(bad)?
+        };
+        let host = if has_upper {
             Cow::Owned(host.to_ascii_lowercase())
         } else {
             Cow::Borrowed(host)
@@ -174,6 +169,27 @@ impl<'a> RequestHost<'a> {
         }
         self.0.split_once('.').map(|(_, domain)| domain)
     }
+}
+
+/// Checks a request's host name (no port, no trailing dot) in one pass:
+/// labels of letters, digits, `-` and `_`, none empty. `Some(true)` when it
+/// has upper-case letters, `None` when it is not such a name. (One pass
+/// because this runs for every request.)
+fn domain_has_upper(host: &str) -> Option<bool> {
+    let (mut label_len, mut has_upper) = (0usize, false);
+    for b in host.bytes() {
+        match b {
+            b'.' if label_len == 0 => return None,
+            b'.' => label_len = 0,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => label_len += 1,
+            b'A'..=b'Z' => {
+                label_len += 1;
+                has_upper = true;
+            }
+            _ => return None,
+        }
+    }
+    (label_len > 0).then_some(has_upper)
 }
 
 impl fmt::Display for RequestHost<'_> {
@@ -279,6 +295,10 @@ mod tests {
         assert_eq!(request("[::1]:8080"), Some("[::1]".into()));
         assert_eq!(request("[FE80::1]"), Some("[fe80::1]".into()));
         assert_eq!(request("localhost:"), Some("localhost".into()));
+        assert_eq!(
+            request("My_Host-1.Example"),
+            Some("my_host-1.example".into())
+        );
         assert_eq!(request(""), None);
     }
 
@@ -290,6 +310,8 @@ mod tests {
             "shop example.com",
             "shop.example.com:http",
             "a..b",
+            "a..",
+            "A..B:80",
             ".",
             ":80",
             "[::1",

@@ -248,9 +248,12 @@ impl<T> RouteTable<T> {
             if let Some(found) = exact.and_then(|paths| paths.route(path)) {
                 return Some(found);
             }
-            let wildcard = host.wildcard_domain().and_then(|d| self.wildcard.get(d));
-            if let Some(found) = wildcard.and_then(|paths| paths.route(path)) {
-                return Some(found);
+            // (Most tables have no wildcard: then no need to cut the host.)
+            if !self.wildcard.is_empty() {
+                let wildcard = host.wildcard_domain().and_then(|d| self.wildcard.get(d));
+                if let Some(found) = wildcard.and_then(|paths| paths.route(path)) {
+                    return Some(found);
+                }
             }
         }
         self.any_host.route(path)

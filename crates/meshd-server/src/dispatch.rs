@@ -22,7 +22,7 @@ pub type ResponseBody = Either<meshd_tenant::ResponseBody, Full<Bytes>>;
 /// fails: every error becomes a response.
 pub async fn dispatch<B>(registry: &Registry, req: Request<B>) -> Response<ResponseBody>
 where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<meshd_tenant::BodyError>,
 {
     dispatch_to(registry, req).await.0
@@ -38,7 +38,7 @@ pub(crate) async fn dispatch_to<B>(
     mut req: Request<B>,
 ) -> (Response<ResponseBody>, ServedBy)
 where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<meshd_tenant::BodyError>,
 {
     // When meshd answers itself, the request's body may not have been read

@@ -14,9 +14,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::Error;
 
 /// A request body that fails once more than `limit` bytes have arrived, and
-/// says so through a shared flag. Nothing past the limit is read.
+/// says so through a shared flag. Nothing past the limit is read. (`B` is
+/// `Unpin`, as hyper's `Incoming` is, so it needs no box of its own.)
 pub struct LimitedBody<B> {
-    inner: Pin<Box<B>>,
+    inner: B,
     left: u64,
     limit: u64,
     exceeded: Arc<AtomicBool>,
@@ -27,7 +28,7 @@ impl<B> LimitedBody<B> {
     pub fn new(inner: B, limit: u64) -> (Self, Arc<AtomicBool>) {
         let exceeded = Arc::new(AtomicBool::new(false));
         let body = LimitedBody {
-            inner: Box::pin(inner),
+            inner,
             left: limit,
             limit,
             exceeded: exceeded.clone(),
@@ -38,7 +39,7 @@ impl<B> LimitedBody<B> {
 
 impl<B> Body for LimitedBody<B>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Error>,
 {
     type Data = Bytes;
@@ -51,7 +52,7 @@ where
         if self.exceeded.load(Ordering::Relaxed) {
             return Poll::Ready(Some(Err(Error::HttpRequestBodySize(Some(self.limit)))));
         }
-        let frame = match self.inner.as_mut().poll_frame(cx) {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
@@ -74,6 +75,33 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// What a request's guest and its response body share (one allocation for
+/// both): the request's place in its version's in-flight count, held until
+/// both are gone, and whether the guest failed.
+pub(crate) struct GuestShare {
+    _version_slot: InFlightGuard,
+    guest_failed: AtomicBool,
+}
+
+impl GuestShare {
+    pub(crate) fn new(version_slot: InFlightGuard) -> Arc<Self> {
+        Arc::new(GuestShare {
+            _version_slot: version_slot,
+            guest_failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Says the guest failed. Set before its Store (which feeds the response
+    /// body) is dropped, so the body sees the failure when it ends.
+    pub(crate) fn set_guest_failed(&self) {
+        self.guest_failed.store(true, Ordering::Release);
+    }
+
+    fn guest_failed(&self) -> bool {
+        self.guest_failed.load(Ordering::Acquire)
     }
 }
 
@@ -118,17 +146,12 @@ pub struct ResponseBody {
     declared: Option<u64>,
     /// The task of a guest that is still writing this body.
     writer: Option<AbortHandle>,
-    guest_failed: Arc<AtomicBool>,
-    /// The request's place in its version's in-flight count (draining).
-    _version_slot: Arc<InFlightGuard>,
+    /// The version slot and the guest's failure, shared with the guest.
+    share: Arc<GuestShare>,
 }
 
 impl ResponseBody {
-    pub(crate) fn new(
-        body: HyperOutgoingBody,
-        guest_failed: Arc<AtomicBool>,
-        version_slot: Arc<InFlightGuard>,
-    ) -> Self {
+    pub(crate) fn new(body: HyperOutgoingBody, share: Arc<GuestShare>) -> Self {
         ResponseBody {
             body,
             collected: VecDeque::new(),
@@ -139,8 +162,7 @@ impl ResponseBody {
             sent: 0,
             declared: None,
             writer: None,
-            guest_failed,
-            _version_slot: version_slot,
+            share,
         }
     }
 
@@ -189,7 +211,7 @@ impl ResponseBody {
                     return;
                 }
                 Poll::Ready(None) => {
-                    self.complete = !self.guest_failed.load(Ordering::Acquire);
+                    self.complete = !self.share.guest_failed();
                     return;
                 }
                 Poll::Pending => return,
@@ -211,11 +233,9 @@ impl ResponseBody {
         match Pin::new(&mut self.body).poll_frame(cx) {
             // The guest task sets the flag before its Store (which feeds this
             // body) is dropped, so an end caused by a failure is seen here.
-            Poll::Ready(None) if self.guest_failed.load(Ordering::Acquire) => {
-                Poll::Ready(Some(Err(Error::InternalError(Some(
-                    "the app failed mid-response".into(),
-                )))))
-            }
+            Poll::Ready(None) if self.share.guest_failed() => Poll::Ready(Some(Err(
+                Error::InternalError(Some("the app failed mid-response".into())),
+            ))),
             other => other,
         }
     }
@@ -246,9 +266,7 @@ impl Body for ResponseBody {
         if self.complete {
             return self.collected.is_empty();
         }
-        self.collected.is_empty()
-            && self.body.is_end_stream()
-            && !self.guest_failed.load(Ordering::Acquire)
+        self.collected.is_empty() && self.body.is_end_stream() && !self.share.guest_failed()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -310,8 +328,7 @@ mod tests {
         let frames = chunks.into_iter().map(Frame::data).collect();
         ResponseBody::new(
             Scripted { frames, ends }.boxed_unsync(),
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(Arc::new(InFlight::default()).enter()),
+            GuestShare::new(Arc::new(InFlight::default()).enter()),
         )
     }
 

@@ -4,7 +4,7 @@
 //! connection's own task until it has answered; if it is still streaming its
 //! body by then, the rest runs in a task of its own.
 
-use crate::body::{LimitedBody, ResponseBody};
+use crate::body::{GuestShare, LimitedBody, ResponseBody};
 use crate::cache::CacheOutcome;
 use crate::cpu_budget::CpuBudget;
 use crate::engine::Runtime;
@@ -21,7 +21,7 @@ use http_body::Body;
 use meshd_apps::OutboundRule;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -173,14 +173,13 @@ struct GuestRun {
     served: u32,
     request: Resource<HostIncomingRequest>,
     response_out: Resource<HostResponseOutparam>,
-    failed: Arc<AtomicBool>,
+    /// The version slot and the guest's failure, shared with the response
+    /// body.
+    share: Arc<GuestShare>,
     /// The request's place in its app's count (`max_concurrency`): held by
     /// the guest alone, so it is given back when the guest ends, not when the
     /// client has read the response.
     app_slot: InFlightGuard,
-    /// The request's place in its version's count (draining), shared with
-    /// the response body.
-    version_slot: Arc<InFlightGuard>,
     instance_slot: InFlightGuard,
 }
 
@@ -499,7 +498,7 @@ impl AppVersion {
         req: http::Request<B>,
     ) -> Result<http::Response<ResponseBody>, ServeError>
     where
-        B: Body<Data = Bytes> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let max_body = self.settings.max_body;
@@ -517,7 +516,7 @@ impl AppVersion {
             .app_in_flight
             .try_enter(self.settings.max_concurrency)
             .ok_or(ServeError::Overloaded("the app is at its max_concurrency"))?;
-        let version_slot = Arc::new(self.in_flight.enter());
+        let share = GuestShare::new(self.in_flight.enter());
         // An app over its `cpu` limit waits for its share before it takes
         // an instance from the pool the other tenants share.
         if let Some(wait) = self.cpu.hold_back() {
@@ -564,7 +563,6 @@ impl AppVersion {
             .new_response_outparam(sender)
             .map_err(|e| ServeError::Guest(format!("{e:#}")))?;
 
-        let guest_failed = Arc::new(AtomicBool::new(false));
         let mut guest = self.clone().run_guest(GuestRun {
             store,
             proxy,
@@ -572,9 +570,8 @@ impl AppVersion {
             served,
             request: wasi_req,
             response_out: out,
-            failed: guest_failed.clone(),
+            share: share.clone(),
             app_slot: app_guard,
-            version_slot: version_slot.clone(),
             instance_slot,
         });
 
@@ -634,7 +631,7 @@ impl AppVersion {
             Ok(Ok(resp)) => {
                 let declared = content_length(resp.headers());
                 Ok(resp.map(|body| {
-                    let mut body = ResponseBody::new(body, guest_failed, version_slot);
+                    let mut body = ResponseBody::new(body, share);
                     if guest_returned {
                         body.collect_ready();
                     }
@@ -673,9 +670,8 @@ impl AppVersion {
                 served,
                 request,
                 response_out,
-                failed,
+                share,
                 app_slot: _app_slot,
-                version_slot: _version_slot,
                 instance_slot: _instance_slot,
             } = run;
             // The call borrows the Store; it ends (and is dropped) before
@@ -743,9 +739,7 @@ impl AppVersion {
                         }
                         other => other,
                     };
-                    // Set before the Store (which feeds the response body) is
-                    // dropped, so the body sees the failure when it ends.
-                    failed.store(true, Ordering::Release);
+                    share.set_guest_failed();
                     self.log_failure(&failure);
                     Err(failure)
                 }
