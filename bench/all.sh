@@ -24,8 +24,9 @@
 #
 # Environment (all optional):
 #   ONLY           the benchmarks to run, by the names above (default: all)
-#   MESHD_PROFILE  the profile meshd is built in once, before all of them
-#                  (default release-lto; `release` builds much faster)
+#   MESHD_PROFILE  the build of meshd, made once before all of them: a cargo
+#                  profile (default release-lto; `release` builds much
+#                  faster) or `pgo` (bench/pgo.sh, as deployed)
 #   BENCH_OUT      also write the final table (markdown) to this file
 # Each benchmark's own report goes to target/bench/all/NAME.md and its
 # output to NAME.log. A benchmark that fails is reported as such in the
@@ -43,7 +44,7 @@ SUMMARY="$OUT/summary.tsv"
 
 # One build for every script: each then measures this same binary.
 log "building meshd ($MESHD_PROFILE) once for every benchmark"
-(cd "$REPO" && nice -n 10 cargo build --profile "$MESHD_PROFILE" -p meshd)
+build_meshd
 find_meshd
 BUILT="$MESHD"
 STARTED="$(date -u '+%Y-%m-%d %H:%M UTC')"

@@ -79,12 +79,44 @@ need_tools() {
 
 # --- builds ------------------------------------------------------------------
 
-# The cargo profile meshd is measured in: release-lto (Cargo.toml), the build
-# to deploy; MESHD_PROFILE=release for the quicker build.
+# The build of meshd that is measured: a cargo profile, release-lto
+# (Cargo.toml) by default, or `release` for the quicker build; or `pgo`, the
+# profile-guided build of bench/pgo.sh (its PGO_PROFILE and PGO_DIR apply),
+# which is what docs/operations.md recommends deploying.
 MESHD_PROFILE="${MESHD_PROFILE:-release-lto}"
 
+# Where the build named by MESHD_PROFILE puts meshd.
+meshd_build_path() {
+    if [[ "$MESHD_PROFILE" == pgo ]]; then
+        echo "${PGO_DIR:-$REPO/target/pgo}/target-use/${PGO_PROFILE:-release}/meshd"
+    else
+        echo "$REPO/target/$MESHD_PROFILE/meshd"
+    fi
+}
+
+# How reports name that build.
+meshd_build_label() {
+    if [[ "$MESHD_PROFILE" == pgo ]]; then
+        echo "profile-guided build (bench/pgo.sh) of the ${PGO_PROFILE:-release} profile"
+    else
+        echo "$MESHD_PROFILE profile"
+    fi
+}
+
+# Builds meshd as MESHD_PROFILE says. The PGO build trains anew and so
+# rebuilds its second half every time (bench/pgo.sh says how long).
+build_meshd() {
+    if [[ "$MESHD_PROFILE" == pgo ]]; then
+        log "building meshd with profile-guided optimisation (bench/pgo.sh)"
+        bash "$REPO/bench/pgo.sh" >&2
+    else
+        log "building meshd ($MESHD_PROFILE; release-lto took 7 minutes cold on this 2-core machine)"
+        (cd "$REPO" && nice -n 10 cargo build --profile "$MESHD_PROFILE" -p meshd)
+    fi
+}
+
 # Sets MESHD (the binary) and MESHD_REV (how the report names it). Uses
-# $MESHD if given, else target/$MESHD_PROFILE/meshd, building it only if
+# $MESHD if given, else the build MESHD_PROFILE names, building it only if
 # missing.
 find_meshd() {
     if [[ -n "${MESHD:-}" ]]; then
@@ -93,20 +125,19 @@ find_meshd() {
         snapshot_meshd
         return
     fi
-    MESHD="$REPO/target/$MESHD_PROFILE/meshd"
+    MESHD="$(meshd_build_path)"
     if [[ ! -x "$MESHD" ]]; then
-        log "building meshd ($MESHD_PROFILE; release-lto took 7 minutes cold on this 2-core machine)"
-        (cd "$REPO" && nice -n 10 cargo build --profile "$MESHD_PROFILE" -p meshd)
+        build_meshd
     fi
-    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), $MESHD_PROFILE profile"
+    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), $(meshd_build_label)"
     local dirty=""
     if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
         dirty=1
     fi
     if [[ -n "$(find "$REPO/crates" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$MESHD" -type f 2>/dev/null | head -n1)" ]]; then
         log "warning: sources changed after $MESHD was built; measuring the binary as it is" \
-            "(run 'cargo build --profile $MESHD_PROFILE -p meshd' first to measure the sources)"
-        MESHD_REV="$MESHD_PROFILE binary of $(date -u -r "$MESHD" '+%Y-%m-%d %H:%M:%S UTC'), older than the sources at $MESHD_REV (so not a build of them)"
+            "(build it again first to measure the sources)"
+        MESHD_REV="$(meshd_build_label): binary of $(date -u -r "$MESHD" '+%Y-%m-%d %H:%M:%S UTC'), older than the sources at $MESHD_REV (so not a build of them)"
     elif [[ -n "$dirty" ]]; then
         MESHD_REV="$MESHD_REV with uncommitted changes"
     fi

@@ -12,8 +12,9 @@
 #   THREADS      wrk threads                              (default 1)
 #   BENCH_PORT   first loopback port to try               (default 18080)
 #   BENCH_OUT    also write the result table (markdown) to this file
-#   MESHD_PROFILE  the cargo profile meshd is built in (default release-lto,
-#                the build to deploy; `release` builds much faster)
+#   MESHD_PROFILE  the build of meshd: a cargo profile (default release-lto;
+#                `release` builds much faster) or `pgo` (bench/pgo.sh, the
+#                build docs/operations.md recommends deploying)
 #   MESHD        a meshd binary to measure instead of building the work tree's
 #                (e.g. one built from a given commit)
 #   MESHD_LABEL  how the report names that binary (e.g. "at commit abc1234")
@@ -120,10 +121,9 @@ if [[ -n "${MESHD:-}" ]]; then
     log "measuring the given meshd: $MESHD"
     MESHD_REV="${MESHD_LABEL:-given binary $MESHD}"
 else
-    log "building meshd ($MESHD_PROFILE)"
-    nice -n 10 cargo build --profile "$MESHD_PROFILE" -p meshd
-    MESHD="$REPO/target/$MESHD_PROFILE/meshd"
-    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), $MESHD_PROFILE profile"
+    build_meshd
+    MESHD="$(meshd_build_path)"
+    MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), $(meshd_build_label)"
     if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
         MESHD_REV="$MESHD_REV with uncommitted changes"
     fi
