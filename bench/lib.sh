@@ -88,7 +88,7 @@ MESHD_PROFILE="${MESHD_PROFILE:-release-lto}"
 # Where the build named by MESHD_PROFILE puts meshd.
 meshd_build_path() {
     if [[ "$MESHD_PROFILE" == pgo ]]; then
-        echo "${PGO_DIR:-$REPO/target/pgo}/target-use/${PGO_PROFILE:-release}/meshd"
+        echo "${PGO_DIR:-$REPO/target/pgo}/target-use/${PGO_PROFILE:-release-lto}/meshd"
     else
         echo "$REPO/target/$MESHD_PROFILE/meshd"
     fi
@@ -97,7 +97,7 @@ meshd_build_path() {
 # How reports name that build.
 meshd_build_label() {
     if [[ "$MESHD_PROFILE" == pgo ]]; then
-        echo "profile-guided build (bench/pgo.sh) of the ${PGO_PROFILE:-release} profile"
+        echo "profile-guided build (bench/pgo.sh) of the ${PGO_PROFILE:-release-lto} profile"
     else
         echo "$MESHD_PROFILE profile"
     fi

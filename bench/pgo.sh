@@ -5,31 +5,36 @@
 # path as it was used.
 #
 #   bash bench/pgo.sh
-#   MESHD=target/pgo/target-use/release/meshd bash bench/instructions.sh
+#   MESHD=target/pgo/target-use/release-lto/meshd bash bench/instructions.sh
+#   MESHD_PROFILE=pgo bash bench/instructions.sh      # the same
 #
 # The training load, each for TRAIN_SECONDS (default 8) on loopback:
 # hello with a fresh instance per request and with `reuse = 1000` (wrk over
 # HTTP/1.1, then h2load over h2c), and echo with a 1 KiB POST body.
 #
-# The builds use target directories of their own (target/pgo/target-gen and
-# target-use): their RUSTFLAGS differ from the workspace's, so sharing
-# target/ would rebuild everything there too. The first time each is a cold
-# release build of the workspace (24 minutes on this 2-core machine); the
-# profile's file is named by its digest, so the second is redone exactly
-# when the profile changed (cargo does not watch the file). Needs the
+# Both builds use the release-lto profile (fat LTO, one codegen unit): with
+# the profile it spent 15-20% less CPU per request than the profile-guided
+# `release` build (docs/benchmarks.md). They use target directories of
+# their own (target/pgo/target-gen and target-use): their RUSTFLAGS differ
+# from the workspace's, so sharing target/ would rebuild everything there
+# too. Each is a cold build of the workspace: 55 and 40 minutes on this
+# 2-core machine with another build running beside them (PGO_PROFILE=release:
+# about 24 minutes each). The profile's file is named by its digest, so the
+# second is redone exactly when the profile changed (cargo does not watch
+# the file). Needs the
 # llvm-profdata of rustc's own LLVM: `rustup component add llvm-tools`,
 # which this script runs if rustup is there.
 #
 # Environment (all optional):
 #   TRAIN_SECONDS  how long each training load runs          (default 8)
-#   PGO_PROFILE    the cargo profile of both builds           (default release)
+#   PGO_PROFILE    the cargo profile of both builds           (default release-lto)
 #   PGO_DIR        where the builds and profiles go           (default target/pgo)
 set -euo pipefail
 BENCH_NAME=pgo
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TRAIN_SECONDS="${TRAIN_SECONDS:-8}"
-PROFILE="${PGO_PROFILE:-release}"
+PROFILE="${PGO_PROFILE:-release-lto}"
 PGO="${PGO_DIR:-$REPO/target/pgo}"
 PROFILES="$PGO/raw"
 
