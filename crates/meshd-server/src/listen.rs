@@ -466,7 +466,11 @@ where
             let ticket = watch.open();
             let response = handler(req);
             let stopping = stopping.clone();
-            async move {
+            // Boxed: over HTTP/2 hyper spawns a task per stream, and tokio
+            // copies a large future by value several times on the way in
+            // (h2c: 79,823 -> 75,426 instructions per reused-instance
+            // request; HTTP/1.1 55,905 -> 56,121, within build noise).
+            Box::pin(async move {
                 let mut response = response.await;
                 if is_http1 && stopping.load(Ordering::Relaxed) {
                     response.headers_mut().insert(
@@ -475,7 +479,7 @@ where
                     );
                 }
                 Ok::<_, Infallible>(response.map(|b| Watched::new(b, ticket)))
-            }
+            })
         })
     };
     let conn = shared
