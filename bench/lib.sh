@@ -103,10 +103,22 @@ meshd_build_label() {
     fi
 }
 
-# Builds meshd as MESHD_PROFILE says. The PGO build trains anew and so
-# rebuilds its second half every time (bench/pgo.sh says how long).
+# Whether a source of meshd changed after FILE was written.
+sources_newer_than() {
+    [[ -n "$(find "$REPO/crates" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$1" -type f 2>/dev/null | head -n1)" ]]
+}
+
+# Builds meshd as MESHD_PROFILE says. A profile-guided build newer than the
+# sources is kept: bench/pgo.sh trains anew and so rebuilds its second half
+# every time (it says how long); delete the binary to force it.
 build_meshd() {
     if [[ "$MESHD_PROFILE" == pgo ]]; then
+        local built
+        built="$(meshd_build_path)"
+        if [[ -x "$built" ]] && ! sources_newer_than "$built"; then
+            log "the profile-guided build $built is newer than the sources: measuring it"
+            return
+        fi
         log "building meshd with profile-guided optimisation (bench/pgo.sh)"
         bash "$REPO/bench/pgo.sh" >&2
     else
@@ -134,7 +146,7 @@ find_meshd() {
     if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
         dirty=1
     fi
-    if [[ -n "$(find "$REPO/crates" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$MESHD" -type f 2>/dev/null | head -n1)" ]]; then
+    if sources_newer_than "$MESHD"; then
         log "warning: sources changed after $MESHD was built; measuring the binary as it is" \
             "(build it again first to measure the sources)"
         MESHD_REV="$(meshd_build_label): binary of $(date -u -r "$MESHD" '+%Y-%m-%d %H:%M:%S UTC'), older than the sources at $MESHD_REV (so not a build of them)"

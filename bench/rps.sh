@@ -121,13 +121,7 @@ if [[ -n "${MESHD:-}" ]]; then
     log "measuring the given meshd: $MESHD"
     MESHD_REV="${MESHD_LABEL:-given binary $MESHD}"
 else
-    # The profile-guided build is made again only when missing: it retrains
-    # and rebuilds in full (bench/pgo.sh); run that to measure new sources.
-    if [[ "$MESHD_PROFILE" == pgo && -x "$(meshd_build_path)" ]]; then
-        log "measuring the existing profile-guided build $(meshd_build_path) (bash bench/pgo.sh rebuilds it)"
-    else
-        build_meshd
-    fi
+    build_meshd
     MESHD="$(meshd_build_path)"
     MESHD_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), $(meshd_build_label)"
     if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then

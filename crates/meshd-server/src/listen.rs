@@ -467,9 +467,8 @@ where
             let response = handler(req);
             let stopping = stopping.clone();
             // Boxed: over HTTP/2 hyper spawns a task per stream, and tokio
-            // copies a large future by value several times on the way in
-            // (h2c: 79,823 -> 75,426 instructions per reused-instance
-            // request; HTTP/1.1 55,905 -> 56,121, within build noise).
+            // would copy this large future by value on the way in (5.5% of
+            // an h2c request's instructions; docs/benchmarks.md).
             Box::pin(async move {
                 let mut response = response.await;
                 if is_http1 && stopping.load(Ordering::Relaxed) {
