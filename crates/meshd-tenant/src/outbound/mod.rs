@@ -115,13 +115,24 @@ impl OutboundPolicy {
     }
 }
 
-/// wasmtime-wasi-http's forbidden headers, built once: the crate's own is a
-/// `const` array, made and dropped again at every use.
-static FORBIDDEN_HEADERS: [http::HeaderName; 9] = wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS;
-
-/// Whether a guest may neither see nor send the header `name`.
+/// Whether a guest may neither see nor send the header `name`: the names of
+/// wasmtime-wasi-http's `DEFAULT_FORBIDDEN_HEADERS` (a test holds the two
+/// lists equal). One match on the name's text, where `contains` on the
+/// crate's array compared nine `HeaderName`s, for every header of every
+/// request and response (about 720 instructions of a hello request).
 fn is_forbidden_header(name: &http::HeaderName) -> bool {
-    FORBIDDEN_HEADERS.contains(name)
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "http2-settings"
+    )
 }
 
 impl WasiHttpHooks for OutboundPolicy {
@@ -233,6 +244,11 @@ mod tests {
         for name in names {
             let name = http::HeaderName::from_static(name);
             assert_eq!(is_forbidden_header(&name), default_rule(&name), "{name}");
+        }
+        // A name the crate adds to its list fails here until it is added
+        // to ours.
+        for name in wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS {
+            assert!(is_forbidden_header(&name), "{name}");
         }
         assert!(is_forbidden_header(&http::header::HOST));
         assert!(!is_forbidden_header(&http::header::CONTENT_TYPE));
