@@ -14,7 +14,8 @@
 #   instructions bench/instructions.sh: instructions per request under
 #                callgrind, native hyper / wasmtime serve / meshd
 #   instance     cargo bench -p meshd-tenant --bench instance (criterion):
-#                one instantiation, median
+#                one instantiation and one GET, medians, against wasmtime
+#                alone (a bare Store on wasmtime's default engine)
 #   scale        bench/scale.sh: 1,000 tenants against 1
 #   distinct     bench/distinct.sh: distinct apps (TENANTS, default 10000)
 #   swap         bench/swap.sh: throughput while swapping versions
@@ -71,22 +72,36 @@ run_bench() {
     fi
 }
 
-# The criterion bench of one instantiation (not a shell script): its median.
+# criterion's median of the bench NAME (group/function) in LOG, in us.
+# criterion prints "NAME ... time:   [low median high]"; the name and the
+# times share a line or not, depending on its length.
+criterion_median_us() { # LOG NAME
+    awk -v name="$2" 'index($0, name) == 1 { found = 1 } found && /time:/ { print; exit }' "$1" |
+        sed -n 's/.*time: *\[[^ ]* [^ ]* \([^ ]*\) \([^ ]*\) .*/\1 \2/p' |
+        awk '{ v = $1; if ($2 == "ns") v /= 1000; else if ($2 == "ms") v *= 1000; printf "%.2f", v }'
+}
+
+# The criterion bench of one instantiation (not a shell script): its median,
+# and the same against its baseline in the same run, wasmtime alone (an
+# engine of wasmtime's defaults and a bare Store: benches/instance.rs).
 run_instance_bench() {
     log "== instance: cargo bench -p meshd-tenant --bench instance"
-    local median
-    if (cd "$REPO" && nice -n 10 cargo bench -p meshd-tenant --bench instance) >"$OUT/instance.log" 2>&1; then
-        # criterion: "per_request/instantiate ... time:   [low median high]".
-        # The name and the times share a line or not, depending on its length.
-        median="$(awk '/^per_request\/instantiate/ { found = 1 } found && /time:/ { print; exit }' "$OUT/instance.log" |
-            sed -n 's/.*time: *\[[^ ]* [^ ]* \([^ ]*\) \([^ ]*\) .*/\1 \2/p')"
-        local us
-        us="$(awk -v v="${median% *}" -v u="${median#* }" 'BEGIN {
-            if (u == "ns") v /= 1000; else if (u == "ms") v *= 1000; printf "%.2f", v }')"
-        printf '%s\t%s\t%s\t%s\t%s\n' instance "one instantiation, median" "$us us" "<= 10 us" \
-            "$(awk -v v="$us" 'BEGIN { print (v + 0 <= 10 ? "yes" : "no") }')" >>"$SUMMARY"
+    local log_file="$OUT/instance.log"
+    if (cd "$REPO" && nice -n 10 cargo bench -p meshd-tenant --bench instance) >"$log_file" 2>&1; then
+        local name ours alone
+        for name in instantiate handle; do
+            ours="$(criterion_median_us "$log_file" "per_request/$name")"
+            alone="$(criterion_median_us "$log_file" "wasmtime_alone/$name")"
+            if [[ "$name" == instantiate ]]; then
+                printf '%s\t%s\t%s\t%s\t%s\n' instance "one instantiation, median" "$ours us" "<= 10 us" \
+                    "$(awk -v v="$ours" 'BEGIN { print (v + 0 <= 10 ? "yes" : "no") }')" >>"$SUMMARY"
+            fi
+            printf '%s\t%s\t%s\t%s\t%s\n' instance "$name, meshd / wasmtime alone (same run)" \
+                "$(awk -v a="$ours" -v b="$alone" 'BEGIN { printf "%.3f (%s / %s us)", a / b, a, b }')" \
+                "(measured, no target)" "-" >>"$SUMMARY"
+        done
     else
-        printf '%s\t%s\t%s\t%s\t%s\n' instance "the benchmark itself" "failed (see $OUT/instance.log)" "runs" "no" >>"$SUMMARY"
+        printf '%s\t%s\t%s\t%s\t%s\n' instance "the benchmark itself" "failed (see $log_file)" "runs" "no" >>"$SUMMARY"
     fi
 }
 

@@ -5,6 +5,14 @@
 //! - `handle`: a whole GET through `AppVersion::handle` (Store, instance,
 //!   guest runs, response body read).
 //!
+//! The group `wasmtime_alone` is the baseline in the same run: the same two
+//! steps done the way `wasmtime serve --wasm timeout=..` does them, on an
+//! engine of wasmtime's defaults (pooling allocator when the address space
+//! allows it, epoch interruption on) with a Store holding only what WASI
+//! and wasi:http need. Wall time per iteration depends on the machine (this
+//! bench's figures moved 3-4x between days on one VM); the ratio of the two
+//! groups does much less.
+//!
 //! Needs the example guests: `cargo xtask apps` (or any `cargo xtask` task)
 //! builds them. Run with `cargo bench -p meshd-tenant`.
 
@@ -18,6 +26,12 @@ use meshd_tenant::{
 };
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 fn hello_wasm() -> Vec<u8> {
     let path = concat!(
@@ -93,6 +107,126 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    let alone = WasmtimeAlone::new(&hello_wasm());
+    let mut group = c.benchmark_group("wasmtime_alone");
+    group.bench_function("instantiate", |b| {
+        b.to_async(&rt).iter(|| alone.instantiate())
+    });
+    group.bench_function("handle", |b| b.to_async(&rt).iter(|| alone.handle()));
+    group.finish();
+}
+
+/// The baseline: the hello component on an engine of wasmtime's defaults,
+/// served the way `wasmtime serve` serves a request (a Store per request,
+/// `ProxyPre::instantiate_async`, `call_handle`).
+struct WasmtimeAlone {
+    engine: Engine,
+    pre: ProxyPre<BareHost>,
+}
+
+/// A Store's data with nothing but the WASI and wasi:http contexts.
+struct BareHost {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+}
+
+impl WasiView for BareHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for BareHost {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+impl WasmtimeAlone {
+    fn new(wasm: &[u8]) -> Self {
+        let engine = Self::engine();
+        let component = Component::new(&engine, wasm).expect("hello compiles");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("WASI links");
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .expect("wasi:http links");
+        let pre = linker.instantiate_pre(&component).expect("hello links");
+        let pre = ProxyPre::new(pre).expect("hello is a wasi:http proxy");
+        WasmtimeAlone { engine, pre }
+    }
+
+    /// wasmtime's default engine with epoch interruption, as `serve` makes
+    /// it when a timeout is set: pooled if the address space allows it
+    /// (`serve` probes for the same).
+    fn engine() -> Engine {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::default(),
+        ));
+        Engine::new(&pooled)
+            .or_else(|_| Engine::new(&config))
+            .expect("wasmtime engine")
+    }
+
+    fn store(&self) -> Store<BareHost> {
+        let host = BareHost {
+            table: ResourceTable::new(),
+            wasi: WasiCtx::builder().build(),
+            http: WasiHttpCtx::new(),
+        };
+        let mut store = Store::new(&self.engine, host);
+        // Nothing advances this engine's epoch: the deadline is never met,
+        // but the compiled code checks it as meshd's does.
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    async fn instantiate(&self) {
+        let mut store = self.store();
+        self.pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiates");
+    }
+
+    async fn handle(&self) {
+        let mut store = self.store();
+        let req = http::Request::get("http://localhost/")
+            .body(Empty::<Bytes>::new().map_err(|never| -> BodyError { match never {} }))
+            .expect("request");
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let view = &mut store.data_mut().http();
+        let req = view
+            .new_incoming_request(Scheme::Http, req)
+            .expect("incoming request");
+        let out = view
+            .new_response_outparam(sender)
+            .expect("response outparam");
+        let call = async {
+            let proxy = self.pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        };
+        let read = async {
+            let resp = receiver.await.expect("a response").expect("not an error");
+            resp.into_body().collect().await.expect("body");
+        };
+        let (called, ()) = tokio::join!(call, read);
+        called.expect("handled");
+    }
 }
 
 criterion_group!(benches, bench);
