@@ -103,9 +103,12 @@ meshd_build_label() {
     fi
 }
 
-# Whether a source of meshd changed after FILE was written.
+# Whether a source of meshd changed after FILE was written. Benches and
+# integration tests are not part of the binary: editing them does not make
+# it stale (nor start a profile-guided rebuild).
 sources_newer_than() {
-    [[ -n "$(find "$REPO/crates" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$1" -type f 2>/dev/null | head -n1)" ]]
+    [[ -n "$(find "$REPO/crates" "$REPO/Cargo.toml" "$REPO/Cargo.lock" \
+        -type d \( -name benches -o -name tests \) -prune -o -newer "$1" -type f -print 2>/dev/null | head -n1)" ]]
 }
 
 # Builds meshd as MESHD_PROFILE says. A profile-guided build newer than the
