@@ -18,16 +18,19 @@
 #     gets a unique custom section appended, so every swap must log
 #     cache=miss (compiles).
 # (b) A fresh meshd (`--settle 50ms`) serves app.wasm; after a warm-up pair of
-#     swaps (both versions cached) and a WARMUP of load, wrk measures /app/
-#     without swaps, then again while a loop renames the other version onto
-#     app.wasm every SWAP_INTERVAL seconds (warm cache) for the whole
-#     measurement.
+#     swaps (both versions cached) and a WARMUP of load, wrk measures /app/ in
+#     WINDOWS pairs of windows, one without swaps and one while a loop renames
+#     the other version onto app.wasm every SWAP_INTERVAL seconds (warm cache),
+#     in the order ABBA (without, with, with, without, ...), so that the drift
+#     of a shared machine over the run falls on both alike. Each side totals
+#     DURATION; the ratio is their mean req/s.
 #
 # Environment (all optional):
 #   SWAPS          timed swaps per (a) run                  (default 50)
 #   SETTLES        --settle values for (a)                  (default "50ms 250ms")
 #   GAP            pause between two swaps in (a), seconds  (default 0.2)
-#   DURATION       wrk measurement in (b)                   (default 10s)
+#   DURATION       wrk measurement per side in (b)          (default 10s)
+#   WINDOWS        windows per side in (b)                  (default 5)
 #   WARMUP         wrk warm-up in (b)                       (default 2s)
 #   CONNECTIONS    wrk connections in (b)                   (default 32)
 #   THREADS        wrk threads in (b)                       (default 1)
@@ -50,8 +53,12 @@ WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-1}"
 SWAP_INTERVAL="${SWAP_INTERVAL:-0.1}"
+WINDOWS="${WINDOWS:-5}"
 LOAD_SETTLE="${LOAD_SETTLE:-50ms}"
 [[ "$DURATION" =~ ^[0-9]+s$ ]] || die "DURATION must be whole seconds, like 10s"
+[[ "$WINDOWS" =~ ^[1-9][0-9]*$ ]] || die "WINDOWS must be a positive whole number"
+WINDOW=$((${DURATION%s} / WINDOWS))
+((WINDOW * WINDOWS == ${DURATION%s})) || die "DURATION ($DURATION) must be a multiple of WINDOWS ($WINDOWS) seconds"
 
 need_tools
 find_meshd
@@ -120,30 +127,66 @@ sleep 1
 
 log "b: warming up for $WARMUP"
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$URL" >/dev/null
-measure no-swaps "$URL" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION"
 
-# The swapper: renames the other version onto app.wasm every SWAP_INTERVAL s
-# until the measurement's end (bounded by time and by count).
-updated_before="$(grep -c 'app updated' "$dir/meshd.log" || true)"
-secs="${DURATION%s}"
-max_swaps="$(awk -v d="$secs" -v i="$SWAP_INTERVAL" 'BEGIN { printf "%d", d / i + 1 }')"
-(
-    end=$(($(date +%s%N) + secs * 1000000000))
-    n=0
-    while ((n < max_swaps && $(date +%s%N) < end)); do
+# swap_loop SECONDS: renames the other version onto app.wasm every
+# SWAP_INTERVAL s for SECONDS (bounded by time and by count), continuing the
+# alternation where the last window left it; counts in $dir/swaps-issued.
+echo 0 >"$dir/swaps-issued"
+swap_loop() {
+    local end=$(($(date +%s%N) + $1 * 1000000000)) n
+    n="$(cat "$dir/swaps-issued")"
+    local max=$((n + $(awk -v d="$1" -v i="$SWAP_INTERVAL" 'BEGIN { printf "%d", d / i + 1 }')))
+    while ((n < max && $(date +%s%N) < end)); do
         if ((n % 2 == 0)); then src="$V2"; else src="$V1"; fi
         cp "$src" "$dir/apps/.app.tmp" && mv "$dir/apps/.app.tmp" "$dir/apps/app.wasm"
         n=$((n + 1))
         echo "$n" >"$dir/swaps-issued"
         sleep "$SWAP_INTERVAL"
     done
-) &
-BG_PIDS+=($!)
-measure with-swaps "$URL" -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION"
-wait "${BG_PIDS[@]}"
-BG_PIDS=()
+}
+# window SIDE I: one measured window of SIDE (no-swaps or with-swaps).
+window() {
+    local name="$1-$2"
+    if [[ "$1" == with-swaps ]]; then
+        swap_loop "$WINDOW" &
+        BG_PIDS+=($!)
+        measure "$name" "$URL" -t"$THREADS" -c"$CONNECTIONS" -d"${WINDOW}s"
+        wait "${BG_PIDS[@]}"
+        BG_PIDS=()
+        # The last swap's deploy and drain belong to this side, not the next.
+        sleep 0.5
+    else
+        measure "$name" "$URL" -t"$THREADS" -c"$CONNECTIONS" -d"${WINDOW}s"
+    fi
+}
+updated_before="$(grep -c 'app updated' "$dir/meshd.log" || true)"
+NAMES=()
+for ((i = 1; i <= WINDOWS; i++)); do
+    if ((i % 2)); then sides=(no-swaps with-swaps); else sides=(with-swaps no-swaps); fi
+    for side in "${sides[@]}"; do
+        window "$side" "$i"
+        NAMES+=("$side-$i")
+    done
+done
 # Let the last swap land before counting.
 sleep 2
+# side_total SIDE: this side's windows together, under the side's name: mean
+# req/s, requests, errors; p50 the median and p99 the worst of its windows.
+side_total() {
+    local side="$1" i rps=0 reqs=0 non2xx=0 sockerr=0 other=0 p50s=() p99s=()
+    for ((i = 1; i <= WINDOWS; i++)); do
+        rps=$((rps + RPS[$side-$i])) reqs=$((reqs + REQS[$side-$i]))
+        non2xx=$((non2xx + NON2XX[$side-$i])) sockerr=$((sockerr + SOCKERR[$side-$i]))
+        ((OTHER[$side-$i] > other)) && other="${OTHER[$side-$i]}"
+        p50s+=("${P50[$side-$i]}") p99s+=("${P99[$side-$i]}")
+    done
+    RPS[$side]=$((rps / WINDOWS)) REQS[$side]="$reqs" NON2XX[$side]="$non2xx"
+    SOCKERR[$side]="$sockerr" OTHER[$side]="$other"
+    P50[$side]="$(printf '%s\n' "${p50s[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
+    P99[$side]="$(printf '%s\n' "${p99s[@]}" | sort -g | tail -n1)"
+}
+side_total no-swaps
+side_total with-swaps
 SWAPS_ISSUED="$(cat "$dir/swaps-issued")"
 SWAPS_DEPLOYED=$(($(grep -c 'app updated' "$dir/meshd.log" || true) - updated_before))
 SWAP_CACHE="$(tail -n +1 "$dir/meshd.log" | grep 'app updated' | tail -n "$SWAPS_DEPLOYED" |
@@ -178,14 +221,18 @@ EOF
         done
     done
     echo
-    echo "(b) wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency on /app/ (after a ${WARMUP} warm-up), meshd --settle $LOAD_SETTLE, swaps every ${SWAP_INTERVAL}s with a warm cache"
+    echo "(b) wrk -t$THREADS -c$CONNECTIONS --latency on /app/ (after a ${WARMUP} warm-up), $WINDOWS pairs of ${WINDOW} s windows in ABBA order, meshd --settle $LOAD_SETTLE, swaps every ${SWAP_INTERVAL}s with a warm cache"
     echo
-    echo "| load | req/s | p50 (ms) | p99 (ms) | requests | non-2xx | socket errors | swaps issued / deployed | other CPU load |"
+    echo "| load | req/s (mean of windows) | p50 (ms, median window) | p99 (ms, worst window) | requests | non-2xx | socket errors | swaps issued / deployed | other CPU load (worst window) |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     echo "| no swaps | $(thousands "${RPS[no-swaps]}") | ${P50[no-swaps]} | ${P99[no-swaps]} | ${REQS[no-swaps]} | ${NON2XX[no-swaps]} | ${SOCKERR[no-swaps]} | 0 | ${OTHER[no-swaps]}% |"
     echo "| swap every ${SWAP_INTERVAL}s | $(thousands "${RPS[with-swaps]}") | ${P50[with-swaps]} | ${P99[with-swaps]} | ${REQS[with-swaps]} | ${NON2XX[with-swaps]} | ${SOCKERR[with-swaps]} | $SWAPS_ISSUED / $SWAPS_DEPLOYED ($SWAP_CACHE) | ${OTHER[with-swaps]}% |"
     echo
-    echo "with swaps / without (req/s): $(ratio "${RPS[with-swaps]}" "${RPS[no-swaps]}"); refused/error lines in meshd's log: $REFUSED; last answer: '$LAST_BODY'"
+    local i pairs=""
+    for ((i = 1; i <= WINDOWS; i++)); do
+        pairs+="${pairs:+, }$(ratio "${RPS[with-swaps-$i]}" "${RPS[no-swaps-$i]}")"
+    done
+    echo "with swaps / without (req/s): $(ratio "${RPS[with-swaps]}" "${RPS[no-swaps]}") (window pairs: $pairs); refused/error lines in meshd's log: $REFUSED; last answer: '$LAST_BODY'"
 }
 
 echo
@@ -211,6 +258,6 @@ if bad:
     sys.exit(1)
 EOF
 done
-check_results no-swaps with-swaps || failed=1
+check_results "${NAMES[@]}" || failed=1
 ((REFUSED == 0)) || { log "error: meshd logged $REFUSED refused/error lines during (b)"; failed=1; }
 exit "$failed"
