@@ -10,13 +10,7 @@
 #
 # The training load, each for TRAIN_SECONDS (default 8) on loopback:
 # hello with a fresh instance per request and with `reuse = 1000` (wrk over
-# HTTP/1.1, then h2load over h2c), and echo with a 1 KiB POST body. Then
-# the deploy path: the `stream` fixture under wrk load while
-# bench/swap_latency.py swaps it 10 times with a compile (cold cache) and 20
-# times from the compile cache (warm), the way bench/swap.sh does. Without
-# this the profile never sees a deploy, the compiler lays that path out as
-# cold code, and swap-under-load fell from 0.95 (release) to 0.87
-# (docs/benchmarks.md).
+# HTTP/1.1, then h2load over h2c), and echo with a 1 KiB POST body.
 #
 # Both builds use the release-lto profile (fat LTO, one codegen unit): with
 # the profile it spent 15-20% less CPU per request than the profile-guided
@@ -46,7 +40,7 @@ PROFILES="$PGO/raw"
 
 need_tools
 command -v h2load >/dev/null || apt_install nghttp2-client
-need_guests hello echo stream stream_v2
+need_guests hello echo
 
 # llvm-profdata must read the format rustc's LLVM writes: the toolchain's own.
 if command -v rustup >/dev/null; then
@@ -85,34 +79,10 @@ train() {
     fi
     stop_meshd
 }
-# train_swaps: deploys under load, with and without a compile (the watcher,
-# the compile cache, instantiate-before-traffic, the drain of the old version).
-train_swaps() {
-    local dir="$WORK/swaps" mode
-    mkdir -p "$dir/apps"
-    cp "$GUESTS/stream.wasm" "$dir/apps/app.wasm"
-    start_meshd "$dir/meshd.log" --apps "$dir/apps" --cache-dir "$dir/cache" \
-        --data-dir "$dir/data" --settle 50ms
-    wrk -t1 -c32 -d"$((2 * TRAIN_SECONDS))s" "http://$MESHD_ADDR/app/" >"$dir/wrk.out" &
-    local load=$!
-    for mode in cold warm; do
-        python3 "$REPO/bench/swap_latency.py" --addr "$MESHD_ADDR" --route /app/ \
-            --apps "$dir/apps" --name app --log "$dir/meshd.log" \
-            --v1 "$GUESTS/stream.wasm" --v1-body stream \
-            --v2 "$GUESTS/stream_v2.wasm" --v2-body stream-v2 \
-            --mode "$mode" --swaps "$([[ $mode == cold ]] && echo 10 || echo 20)" --gap 0.1 \
-            >/dev/null 2>"$dir/swap-$mode.log" ||
-            { tail -n 20 "$dir/swap-$mode.log" >&2; die "the swap training ($mode) failed"; }
-    done
-    wait "$load"
-    grep 'Requests/sec' "$dir/wrk.out" >&2
-    stop_meshd
-}
-log "training on hello (fresh, reuse) and echo, ${TRAIN_SECONDS} s each, then on swaps"
+log "training on hello (fresh, reuse) and echo, ${TRAIN_SECONDS} s each"
 train fresh /hello/
 train reuse /hello/
 train echo /echo/
-train_swaps
 
 "$PROFDATA" merge -o "$WORK/merged.profdata" "$PROFILES"
 profile="$PGO/meshd-$(sha256sum "$WORK/merged.profdata" | cut -c1-16).profdata"
