@@ -16,6 +16,8 @@
 #   THREADS      wrk threads                                  (default 1)
 #   H2_STREAMS   h2load concurrent streams per connection     (default 10)
 #   H2_REQUESTS  h2load requests per measurement              (default 200000)
+#   REUSE        N > 1 gives hello `reuse = N` (default 1: a fresh instance
+#                per request)
 #   HANDSHAKE_TIME  seconds of each s_time measurement        (default 10)
 #   CLIENTS      s_time processes run at once (rates summed)  (default 2)
 #   BENCH_OUT    also write the result table (markdown) to this file
@@ -35,6 +37,7 @@ H2_STREAMS="${H2_STREAMS:-10}"
 H2_REQUESTS="${H2_REQUESTS:-200000}"
 HANDSHAKE_TIME="${HANDSHAKE_TIME:-10}"
 CLIENTS="${CLIENTS:-2}"
+REUSE="${REUSE:-1}"
 
 need_tools
 command -v openssl >/dev/null || apt_install openssl
@@ -45,6 +48,11 @@ check_idle_machine
 
 mkdir -p "$WORK/apps" "$WORK/certs"
 cp "$GUESTS/hello.wasm" "$WORK/apps/hello.wasm"
+if ((REUSE > 1)); then
+    echo "reuse = $REUSE" >"$WORK/apps/hello.toml"
+fi
+INSTANCES="fresh instance per request"
+((REUSE > 1)) && INSTANCES="instances reused up to $REUSE times"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
     -keyout "$WORK/certs/bench.key" -out "$WORK/certs/bench.crt" 2>"$WORK/openssl.log"
@@ -126,7 +134,7 @@ handshakes resumed-tls12 -tls1_2 -reuse
 report() {
     machine_lines
     echo "versions: $(openssl version), $(h2load --version 2>&1 | head -n1)"
-    echo "certificate: self-signed ECDSA P-256; one meshd with --listen and --listen-tls, default flags (one worker per CPU), fresh instance per request"
+    echo "certificate: self-signed ECDSA P-256; one meshd with --listen and --listen-tls, default flags (one worker per CPU), $INSTANCES"
     echo
     echo "| load | protocol | req/s | p50 (ms) | p99 (ms) | errors | other CPU load |"
     echo "|---|---|---:|---:|---:|---:|---:|"
@@ -136,6 +144,7 @@ report() {
     echo "| same | h2 over TLS | $(thousands "${H2RPS[h2-tls]}") | | | ${H2FAIL[h2-tls]} | |"
     echo
     echo "HTTPS / HTTP req/s: HTTP/1.1 $(ratio "${RPS[https]}" "${RPS[http]}"), HTTP/2 $(ratio "${H2RPS[h2-tls]}" "${H2RPS[h2c]}")"
+    echo "HTTP/2 / HTTP/1.1 req/s: plain (h2c / HTTP/1.1) $(ratio "${H2RPS[h2c]}" "${RPS[http]}"), TLS (h2 / HTTPS/1.1) $(ratio "${H2RPS[h2-tls]}" "${RPS[https]}")"
     echo
     echo "| new TLS connections ($CLIENTS x openssl s_time -www /none, ${HANDSHAKE_TIME}s; one GET answered 404 by meshd itself per connection) | connections/s | resumed |"
     echo "|---|---:|---:|"
@@ -146,4 +155,9 @@ report() {
 }
 
 report | tee "${BENCH_OUT:-/dev/null}"
+
+# Issue #18: HTTP/2 at least as fast as HTTP/1.1, over TLS too.
+r="$(ratio "${H2RPS[h2-tls]}" "${RPS[https]}")"
+summary_row "h2 over TLS / HTTPS/1.1 req/s ($INSTANCES)" "${r}x" ">= 1.0x" \
+    "$(awk -v r="$r" 'BEGIN { print (r != "n/a" && r + 0 >= 1 ? "yes" : "no") }')"
 check_results http https
