@@ -10,7 +10,8 @@
 #   WINDOWS      in how many windows (default 5): every server runs at
 #                once, and they are measured in turns, DURATION / WINDOWS
 #                seconds each, the order reversed every other turn, so that
-#                the machine's drift falls on all of them alike
+#                the machine's drift falls on all of them alike; a server
+#                not being measured is stopped (SIGSTOP)
 #   WARMUP       how long wrk warms each server up first  (default 2s)
 #   CONNECTIONS  open connections wrk keeps               (default 32)
 #   THREADS      wrk threads                              (default 1)
@@ -116,14 +117,18 @@ WINDOWS="${WINDOWS:-5}"
 WINDOW=$((${DURATION%s} / WINDOWS))
 ((WINDOW * WINDOWS == ${DURATION%s})) || die "DURATION ($DURATION) must be a multiple of WINDOWS ($WINDOWS) seconds"
 
-# Every server runs for the whole round, idle but for its own windows, so
-# that all of them can be measured in turns (see "the windows" below).
+# Every server runs for the whole round, so that all of them can be
+# measured in turns (see "the windows" below); between its own windows each
+# is stopped (SIGSTOP), so that it cannot take anything from the one being
+# measured, its timers and background threads included.
 SERVERS=()
 declare -A PID URL KIND
 stop_servers() {
     local name
     for name in "${SERVERS[@]}"; do
         [[ -n "${PID[$name]}" ]] || continue
+        # A stopped process takes no SIGTERM until it runs again.
+        kill -CONT "${PID[$name]}" 2>/dev/null || true
         SERVER_PID="${PID[$name]}"
         stop_server
         PID[$name]=""
@@ -216,6 +221,7 @@ launch() {
     [[ "$body" == "Hello from Steelmesh!" ]] || die "$name answered '$body', not the hello greeting"
     log "$name: warming up for $WARMUP"
     load "$name" "${WARMUP%s}" /dev/null
+    kill -STOP "$SERVER_PID"
 }
 
 # window NAME I: the I-th measurement of NAME, WINDOW seconds long, added to
@@ -226,10 +232,16 @@ window() {
     local out="$WORK/$name.$i.out" busy0 server0 t0 busy1 server1 t1 client_s
     # CPU time of the whole machine, of the server and of the client over
     # the window: what is left was spent by something else and skews it.
+    kill -CONT "${PID[$name]}"
+    # Its timers that fell due while it was stopped fire now, before the window.
+    sleep 0.2
     busy0="$(machine_jiffies)" server0="$(process_jiffies "${PID[$name]}")" t0="$(date +%s.%N)"
     local TIMEFORMAT='%U %S'
     { time load "$name" "$WINDOW" "$out"; } 2>"$WORK/$name.$i.time"
     busy1="$(machine_jiffies)" server1="$(process_jiffies "${PID[$name]}")" t1="$(date +%s.%N)"
+    # Its last connections close before it stops.
+    sleep 0.2
+    kill -STOP "${PID[$name]}"
     client_s="$(awk 'END { print $1 + $2 }' "$WORK/$name.$i.time")"
     local other rps reqs non2xx sockerr p50="n/a" p99="n/a"
     other="$(awk -v b="$((busy1 - busy0))" -v s="$((server1 - server0))" -v w="$client_s" \
