@@ -223,9 +223,8 @@ free_port() {
 }
 
 # A server under measurement other than the one in MESHD_PID (native hyper,
-# wasmtime serve), stopped like meshd. A script that uses it sets
-# `trap 'stop_server; cleanup' EXIT` (bench/rps.sh, which runs several at
-# once, stops each of them this way in its stop_servers).
+# wasmtime serve), one at a time, stopped like meshd. A script that uses it
+# sets `trap 'stop_server; cleanup' EXIT`.
 SERVER_PID=""
 stop_server() {
     MESHD_PID="$SERVER_PID" stop_meshd

@@ -7,11 +7,6 @@
 #
 # Environment (all optional):
 #   DURATION     how long wrk measures each server        (default 10s)
-#   WINDOWS      in how many windows (default 5): every server runs at
-#                once, and they are measured in turns, DURATION / WINDOWS
-#                seconds each, the order reversed every other turn, so that
-#                the machine's drift falls on all of them alike; a server
-#                not being measured is stopped (SIGSTOP)
 #   WARMUP       how long wrk warms each server up first  (default 2s)
 #   CONNECTIONS  open connections wrk keeps               (default 32)
 #   THREADS      wrk threads                              (default 1)
@@ -111,30 +106,8 @@ WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-1}"
 NEXT_PORT="${BENCH_PORT:-18080}"
-WINDOWS="${WINDOWS:-5}"
-[[ "$DURATION" =~ ^[0-9]+s$ ]] || die "DURATION must be whole seconds, like 10s"
-[[ "$WINDOWS" =~ ^[1-9][0-9]*$ ]] || die "WINDOWS must be a positive whole number"
-WINDOW=$((${DURATION%s} / WINDOWS))
-((WINDOW * WINDOWS == ${DURATION%s})) || die "DURATION ($DURATION) must be a multiple of WINDOWS ($WINDOWS) seconds"
 
-# Every server runs for the whole round, so that all of them can be
-# measured in turns (see "the windows" below); between its own windows each
-# is stopped (SIGSTOP), so that it cannot take anything from the one being
-# measured, its timers and background threads included.
-SERVERS=()
-declare -A PID URL KIND
-stop_servers() {
-    local name
-    for name in "${SERVERS[@]}"; do
-        [[ -n "${PID[$name]}" ]] || continue
-        # A stopped process takes no SIGTERM until it runs again.
-        kill -CONT "${PID[$name]}" 2>/dev/null || true
-        SERVER_PID="${PID[$name]}"
-        stop_server
-        PID[$name]=""
-    done
-}
-trap 'stop_servers; cleanup' EXIT
+trap 'stop_server; cleanup' EXIT
 
 need_tools
 
@@ -192,169 +165,129 @@ declare -A RPS P50 P99 NON2XX SOCKERR OTHER CPU_US
 # User and system time of one process and all its threads, in clock ticks.
 process_jiffies() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 
-
-# load NAME SECONDS OUT: NAME's load for SECONDS, its output in OUT: wrk
-# over HTTP/1.1, or h2load over h2c (prior knowledge) with H2_STREAMS
-# streams per connection.
-load() {
-    local name="$1" secs="$2" out="$3"
-    case "${KIND[$name]}" in
-        wrk) "${WRK_PREFIX[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency "${URL[$name]}" >"$out" ;;
-        h2) "${WRK_PREFIX[@]}" h2load -t"$THREADS" -c"$CONNECTIONS" -m"$H2_STREAMS" -D"$secs" "${URL[$name]}" >"$out" ;;
-    esac
-}
-
-# launch NAME KIND URL COMMAND...: starts COMMAND (pinned with PIN=1), its
-# output in $WORK/NAME.log, waits until URL answers the hello greeting and
-# warms it up for WARMUP with its load (KIND: wrk or h2).
-launch() {
-    local name="$1" kind="$2" url="$3"
-    shift 3
+# start_server NAME URL COMMAND...: starts COMMAND (pinned with PIN=1), its
+# output in $WORK/NAME.log, and waits until URL answers.
+start_server() {
+    local name="$1" url="$2"
+    shift 2
     log "$name: starting (${*})"
     "${SERVER_PREFIX[@]}" "$@" >"$WORK/$name.log" 2>&1 &
     SERVER_PID=$!
-    PID[$name]="$SERVER_PID" KIND[$name]="$kind" URL[$name]="$url"
-    SERVERS+=("$name")
     wait_ready "$url" "$WORK/$name.log"
+}
+
+# bench NAME URL COMMAND...: start COMMAND, wait until URL answers, warm up,
+# measure with wrk, stop the server.
+bench() {
+    local name="$1" url="$2"
+    local out="$WORK/$name.wrk"
+    start_server "$@"
     local body
     body="$(curl -fsS --max-time 2 "$url")"
     [[ "$body" == "Hello from Steelmesh!" ]] || die "$name answered '$body', not the hello greeting"
-    log "$name: warming up for $WARMUP"
-    load "$name" "${WARMUP%s}" /dev/null
-    kill -STOP "$SERVER_PID"
-}
 
-# window NAME I: the I-th measurement of NAME, WINDOW seconds long, added to
-# its sums: requests, req/s, the server's CPU time, errors, p50 and p99.
-declare -A SUM_RPS SUM_REQS SUM_JIFFIES P50S P99S
-window() {
-    local name="$1" i="$2"
-    local out="$WORK/$name.$i.out" busy0 server0 t0 busy1 server1 t1 client_s
-    # CPU time of the whole machine, of the server and of the client over
-    # the window: what is left was spent by something else and skews it.
-    kill -CONT "${PID[$name]}"
-    # Its timers that fell due while it was stopped fire now, before the window.
-    sleep 0.2
-    busy0="$(machine_jiffies)" server0="$(process_jiffies "${PID[$name]}")" t0="$(date +%s.%N)"
+    log "$name: warming up for $WARMUP"
+    "${WRK_PREFIX[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+    log "$name: measuring for $DURATION"
+    # CPU time of the whole machine, of the server and of wrk over the run:
+    # what is left was spent by something else and skews the figures.
+    local busy0 server0 t0 busy1 server1 t1 wrk_s
+    busy0="$(machine_jiffies)" server0="$(process_jiffies "$SERVER_PID")" t0="$(date +%s.%N)"
     local TIMEFORMAT='%U %S'
-    { time load "$name" "$WINDOW" "$out"; } 2>"$WORK/$name.$i.time"
-    busy1="$(machine_jiffies)" server1="$(process_jiffies "${PID[$name]}")" t1="$(date +%s.%N)"
-    # Its last connections close before it stops.
-    sleep 0.2
-    kill -STOP "${PID[$name]}"
-    client_s="$(awk 'END { print $1 + $2 }' "$WORK/$name.$i.time")"
-    local other rps reqs non2xx sockerr p50="n/a" p99="n/a"
-    other="$(awk -v b="$((busy1 - busy0))" -v s="$((server1 - server0))" -v w="$client_s" \
+    { time "${WRK_PREFIX[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out"; } 2>"$WORK/$name.time"
+    busy1="$(machine_jiffies)" server1="$(process_jiffies "$SERVER_PID")" t1="$(date +%s.%N)"
+    stop_server
+    wrk_s="$(awk 'END { print $1 + $2 }' "$WORK/$name.time")"
+    OTHER[$name]="$(awk -v b="$((busy1 - busy0))" -v s="$((server1 - server0))" -v w="$wrk_s" \
         -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" 'BEGIN {
             o = (b - s) / hz - w; if (o < 0) o = 0
             printf "%.0f", 100 * o / (t1 - t0)
         }')"
-    if [[ "${KIND[$name]}" == wrk ]]; then
-        rps="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")"
-        reqs="$(awk '/requests in/ { print $1 }' "$out")"
-        p50="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
-        p99="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
-        # Non-2xx/3xx answers and socket errors: a fast error is not a fast hello.
-        non2xx="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } END { print n + 0 }' "$out")"
-        sockerr="$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
-                        END { print n + 0 }' "$out")"
-    else
-        rps="$(awk '/^finished in/ { gsub(/,/, ""); printf "%.0f", $4 }' "$out")"
-        reqs="$(awk '/^requests:/ { print $8 }' "$out")"
-        non2xx="$(awk '/^status codes:/ { gsub(/,/, ""); print $5 + $7 + $9 }' "$out")"
-        sockerr="$(awk '/^requests:/ { print $10 }' "$out")"
-    fi
-    [[ -n "$rps" && -n "$reqs" ]] || { cat "$out" >&2; die "cannot parse the load's output for $name"; }
-    SUM_RPS[$name]=$((${SUM_RPS[$name]:-0} + rps))
-    SUM_REQS[$name]=$((${SUM_REQS[$name]:-0} + reqs))
-    SUM_JIFFIES[$name]=$((${SUM_JIFFIES[$name]:-0} + server1 - server0))
-    NON2XX[$name]=$((${NON2XX[$name]:-0} + non2xx))
-    SOCKERR[$name]=$((${SOCKERR[$name]:-0} + ${sockerr:-0}))
-    ((other > ${OTHER[$name]:-0})) && OTHER[$name]="$other"
-    OTHER[$name]="${OTHER[$name]:-0}"
-    P50S[$name]+="$p50 " P99S[$name]+="$p99 "
-    log "$name, window $i: $rps req/s, p50 $p50 ms, p99 $p99 ms, other CPU $other%"
+
+    RPS[$name]="$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$out")"
+    P50[$name]="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
+    P99[$name]="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
+    # Non-2xx/3xx answers and socket errors: a fast error is not a fast hello.
+    NON2XX[$name]="$(awk '/Non-2xx or 3xx responses:/ { n += $NF } END { print n + 0 }' "$out")"
+    SOCKERR[$name]="$(awk '/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 }
+                           END { print n + 0 }' "$out")"
+    [[ -n "${RPS[$name]}" ]] || { cat "$out" >&2; die "cannot parse wrk's output for $name"; }
+    # The server's own CPU time per request: the figure that does not move
+    # between machines the way req/s does (issue #18).
+    CPU_US[$name]="$(awk -v s="$((server1 - server0))" -v hz="$CLK_TCK" \
+        -v n="$(awk '/requests in/ { print $1 }' "$out")" 'BEGIN { printf "%.1f", (n > 0 ? 1e6 * s / hz / n : 0) }')"
+    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms," \
+        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%," \
+        "server CPU ${CPU_US[$name]} us/request"
 }
 
-# median WORDS...: the middle value (the lower of the two middle ones), or
-# n/a.
-median() {
-    [[ "$1" == n/a ]] && { echo n/a; return; }
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+# bench_h2 NAME URL COMMAND...: like bench, with h2load over h2c (prior
+# knowledge), H2_STREAMS streams per connection on CONNECTIONS connections.
+bench_h2() {
+    local name="$1" url="$2"
+    local out="$WORK/$name.h2load"
+    start_server "$@"
+    local h2=(h2load -t"$THREADS" -c"$CONNECTIONS" -m"$H2_STREAMS")
+    log "$name: warming up for $WARMUP"
+    "${WRK_PREFIX[@]}" "${h2[@]}" -D"${WARMUP%s}" "$url" >/dev/null
+    log "$name: measuring for $DURATION (${h2[*]})"
+    local server0 server1
+    server0="$(process_jiffies "$SERVER_PID")"
+    "${WRK_PREFIX[@]}" "${h2[@]}" -D"${DURATION%s}" "$url" >"$out"
+    server1="$(process_jiffies "$SERVER_PID")"
+    stop_server
+    RPS[$name]="$(awk '/^finished in/ { gsub(/,/, ""); printf "%.0f", $4 }' "$out")"
+    local done_n failed_n
+    done_n="$(awk '/^requests:/ { print $8 }' "$out")"
+    failed_n="$(awk '/^requests:/ { print $10 }' "$out")"
+    NON2XX[$name]="$(awk '/^status codes:/ { gsub(/,/, ""); print $5 + $7 + $9 }' "$out")"
+    SOCKERR[$name]="${failed_n:-0}"
+    P50[$name]="n/a" P99[$name]="n/a" OTHER[$name]=0
+    [[ -n "${RPS[$name]}" && -n "$done_n" ]] || { cat "$out" >&2; die "cannot parse h2load's output for $name"; }
+    CPU_US[$name]="$(awk -v s="$((server1 - server0))" -v hz="$CLK_TCK" -v n="$done_n" \
+        'BEGIN { printf "%.1f", (n > 0 ? 1e6 * s / hz / n : 0) }')"
+    log "$name: ${RPS[$name]} req/s, ${done_n} done, ${failed_n} failed, server CPU ${CPU_US[$name]} us/request"
 }
 
-# --- the servers -------------------------------------------------------------
+# --- the three servers -------------------------------------------------------
 
 # Client and servers share this machine's cores, so anything else running
 # (a build, say) skews the figures. Say how busy the machine was beforehand.
 check_idle_machine
 
+port="$(free_port)"
+bench native "http://$HOST:$port/hello/" "$NATIVE" "$HOST:$port"
+
 REUSE="${REUSE:-1}"
-H2_STREAMS="${H2_STREAMS:-10}"
-mkdir -p "$WORK/apps"
+port="$(free_port)"
+bench wasmtime-serve "http://$HOST:$port/hello/" \
+    "$WASMTIME" serve -Scli --max-instance-reuse-count "$REUSE" --addr "$HOST:$port" "$HELLO_WASM"
+
+mkdir -p "$WORK/apps" "$WORK/meshd-cache"
 cp "$HELLO_WASM" "$WORK/apps/hello.wasm"
 if ((REUSE > 1)); then
     echo "reuse = $REUSE" >"$WORK/apps/hello.toml"
 fi
-# meshd_args NAME: one meshd's flags but --listen (each its own cache and
-# data directory: they run side by side).
-meshd_args() {
-    echo --apps "$WORK/apps" --cache-dir "$WORK/$1-cache" --data-dir "$WORK/$1-data"
-}
-
 port="$(free_port)"
-launch native wrk "http://$HOST:$port/hello/" "$NATIVE" "$HOST:$port"
-port="$(free_port)"
-launch wasmtime-serve wrk "http://$HOST:$port/hello/" \
-    "$WASMTIME" serve -Scli --max-instance-reuse-count "$REUSE" --addr "$HOST:$port" "$HELLO_WASM"
-port="$(free_port)"
-# shellcheck disable=SC2046 # the paths are the script's own, without spaces
-launch meshd wrk "http://$HOST:$port/hello/" "$MESHD" $(meshd_args meshd) --listen "$HOST:$port"
+bench meshd "http://$HOST:$port/hello/" \
+    "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" --data-dir "$WORK/meshd-data"
 MESHD_ROWS=(meshd)
-# The same app over h2c: H2_STREAMS streams per connection (issue #18:
+# The same meshd over h2c: H2_STREAMS streams per connection (issue #18:
 # HTTP/2 at least as fast as HTTP/1.1). H2=0 leaves it out.
+H2_STREAMS="${H2_STREAMS:-10}"
 if [[ "${H2:-1}" == 1 ]]; then
     port="$(free_port)"
-    # shellcheck disable=SC2046
-    launch meshd-h2c h2 "http://$HOST:$port/hello/" "$MESHD" $(meshd_args meshd-h2c) --listen "$HOST:$port"
+    bench_h2 meshd-h2c "http://$HOST:$port/hello/" \
+        "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" --data-dir "$WORK/meshd-data"
     MESHD_ROWS+=(meshd-h2c)
 fi
 if [[ -n "${WORKERS:-}" ]]; then
     port="$(free_port)"
-    # shellcheck disable=SC2046
-    launch meshd-workers wrk "http://$HOST:$port/hello/" "$MESHD" $(meshd_args meshd-workers) \
-        --listen "$HOST:$port" --workers "$WORKERS"
+    bench meshd-workers "http://$HOST:$port/hello/" \
+        "$MESHD" --apps "$WORK/apps" --listen "$HOST:$port" --cache-dir "$WORK/meshd-cache" --data-dir "$WORK/meshd-data" \
+        --workers "$WORKERS"
     MESHD_ROWS+=(meshd-workers)
 fi
-
-# --- the windows -------------------------------------------------------------
-
-# Each server is measured in WINDOWS windows of WINDOW seconds, the servers
-# in turns, the order reversed every other window: on a shared VM whose
-# speed drifts from one second to the next, two servers measured minutes
-# apart are not compared on the same machine (docs/benchmarks.md).
-for ((i = 1; i <= WINDOWS; i++)); do
-    order=("${SERVERS[@]}")
-    if ((i % 2 == 0)); then
-        order=()
-        for ((k = ${#SERVERS[@]} - 1; k >= 0; k--)); do order+=("${SERVERS[$k]}"); done
-    fi
-    for name in "${order[@]}"; do
-        window "$name" "$i"
-    done
-done
-stop_servers
-
-for name in "${SERVERS[@]}"; do
-    RPS[$name]=$((SUM_RPS[$name] / WINDOWS))
-    CPU_US[$name]="$(awk -v s="${SUM_JIFFIES[$name]}" -v hz="$CLK_TCK" -v n="${SUM_REQS[$name]}" \
-        'BEGIN { printf "%.1f", (n > 0 ? 1e6 * s / hz / n : 0) }')"
-    # shellcheck disable=SC2086 # one word per window
-    P50[$name]="$(median ${P50S[$name]})" P99[$name]="$(median ${P99S[$name]})"
-    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms," \
-        "non-2xx ${NON2XX[$name]}, socket errors ${SOCKERR[$name]}, other CPU ${OTHER[$name]}%," \
-        "server CPU ${CPU_US[$name]} us/request"
-done
 
 # --- report ------------------------------------------------------------------
 
@@ -365,7 +298,7 @@ MEM_TOTAL="$(free -h | awk '/^Mem:/ { print $2 }')"
 report() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $MEM_TOTAL memory, $(uname -sr)"
-    echo "load: wrk -t$THREADS -c$CONNECTIONS --latency for $DURATION per server, in $WINDOWS windows of ${WINDOW}s taken in turns (after ${WARMUP} warm-up; p50 and p99 the median window's), on the same machine$PIN_NOTE"
+    echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (after ${WARMUP} warm-up), on the same machine$PIN_NOTE"
     echo "versions: $("$WASMTIME" --version), meshd $MESHD_REV, $(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')"
     echo "CPU busy just before the runs: ${BUSY_BEFORE}%; other CPU load = CPU time spent by anything but the server and wrk during a run, in % of one core"
     echo
