@@ -484,6 +484,9 @@ async fn file_written_slowly_onto_the_live_name_is_loaded_only_when_complete() {
     drop(file);
 
     wait_for_body(&client, &url, "stream-v2").await;
+    // The route switches before the deploy is logged (and the log is read
+    // from meshd's stderr on a thread of its own): wait for the line.
+    meshd.wait_for_log_async(&["app updated", "app=app"]).await;
     assert_eq!(meshd.count_log(&["new version refused"]), 0);
     assert_eq!(meshd.count_log(&["app updated", "app=app"]), 1);
 }
