@@ -17,6 +17,7 @@ mod disk_quota;
 mod engine;
 mod epoch;
 mod guest_log;
+mod heap;
 mod host;
 mod in_flight;
 mod ledger;
@@ -40,6 +41,7 @@ pub use cpu_budget::{CpuBudget, BURST as CPU_BURST};
 pub use descriptors::DescriptorLimits;
 pub use engine::{MemoryReset, Runtime, RuntimeConfig};
 pub use epoch::EPOCH_TICK;
+pub use heap::release_free_heap;
 pub use in_flight::{InFlight, InFlightGuard};
 pub use ledger::AppLedger;
 pub use load::{load_version, load_version_with_source, unloaded_version, LoadError};
@@ -48,7 +50,7 @@ pub use log_ring::{
     MAX_LINES as LOG_RING_LINES,
 };
 pub use outbound::{OutboundLimits, ResolverSettings, DEFAULT_LOOKUP_TIMEOUT};
-pub use resident::{release_free_heap, ResidentStats, WasmSource};
+pub use resident::{ResidentStats, WasmSource};
 pub use scheduler::{Scheduler, LONG_AFTER as CPU_LONG_AFTER};
 pub use settings::{Preopen, TenantSettings};
 pub use stats::{StatsSnapshot, VersionStats, LATENCY_BUCKETS};

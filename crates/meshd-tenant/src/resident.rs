@@ -13,6 +13,7 @@
 
 use crate::cache::CacheOutcome;
 use crate::engine::{Runtime, SharedCode};
+use crate::heap::release_free_heap;
 use crate::host::Host;
 use crate::version::IdleInstance;
 use arc_swap::ArcSwapOption;
@@ -229,22 +230,6 @@ impl Drop for VersionCode {
         if self.loaded.load().is_some() {
             self.resident.loaded.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// Gives the heap's free memory back to the kernel (glibc's `malloc_trim`;
-/// a no-op elsewhere). glibc keeps freed small and medium blocks (such as
-/// the `.wasm` bytes read for each app, about 100 KiB) in its heap, so after
-/// a start-up with thousands of apps, or after unloading many, most of what
-/// was freed still counted as meshd's anonymous memory: 3,000 apps idle held
-/// 369 MB of RssAnon, 32 MB after a trim. Takes a few ms; call it after
-/// such a batch, never per request.
-pub fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
-    // takes the allocator's own locks and touches no memory in use.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
