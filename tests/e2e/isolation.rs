@@ -64,7 +64,7 @@ pub(crate) fn hello_beside_a_spinner(manifest: &str) -> (AppsDir, Meshd) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_over_its_cpu_limit_waits_for_its_share_and_others_do_not() {
     // A twentieth of a core: below the scheduler's floor for long requests
-    // (0.2 of a core on two workers), so what holds the spinners back while
+    // (0.12 of a core on two workers), so what holds the spinners back while
     // hello is served is the cap, not the scheduler.
     let (_apps, meshd) = hello_beside_a_spinner("[limits]\ntimeout = \"2s\"\ncpu = 0.05\n");
     let metrics_url = meshd.metrics_url();
