@@ -58,13 +58,16 @@ need_guests hello
 check_idle_machine
 MESHD_REV="two binaries, A and B below"
 
-# start_side SIDE BINARY: a meshd of its own serving hello; sets PID_<SIDE>
-# and ADDR_<SIDE>. The binaries are copied once, before the first round.
+# The binaries are copied once, before the first round, so that a rebuild
+# during the run cannot change what is measured.
 mkdir -p "$WORK/bin"
 cp "$A" "$WORK/bin/a"
 cp "$B" "$WORK/bin/b"
 SHA_a="$(sha256sum "$WORK/bin/a" | cut -c1-12)"
 SHA_b="$(sha256sum "$WORK/bin/b" | cut -c1-12)"
+
+# start_side SIDE ROUND: a meshd of SIDE's binary (a or b) serving hello from
+# directories of its own for ROUND; sets PID_<SIDE> and ADDR_<SIDE>.
 start_side() {
     local side="$1" dir="$WORK/$1.$2"
     mkdir -p "$dir/apps"
