@@ -52,7 +52,7 @@ const SEEN_EVERY: Duration = Duration::from_micros(100);
 /// on two cores shared with the load, every tenth of a core the long
 /// requests keep raises the short ones' p99. With two guests spinning next
 /// to hello under load (bench/noisy.sh), a floor of 0.2 gave hello a p99 of
-/// 1.9-3.4 ms and the spinners 22% of a core; 0.12 gives 1.8-2.6 ms and
+/// 1.9-3.4 ms and the spinners 22% of a core; 0.12 gives 1.8-3.0 ms and
 /// 14-15%, still above the tenth of a core issue #17 asks for them
 /// (docs/benchmarks.md).
 pub const MIN_FLOOR: u32 = 120;
