@@ -28,6 +28,9 @@
 #   MESHD_PROFILE  the build of meshd, made once before all of them: a cargo
 #                  profile (default release-lto; `release` builds much
 #                  faster) or `pgo` (bench/pgo.sh, as deployed)
+#   MESHD, MESHD_LABEL  measure this meshd binary instead of building one
+#                  (a profile-guided build made elsewhere, an older commit);
+#                  the instance bench still builds from the sources
 #   BENCH_OUT      also write the final table (markdown) to this file
 # Each benchmark's own report goes to target/bench/all/NAME.md and its
 # output to NAME.log. A benchmark that fails is reported as such in the
@@ -44,8 +47,10 @@ SUMMARY="$OUT/summary.tsv"
 : >"$SUMMARY"
 
 # One build for every script: each then measures this same binary.
-log "building meshd ($MESHD_PROFILE) once for every benchmark"
-build_meshd
+if [[ -z "${MESHD:-}" ]]; then
+    log "building meshd ($MESHD_PROFILE) once for every benchmark"
+    build_meshd
+fi
 find_meshd
 BUILT="$MESHD"
 STARTED="$(date -u '+%Y-%m-%d %H:%M UTC')"

@@ -397,7 +397,10 @@ machine_lines() {
     # Set, these make every Rust error meshd or wasmtime creates capture a
     # backtrace, which costs CPU per request (more with more apps loaded).
     echo "meshd's environment: RUST_BACKTRACE=${RUST_BACKTRACE-(unset)}, RUST_LIB_BACKTRACE=${RUST_LIB_BACKTRACE-(unset)}"
-    echo "CPU busy just before the runs: ${BUSY_BEFORE}%; other CPU load = CPU time spent during a measurement by anything outside this benchmark (meshd, wrk, its clients and loops), in % of one core"
+    # A number from check_idle_machine, or a word from a caller (bench/all.sh).
+    local busy="$BUSY_BEFORE"
+    [[ "$busy" =~ ^[0-9]+$ ]] && busy="$busy%"
+    echo "CPU busy just before the runs: $busy; other CPU load = CPU time spent during a measurement by anything outside this benchmark (meshd, wrk, its clients and loops), in % of one core"
 }
 
 # Warns about skewed measurements; returns 1 if any had non-2xx answers or
