@@ -2,8 +2,12 @@
 # Every benchmark, one after another, and one table at the end: each figure
 # an issue targets, what was measured, the target, and whether it is met.
 #
-#   bash bench/all.sh            # everything (about 30 minutes on 2 cores)
-#   ONLY="rps heavy" bash bench/all.sh
+#   bash bench/all.sh            # everything
+#   ONLY="rps-fresh heavy" bash bench/all.sh
+#
+# On 2 cores all but `distinct` took 12 minutes (2026-12-01); `distinct`
+# compiles 10,000 apps twice with a cold cache (meshd, then `wasmtime
+# compile` as its baseline), 1,000-1,500 s each (2026-11-30).
 #
 # The benchmarks (each compares against its own baseline in the same run;
 # see its header for what it measures):
