@@ -15,6 +15,8 @@
 #                against native hyper and `wasmtime serve`, plus h2c
 #   rps-reuse    PIN=1 ROUNDS=3 REUSE=1000 bench/rps.sh: the reuse path,
 #                wrk on a core of its own
+#   rps-reuse-unpinned  ROUNDS=3 REUSE=1000 bench/rps.sh: the same, wrk
+#                and the servers sharing every core
 #   instructions bench/instructions.sh: instructions per request under
 #                callgrind, native hyper / wasmtime serve / meshd
 #   instance     cargo bench -p meshd-tenant --bench instance (criterion):
@@ -26,6 +28,8 @@
 #   noisy        bench/noisy.sh: hello next to spinning guests
 #   heavy        bench/heavy.sh: Python and JavaScript, fresh instances
 #   restart      bench/restart.sh: graceful restart of meshd
+#   tls          REUSE=1000 bench/tls.sh: HTTPS against plain HTTP, h2 over
+#                TLS against HTTPS/1.1
 #
 # Environment (all optional):
 #   ONLY           the benchmarks to run, by the names above (default: all)
@@ -43,7 +47,7 @@ set -euo pipefail
 BENCH_NAME=all
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-ALL=(rps-fresh rps-reuse instructions instance scale distinct swap noisy heavy restart)
+ALL=(rps-fresh rps-reuse rps-reuse-unpinned instructions instance scale distinct swap noisy heavy restart tls)
 read -r -a RUN <<<"${ONLY:-${ALL[*]}}"
 OUT="$REPO/target/bench/all"
 mkdir -p "$OUT"
@@ -119,6 +123,7 @@ for name in "${RUN[@]}"; do
     case "$name" in
         rps-fresh) run_bench rps-fresh ROUNDS=3 -- "$BENCH_DIR/rps.sh" ;;
         rps-reuse) run_bench rps-reuse PIN=1 ROUNDS=3 REUSE=1000 -- "$BENCH_DIR/rps.sh" ;;
+        rps-reuse-unpinned) run_bench rps-reuse-unpinned ROUNDS=3 REUSE=1000 -- "$BENCH_DIR/rps.sh" ;;
         instructions) run_bench instructions -- "$BENCH_DIR/instructions.sh" ;;
         instance) run_instance_bench ;;
         scale) run_bench scale -- "$BENCH_DIR/scale.sh" ;;
@@ -127,6 +132,7 @@ for name in "${RUN[@]}"; do
         noisy) run_bench noisy -- "$BENCH_DIR/noisy.sh" ;;
         heavy) run_bench heavy -- "$BENCH_DIR/heavy.sh" ;;
         restart) run_bench restart -- "$BENCH_DIR/restart.sh" ;;
+        tls) run_bench tls REUSE=1000 -- "$BENCH_DIR/tls.sh" ;;
         *) die "unknown benchmark '$name' (known: ${ALL[*]})" ;;
     esac
 done

@@ -355,7 +355,7 @@ else
 fi
 if [[ -n "${RPS[meshd-h2c]:-}" ]]; then
     r_h2="$(ratio "${RPS[meshd-h2c]}" "${RPS[meshd]}")"
-    summary_row "$path: meshd h2c (h2load -m$H2_STREAMS) / HTTP/1.1 (wrk)" "${r_h2}x" ">= 1.0x" "$(at_least "$r_h2" 1)"
+    summary_row "$path: meshd h2c (h2load -m$H2_STREAMS) / HTTP/1.1 (wrk)${PIN_NOTE:+ (pinned)}" "${r_h2}x" ">= 1.0x" "$(at_least "$r_h2" 1)"
 fi
 
 for name in native wasmtime-serve meshd; do
