@@ -6,7 +6,7 @@
 #   ONLY="rps-fresh heavy" bash bench/all.sh
 #
 # On 2 cores all but `distinct` took about 18 minutes (2026-12-01: 12 for
-# the first nine below, 6 for rps-reuse-unpinned and tls); `distinct`
+# the other nine, 6 for rps-reuse-unpinned and tls); `distinct`
 # compiles 10,000 apps twice with a cold cache (meshd, then `wasmtime
 # compile` as its baseline), 1,000-1,500 s each (2026-11-30).
 #
