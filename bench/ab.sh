@@ -86,22 +86,23 @@ start_side() {
         die "$side ($(basename "$dir")) does not answer the greeting"
 }
 
-# Totals per side, and per round.
-declare -A TICKS REQS NON2XX ROUND_TICKS ROUND_REQS
-for side in a b; do TICKS[$side]=0 REQS[$side]=0 NON2XX[$side]=0; done
+# Totals per side, and per round (lib.sh's REQS and NON2XX hold the last
+# window, as parse_wrk read it).
+declare -A TOTAL_TICKS TOTAL_REQS TOTAL_NON2XX ROUND_TICKS ROUND_REQS
+for side in a b; do TOTAL_TICKS[$side]=0 TOTAL_REQS[$side]=0 TOTAL_NON2XX[$side]=0; done
 
 # window SIDE ROUND: one wrk window on SIDE, its CPU time and requests added up.
 window() {
-    local side="$1" round="$2" pid_var="PID_$1" addr_var="ADDR_$1" t0 t1 out n bad
+    local side="$1" round="$2" pid_var="PID_$1" addr_var="ADDR_$1" t0 t1 n
     read -r t0 _ < <(proc_ticks_and_faults "${!pid_var}")
-    out="$(wrk -t1 -c"$CONNECTIONS" -d"${WINDOW}s" "http://${!addr_var}/hello/")"
+    wrk -t1 -c"$CONNECTIONS" -d"${WINDOW}s" "http://${!addr_var}/hello/" >"$WORK/window.txt"
     read -r t1 _ < <(proc_ticks_and_faults "${!pid_var}")
-    n="$(awk '/requests in/ { print $1 }' <<<"$out")"
-    bad="$(awk '/Non-2xx or 3xx responses/ { print $NF }' <<<"$out")"
-    [[ "$n" =~ ^[0-9]+$ ]] && ((n > 0)) || die "wrk counted no requests on $side: $out"
-    TICKS[$side]=$((TICKS[$side] + t1 - t0))
-    REQS[$side]=$((REQS[$side] + n))
-    NON2XX[$side]=$((NON2XX[$side] + ${bad:-0}))
+    parse_wrk window "$WORK/window.txt"
+    n="${REQS[window]}"
+    [[ "$n" =~ ^[0-9]+$ ]] && ((n > 0)) || die "wrk counted no requests on $side: $(cat "$WORK/window.txt")"
+    TOTAL_TICKS[$side]=$((TOTAL_TICKS[$side] + t1 - t0))
+    TOTAL_REQS[$side]=$((TOTAL_REQS[$side] + n))
+    TOTAL_NON2XX[$side]=$((TOTAL_NON2XX[$side] + NON2XX[window]))
     ROUND_TICKS[$side.$round]=$((${ROUND_TICKS[$side.$round]:-0} + t1 - t0))
     ROUND_REQS[$side.$round]=$((${ROUND_REQS[$side.$round]:-0} + n))
 }
@@ -133,11 +134,11 @@ for ((round = 0; round < ROUNDS; round++)); do
 done
 
 us_per_request() { awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", 1e6 * t / hz / n }'; }
-CPU_A="$(us_per_request "${TICKS[a]}" "${REQS[a]}")"
-CPU_B="$(us_per_request "${TICKS[b]}" "${REQS[b]}")"
+CPU_A="$(us_per_request "${TOTAL_TICKS[a]}" "${TOTAL_REQS[a]}")"
+CPU_B="$(us_per_request "${TOTAL_TICKS[b]}" "${TOTAL_REQS[b]}")"
 SECONDS_PER_SIDE=$((ROUNDS * PAIRS * WINDOW))
-RPS_A=$((REQS[a] / SECONDS_PER_SIDE))
-RPS_B=$((REQS[b] / SECONDS_PER_SIDE))
+RPS_A=$((TOTAL_REQS[a] / SECONDS_PER_SIDE))
+RPS_B=$((TOTAL_REQS[b] / SECONDS_PER_SIDE))
 ROUNDS_CPU=""
 for ((r = 0; r < ROUNDS; r++)); do
     ra="$(us_per_request "${ROUND_TICKS[a.$r]}" "${ROUND_REQS[a.$r]}")"
@@ -154,8 +155,8 @@ REPORT="$WORK/report.md"
     echo
     echo "| server | req/s | CPU per request (us) | non-2xx |"
     echo "|---|---:|---:|---:|"
-    echo "| A: $A_LABEL | $(thousands "$RPS_A") | $CPU_A | ${NON2XX[a]} |"
-    echo "| B: $B_LABEL | $(thousands "$RPS_B") | $CPU_B | ${NON2XX[b]} |"
+    echo "| A: $A_LABEL | $(thousands "$RPS_A") | $CPU_A | ${TOTAL_NON2XX[a]} |"
+    echo "| B: $B_LABEL | $(thousands "$RPS_B") | $CPU_B | ${TOTAL_NON2XX[b]} |"
     echo
     echo "B / A: CPU per request **$(ratio "$CPU_B" "$CPU_A")**, req/s **$(ratio "$RPS_B" "$RPS_A")**"
     echo "B / A CPU per request of each round (A started first in the 1st, 3rd, ...): $ROUNDS_CPU"
