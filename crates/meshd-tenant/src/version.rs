@@ -224,7 +224,8 @@ impl AppVersion {
             runtime,
             code: compiled.code,
             proven: compiled.proven,
-            marked: AtomicBool::new(false),
+            // A proven version was found by its marker.
+            marked: AtomicBool::new(compiled.proven),
             outbound: settings.outbound.clone().into(),
             config: Arc::new(settings.config.iter().cloned().collect()),
             log_budget: ledger.log_budget.clone(),
